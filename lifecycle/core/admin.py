@@ -1,0 +1,36 @@
+from django.contrib import admin
+
+from lifecycle.core.models import ApiToken, AuditEvent, Job
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("seq", "created_at", "actor", "action", "object_type", "object_id")
+    list_filter = ("action",)
+    search_fields = ("actor", "object_id")
+
+    # The trail is append-only everywhere, the admin included.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "task", "queue", "status", "created_at", "heartbeat_at")
+    list_filter = ("status", "queue")
+    readonly_fields = [f.name for f in Job._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")

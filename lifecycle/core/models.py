@@ -1,0 +1,356 @@
+import hashlib
+import json
+import secrets
+import uuid
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, models, transaction
+from django.utils import timezone
+
+GENESIS_HASH = "0" * 64
+# Any constant works; it only has to be the same in every process that writes the chain.
+AUDIT_CHAIN_LOCK_KEY = 7_420_011
+
+
+def canonical_json(value):
+    """The one serialization hashes are computed over: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _describe(obj):
+    if obj is None:
+        return "", ""
+    return obj._meta.label_lower, str(obj.pk)
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def filtered(self, *, object_type="", object_id="", actor="", action="", since=None, until=None):
+        qs = self
+        if object_type:
+            qs = qs.filter(object_type=object_type)
+        if object_id:
+            qs = qs.filter(object_id=object_id)
+        if actor:
+            qs = qs.filter(actor=actor)
+        if action:
+            qs = qs.filter(action=action)
+        if since:
+            qs = qs.filter(created_at__gte=since)
+        if until:
+            qs = qs.filter(created_at__lt=until)
+        return qs
+
+
+class AuditEvent(models.Model):
+    """One link of the append-only, hash-chained audit trail.
+
+    `hash` is sha256 over the canonical JSON of the event's fields, which include the
+    previous event's hash, so altering or removing any row breaks every later link.
+    On PostgreSQL and SQLite a trigger refuses UPDATE and DELETE (migration 0002).
+    """
+
+    seq = models.PositiveBigIntegerField(unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    # No foreign key: deleting a user must never rewrite (or block on) the trail.
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150, blank=True, db_index=True)
+    action = models.CharField(max_length=100, db_index=True)
+    object_type = models.CharField(max_length=100, blank=True)
+    object_id = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-seq"]
+        indexes = [models.Index(fields=["object_type", "object_id", "seq"], name="audit_object_idx")]
+
+    def __str__(self):
+        return f"#{self.seq} {self.action} {self.object_type}:{self.object_id} by {self.actor or 'system'}"
+
+    @classmethod
+    def record(cls, actor, action, obj=None, payload=None, *, object_type=None, object_id=None):
+        """Append one event. Must run inside the transaction of the change it records.
+
+        `actor` is a user or None for the system. The chain head is read under a lock held
+        until the surrounding transaction ends, so concurrent writers never fork it.
+        """
+        if not connection.in_atomic_block:
+            raise RuntimeError("AuditEvent.record() must be called inside transaction.atomic()")
+        default_type, default_id = _describe(obj)
+        event = cls(
+            actor_id=getattr(actor, "pk", None),
+            actor=getattr(actor, "username", "") or "",
+            action=action,
+            object_type=object_type if object_type is not None else default_type,
+            object_id=str(object_id) if object_id is not None else default_id,
+            # A JSON round trip makes the stored payload equal to what was hashed.
+            payload=json.loads(canonical_json(payload or {})),
+        )
+        cls._lock_chain()
+        head = cls.objects.order_by("-seq").values("seq", "hash").first()
+        event.seq = head["seq"] + 1 if head else 1
+        event.prev_hash = head["hash"] if head else GENESIS_HASH
+        event.created_at = timezone.now()
+        event.hash = event.compute_hash()
+        event.save(force_insert=True)
+        return event
+
+    @staticmethod
+    def _lock_chain():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_CHAIN_LOCK_KEY])
+        # SQLite: transactions are IMMEDIATE (settings), so the write lock is already held.
+
+    def canonical_fields(self):
+        return {
+            "seq": self.seq,
+            "created_at": self.created_at.astimezone(dt_timezone.utc).isoformat(),
+            "actor_id": self.actor_id,
+            "actor": self.actor,
+            "action": self.action,
+            "object_type": self.object_type,
+            "object_id": self.object_id,
+            "payload": self.payload,
+            "prev_hash": self.prev_hash,
+        }
+
+    def compute_hash(self):
+        return hashlib.sha256(canonical_json(self.canonical_fields()).encode()).hexdigest()
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise RuntimeError("audit events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise RuntimeError("audit events are append-only")
+
+    @classmethod
+    def verify_chain(cls, batch_size=2000):
+        """Walk the chain in order; return None when intact, else (seq, reason) of the first bad link."""
+        expected_prev, expected_seq = GENESIS_HASH, 1
+        for event in cls.objects.order_by("seq").iterator(chunk_size=batch_size):
+            if event.seq != expected_seq:
+                return expected_seq, f"event #{expected_seq} is missing (next is #{event.seq})"
+            if event.prev_hash != expected_prev:
+                return event.seq, "prev_hash does not match the previous event's hash"
+            if event.compute_hash() != event.hash:
+                return event.seq, "contents do not match the stored hash"
+            expected_prev, expected_seq = event.hash, event.seq + 1
+        return None
+
+
+def _new_token():
+    return "lc_" + secrets.token_urlsafe(32)
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiToken(models.Model):
+    """A bearer token for the JSON API and the CLI. Only its sha256 is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash_key(key):
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name):
+        """Create a token; the plain key is returned once and never stored."""
+        key = _new_token()
+        with transaction.atomic():
+            token = cls.objects.create(user=user, name=name, prefix=key[:10], key_hash=cls.hash_key(key))
+            AuditEvent.record(user, "api_token.issued", token, {"name": name})
+        return token, key
+
+    @classmethod
+    def authenticate(cls, key):
+        token = cls.objects.active().select_related("user").filter(key_hash=cls.hash_key(key)).first()
+        if token is None or not token.user.is_active:
+            return None
+        cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token.user
+
+    def revoke(self, user):
+        with transaction.atomic():
+            updated = ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+            if updated:
+                AuditEvent.record(user, "api_token.revoked", self, {"name": self.name})
+        return bool(updated)
+
+
+class Job(models.Model):
+    """The truth about one background job. RQ only carries it; this row says what happened.
+
+    States: queued → running → succeeded | failed | cancelled | interrupted. Every
+    transition is a conditional UPDATE on the current state, so a terminal state is final
+    and a late or duplicate callback changes nothing. The runtime lives in core/jobs.py.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
+
+    task = models.CharField(max_length=200)
+    queue = models.CharField(max_length=30)
+    kwargs = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    # Idempotency: at most one job per key (e.g. "ingest:upload:42"), enforced by the database.
+    key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    rq_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    progress = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    result = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    error = models.TextField(blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat_idx"),
+            models.Index(fields=["status", "created_at"], name="job_status_created_idx"),
+        ]
+
+    def __str__(self):
+        return f"job {self.pk} {self.task} ({self.status})"
+
+    @property
+    def is_terminal(self):
+        return self.status in self.TERMINAL
+
+    def as_dict(self):
+        return {
+            "id": self.pk,
+            "task": self.task,
+            "queue": self.queue,
+            "status": self.status,
+            "progress": self.progress,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "heartbeat_at": self.heartbeat_at,
+            "cancel_requested_at": self.cancel_requested_at,
+            "worker": self.worker,
+        }
+
+    # --- Transitions: one conditional UPDATE on the current state plus one audit event, in
+    # one transaction. The UPDATE's row count decides, so two racing callers (a worker and
+    # the reaper, RQ running a job twice) cannot both win, and a terminal state is final.
+
+    @classmethod
+    def create_queued(cls, task, queue, kwargs, *, user=None, key=None):
+        """Insert a queued row and its audit event; the caller sends it to RQ after commit."""
+        created_by = user if getattr(user, "pk", None) else None
+        with transaction.atomic():
+            job = cls.objects.create(task=task, queue=queue, kwargs=kwargs, key=key, created_by=created_by)
+            AuditEvent.record(created_by, "job.queued", job, {"task": task, "queue": queue, "key": key or ""})
+        return job
+
+    def _transition(self, sources, target, actor=None, payload=None, *, only_if=None, **changes):
+        with transaction.atomic():
+            rows = Job.objects.filter(pk=self.pk, status__in=sources, **(only_if or {}))
+            if rows.update(status=target, **changes) != 1:
+                return False
+            AuditEvent.record(actor, f"job.{target}", self, {"task": self.task, **(payload or {})})
+        self.status = target
+        for field, value in changes.items():
+            setattr(self, field, value)
+        return True
+
+    def claim(self, worker):
+        """queued → running. False means someone else ran (or cancelled) it: do nothing."""
+        now = timezone.now()
+        return self._transition(
+            [self.Status.QUEUED], self.Status.RUNNING, payload={"worker": worker},
+            worker=worker[:200], started_at=now, heartbeat_at=now,
+        )
+
+    def mark_succeeded(self, result=None):
+        return self._transition(
+            [self.Status.RUNNING], self.Status.SUCCEEDED, result=result, finished_at=timezone.now()
+        )
+
+    def mark_failed(self, error):
+        return self._transition(
+            [self.Status.RUNNING], self.Status.FAILED, payload={"error": error[:500]},
+            error=error, finished_at=timezone.now(),
+        )
+
+    def mark_cancelled(self):
+        """running → cancelled, only when someone asked: a task cannot cancel itself silently."""
+        return self._transition(
+            [self.Status.RUNNING], self.Status.CANCELLED,
+            only_if={"cancel_requested_at__isnull": False}, finished_at=timezone.now(),
+        )
+
+    def mark_interrupted(self, reason, *, stale_before=None):
+        """running → interrupted. With stale_before, only if no heartbeat came since then."""
+        only_if = {"heartbeat_at__lt": stale_before} if stale_before else None
+        return self._transition(
+            [self.Status.RUNNING], self.Status.INTERRUPTED, payload={"reason": reason},
+            only_if=only_if, error=reason, finished_at=timezone.now(),
+        )
+
+    def request_cancel(self, user):
+        """Cancel a queued job at once; ask a running one to stop (its task notices within
+        a heartbeat). Returns False when there was nothing to do (finished, or already asked)."""
+        now = timezone.now()
+        if self._transition([self.Status.QUEUED], self.Status.CANCELLED, user, cancel_requested_at=now, finished_at=now):
+            return True
+        with transaction.atomic():
+            rows = Job.objects.filter(pk=self.pk, status=self.Status.RUNNING, cancel_requested_at__isnull=True)
+            asked = rows.update(cancel_requested_at=now) == 1
+            if asked:
+                AuditEvent.record(user, "job.cancel_requested", self, {"task": self.task})
+        self.refresh_from_db(fields=["status", "cancel_requested_at", "finished_at"])
+        return asked
+
+    # --- Updates a running job makes about itself (not audited: they change no state).
+
+    def heartbeat(self):
+        """Refresh heartbeat_at and re-read cancel_requested_at; False once the row left running."""
+        if Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now()) != 1:
+            return False
+        self.cancel_requested_at = Job.objects.values_list("cancel_requested_at", flat=True).get(pk=self.pk)
+        return True
+
+    def set_progress(self, phase="", done=None, total=None, **extra):
+        self.progress = {"phase": phase, "done": done, "total": total, **extra}
+        Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(progress=self.progress)

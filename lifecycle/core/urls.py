@@ -1,0 +1,19 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from lifecycle.core import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", views.healthz, name="healthz"),
+    path("audit/", views.audit_list, name="audit"),
+    path("audit/export.<str:fmt>", views.audit_export, name="audit_export"),
+    path("account/tokens/", views.token_list, name="tokens"),
+    path("account/tokens/new", views.token_create, name="token_create"),
+    path("account/tokens/<int:token_id>/revoke", views.token_revoke, name="token_revoke"),
+    path("jobs/<int:job_id>", views.job_detail, name="job_detail"),
+    path("api/v1/me", views.api_me, name="api_me"),
+    path("api/v1/jobs/<int:job_id>", views.api_job, name="api_job"),
+]

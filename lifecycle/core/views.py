@@ -1,0 +1,157 @@
+import json
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
+from django.db import connection
+from django.http import Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from lifecycle.core.forms import ApiTokenForm, AuditFilterForm
+from lifecycle.core.models import ApiToken, AuditEvent, Job
+from lifecycle.core.queues import redis_status
+from lifecycle.core.roles import ROLE_DESCRIPTIONS, ROLES, APPROVER, ML_ENGINEER, ONCALL, role_required, user_roles
+from lifecycle.lib.csvsafe import csv_lines
+from lifecycle.lib.pagination import keyset_page
+
+AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
+AUDIT_COLUMNS = ("seq", "created_at", "actor", "action", "object_type", "object_id", "payload", "prev_hash", "hash")
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+
+def permission_denied(request, exception=None):
+    return render(request, "403.html", {"message": str(exception or "")}, status=403)
+
+
+@require_GET
+def home(request):
+    roles = user_roles(request.user)
+    descriptions = [(role, ROLE_DESCRIPTIONS[role]) for role in ROLES if role in roles]
+    return render(request, "core/home.html", {"role_descriptions": descriptions})
+
+
+@login_not_required
+@never_cache
+@require_GET
+def healthz(request):
+    """For load balancers: 200 when the database and Redis answer, 503 otherwise."""
+    checks = {"database": _database_status(), "redis": redis_status()}
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503)
+
+
+def _database_status():
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception as exc:  # any driver error means "not healthy", reported by class name only
+        return f"unavailable ({type(exc).__name__})"
+
+
+def _audit_events(form):
+    return AuditEvent.objects.filtered(**form.filters())
+
+
+@role_required(*AUDIT_ROLES)
+@require_GET
+def audit_list(request):
+    form = AuditFilterForm(request.GET or None)
+    if form.is_bound and not form.is_valid():
+        return render(request, "core/audit_list.html", {"form": form, "page": None}, status=400)
+    if not form.is_bound:
+        form = AuditFilterForm({})
+        form.is_valid()
+    page = keyset_page(
+        _audit_events(form), "seq", before=form.cleaned_data.get("before"), after=form.cleaned_data.get("after")
+    )
+    query = {k: v for k, v in request.GET.items() if k not in ("before", "after") and v}
+    return render(
+        request,
+        "core/audit_list.html",
+        {"form": form, "page": page, "query": urlencode(query), "query_dict": query},
+    )
+
+
+@role_required(*AUDIT_ROLES)
+@require_GET
+def audit_export(request, fmt):
+    if fmt not in ("csv", "json"):
+        raise Http404("unknown export format")
+    form = AuditFilterForm(request.GET)
+    if not form.is_valid():
+        return HttpResponseBadRequest("invalid filter: " + "; ".join(e for errs in form.errors.values() for e in errs))
+    events = _audit_events(form).order_by("seq").iterator(chunk_size=2000)
+    if fmt == "csv":
+        rows = ([getattr(e, c) if c != "payload" else json.dumps(e.payload, sort_keys=True) for c in AUDIT_COLUMNS] for e in events)
+        body, content_type = csv_lines(AUDIT_COLUMNS, rows), "text/csv; charset=utf-8"
+    else:
+        body, content_type = _json_lines(events), "application/json"
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="audit.{fmt}"'
+    return response
+
+
+def _json_lines(events):
+    """A JSON array streamed one event at a time, so exports of any size use flat memory."""
+    yield "["
+    for index, event in enumerate(events):
+        record = event.canonical_fields() | {"hash": event.hash}
+        yield ("," if index else "") + "\n" + json.dumps(record, sort_keys=True)
+    yield "\n]\n"
+
+
+@require_GET
+def token_list(request):
+    tokens = ApiToken.objects.filter(user=request.user)
+    return render(request, "core/token_list.html", {"tokens": tokens, "form": ApiTokenForm()})
+
+
+@require_POST
+def token_create(request):
+    form = ApiTokenForm(request.POST)
+    if not form.is_valid():
+        tokens = ApiToken.objects.filter(user=request.user)
+        return render(request, "core/token_list.html", {"tokens": tokens, "form": form}, status=400)
+    token, key = form.save(request.user)
+    return render(request, "core/token_created.html", {"token": token, "key": key}, status=201)
+
+
+@require_POST
+def token_revoke(request, token_id):
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    if token.revoke(request.user):
+        messages.success(request, f"Token “{token.name}” revoked.")
+    return redirect("tokens")
+
+
+def _get_job_for_user(request, job_id):
+    # Any role may read job status; the job rows carry primary keys and progress only.
+    return get_object_or_404(Job, pk=job_id)
+
+
+@role_required(*ROLES)
+@require_GET
+def job_detail(request, job_id):
+    job = _get_job_for_user(request, job_id)
+    return render(request, "core/job_detail.html", {"job": job})
+
+
+@require_GET
+def api_me(request):
+    return JsonResponse({"username": request.user.username, "roles": sorted(user_roles(request.user))})
+
+
+@role_required(*ROLES)
+@require_GET
+def api_job(request, job_id):
+    job = _get_job_for_user(request, job_id)
+    return JsonResponse(job.as_dict())

@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+
+handler403 = "lifecycle.core.views.permission_denied"
+
+urlpatterns = [
+    path("", include("lifecycle.core.urls")),
+    path("admin/", admin.site.urls),
+]

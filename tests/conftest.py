@@ -1,0 +1,86 @@
+"""Named users with clear roles and small make_* factories, shared by every test."""
+import pytest
+from django.contrib.auth.models import Group, User
+
+from lifecycle.core.roles import ROLES
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def make_user(username, *roles, superuser=False):
+    user = User.objects.create_user(username=username, password=PASSWORD, is_superuser=superuser, is_staff=superuser)
+    for role in roles:
+        group, _ = Group.objects.get_or_create(name=role)
+        user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def groups(db):
+    return [Group.objects.get_or_create(name=role)[0] for role in ROLES]
+
+
+@pytest.fixture
+def engineer(db):
+    return make_user("erin-engineer", "ml_engineer")
+
+
+@pytest.fixture
+def approver(db):
+    return make_user("alex-approver", "approver")
+
+
+@pytest.fixture
+def labeler(db):
+    return make_user("lee-labeler", "labeler")
+
+
+@pytest.fixture
+def oncall(db):
+    return make_user("omar-oncall", "oncall")
+
+
+@pytest.fixture
+def viewer(db):
+    return make_user("vic-viewer", "viewer")
+
+
+@pytest.fixture
+def stranger(db):
+    """Logged in, but holds no role at all."""
+    return make_user("sam-stranger")
+
+
+@pytest.fixture
+def admin_user(db):
+    return make_user("ada-admin", superuser=True)
+
+
+def client_for(client, user):
+    client.force_login(user)
+    return client
+
+
+def _is_transactional(item):
+    marker = item.get_closest_marker("django_db")
+    names = getattr(item, "fixturenames", ())
+    return bool(marker and marker.kwargs.get("transaction")) or "transactional_db" in names or "live_server" in names
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Transactional tests end with a flush, which is a TRUNCATE, which the audit trail's
+    append-only trigger refuses. Lift that one trigger for the flush and put it back after."""
+    from django.db import connection
+    from pytest_django.plugin import blocking_manager_key
+
+    transactional = _is_transactional(item)
+    if transactional:
+        with item.config.stash[blocking_manager_key].unblock():
+            with connection.cursor() as cursor:
+                cursor.execute("ALTER TABLE core_auditevent DISABLE TRIGGER core_auditevent_no_truncate")
+    yield
+    if transactional and nextitem is not None:  # after the last test the database is gone
+        with item.config.stash[blocking_manager_key].unblock():
+            with connection.cursor() as cursor:
+                cursor.execute("ALTER TABLE core_auditevent ENABLE TRIGGER core_auditevent_no_truncate")

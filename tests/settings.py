@@ -26,3 +26,7 @@ WHITENOISE_AUTOREFRESH = True
 
 # One test database per pytest process, so that two runs on one machine never share it.
 DATABASES["default"]["TEST"] = {"NAME": f"test_lifecycle_{os.getpid()}"}  # noqa: F405
+
+# Playwright's sync API runs an event loop in the test thread; the ORM calls made by browser
+# tests between clicks are still plain synchronous calls.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -1,0 +1,44 @@
+"""The README's run command prepares a working demo on embedded defaults."""
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
+    env = {
+        "PATH": os.environ["PATH"],
+        "DEBUG": "true",
+        "LIFECYCLE_DATA_DIR": str(tmp_path),
+        "REDIS_URL": f"unix://{tmp_path}/redis.sock",
+    }
+    for _ in range(2):  # a second start reuses everything
+        result = subprocess.run([sys.executable, "manage.py", "demo", "--no-server"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert "Lifecycle demo is ready at http://127.0.0.1:8000/" in result.stdout
+    logins = dict(line.split() for line in (tmp_path / "demo-logins.txt").read_text().splitlines())
+    assert set(logins) == {"admin", "demo-labeler", "demo-ml-engineer", "demo-approver", "demo-oncall", "demo-viewer"}
+    assert (tmp_path / "demo-logins.txt").stat().st_mode & 0o077 == 0
+    for username, password in logins.items():
+        assert f"{username:<20} {password}" in result.stdout  # the printed logins are the stored ones
+    with sqlite3.connect(tmp_path / "lifecycle.sqlite3") as db:
+        groups = {name for (name,) in db.execute("SELECT g.name FROM auth_group g")}
+        assert groups == {"labeler", "ml_engineer", "approver", "oncall", "viewer"}
+        assert db.execute("SELECT count(*) FROM auth_user").fetchone()[0] == 6
+    assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
+
+
+def _redis_alive(socket_path):
+    import redis
+
+    try:
+        return redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=0.5).ping()
+    except (redis.RedisError, OSError):
+        return False

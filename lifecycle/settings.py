@@ -184,6 +184,8 @@ ARTIFACT_S3_BUCKET = env_str("ARTIFACT_S3_BUCKET")
 ARTIFACT_S3_PREFIX = env_str("ARTIFACT_S3_PREFIX", "artifacts/")
 ARTIFACT_S3_ENDPOINT_URL = env_str("ARTIFACT_S3_ENDPOINT_URL") or None
 ARTIFACT_S3_REGION = env_str("ARTIFACT_S3_REGION") or None
+# Uploads to S3 are spooled (and hashed) on local disk first; keep this off a RAM-backed /tmp.
+ARTIFACT_S3_SPOOL_DIR = env_str("ARTIFACT_S3_SPOOL_DIR") or None
 
 LOGGING = {
     "version": 1,

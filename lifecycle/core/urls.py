@@ -13,6 +13,8 @@ urlpatterns = [
     path("account/tokens/", views.token_list, name="tokens"),
     path("account/tokens/new", views.token_create, name="token_create"),
     path("account/tokens/<int:token_id>/revoke", views.token_revoke, name="token_revoke"),
+    # <path:...> on purpose: every value reaches the view, which refuses anything but a digest.
+    path("artifacts/<path:sha256>", views.artifact_download, name="artifact_download"),
     path("jobs/<int:job_id>", views.job_detail, name="job_detail"),
     path("api/v1/me", views.api_me, name="api_me"),
     path("api/v1/jobs/<int:job_id>", views.api_job, name="api_job"),

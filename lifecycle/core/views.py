@@ -4,13 +4,14 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from lifecycle.core.artifacts import ArtifactNotFound, InvalidArtifactKey, get_store, validate_key
 from lifecycle.core.forms import ApiTokenForm, AuditFilterForm
 from lifecycle.core.models import ApiToken, AuditEvent, Job
 from lifecycle.core.queues import redis_status
@@ -19,6 +20,7 @@ from lifecycle.lib.csvsafe import csv_lines
 from lifecycle.lib.pagination import keyset_page
 
 AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
+ARTIFACT_ROLES = (ML_ENGINEER, APPROVER)
 AUDIT_COLUMNS = ("seq", "created_at", "actor", "action", "object_type", "object_id", "payload", "prev_hash", "hash")
 
 
@@ -155,3 +157,22 @@ def api_me(request):
 def api_job(request, job_id):
     job = _get_job_for_user(request, job_id)
     return JsonResponse(job.as_dict())
+
+
+@role_required(*ARTIFACT_ROLES)
+@require_GET
+def artifact_download(request, sha256):
+    """Stream an artifact by its digest. The reader verifies the hash as it goes and breaks
+    the download off on a mismatch; the ETag lets a client check the bytes it got."""
+    try:
+        validate_key(sha256)
+    except InvalidArtifactKey:
+        return HttpResponseBadRequest("not an artifact id: expected a sha256 hex digest", content_type="text/plain")
+    store = get_store()
+    try:
+        reader = store.open(sha256)
+    except ArtifactNotFound:
+        raise Http404("no such artifact") from None
+    response = FileResponse(reader, as_attachment=True, filename=f"{sha256}.bin", content_type="application/octet-stream")
+    response["ETag"] = f'"{sha256}"'
+    return response

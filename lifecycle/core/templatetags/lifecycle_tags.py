@@ -1,0 +1,12 @@
+import json
+
+from django import template
+from django.core.serializers.json import DjangoJSONEncoder
+
+register = template.Library()
+
+
+@register.filter
+def as_json(value):
+    """Compact JSON for display; the template's autoescaping still applies."""
+    return json.dumps(value, cls=DjangoJSONEncoder, sort_keys=True, ensure_ascii=False)

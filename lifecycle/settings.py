@@ -2,7 +2,7 @@
 
 Embedded defaults (no variables set) are a SQLite file and a local artifact folder under
 ./data, which is what the demo uses. Production sets DATABASE_URL, REDIS_URL, SECRET_KEY
-and ALLOWED_HOSTS; see docs/configuration.md for the full list.
+and ALLOWED_HOSTS; see docs/deployment.md for the full list.
 """
 from pathlib import Path
 from urllib.parse import urlsplit

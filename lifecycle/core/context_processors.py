@@ -10,6 +10,7 @@ NAVIGATION = (
     ("Deployments", "deployments:list"),
     ("Monitoring", "monitoring:overview"),
     ("Audit", "audit"),
+    ("Jobs", "jobs"),
 )
 
 

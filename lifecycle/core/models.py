@@ -267,7 +267,6 @@ class Job(models.Model):
             "finished_at": self.finished_at,
             "heartbeat_at": self.heartbeat_at,
             "cancel_requested_at": self.cancel_requested_at,
-            "worker": self.worker,
         }
 
     # --- Transitions: one conditional UPDATE on the current state plus one audit event, in

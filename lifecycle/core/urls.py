@@ -15,7 +15,10 @@ urlpatterns = [
     path("account/tokens/<int:token_id>/revoke", views.token_revoke, name="token_revoke"),
     # <path:...> on purpose: every value reaches the view, which refuses anything but a digest.
     path("artifacts/<path:sha256>", views.artifact_download, name="artifact_download"),
+    path("jobs/", views.job_list, name="jobs"),
+    path("jobs/verify-audit", views.job_verify_audit, name="job_verify_audit"),
     path("jobs/<int:job_id>", views.job_detail, name="job_detail"),
+    path("jobs/<int:job_id>/cancel", views.job_cancel, name="job_cancel"),
     path("api/v1/me", views.api_me, name="api_me"),
     path("api/v1/jobs/<int:job_id>", views.api_job, name="api_job"),
 ]

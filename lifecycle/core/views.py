@@ -3,7 +3,7 @@ import json
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
-from django.db import connection
+from django.db import connection, transaction
 from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -14,8 +14,20 @@ from django.views.decorators.http import require_GET, require_POST
 from lifecycle.core.artifacts import ArtifactNotFound, InvalidArtifactKey, get_store, validate_key
 from lifecycle.core.forms import ApiTokenForm, AuditFilterForm
 from lifecycle.core.models import ApiToken, AuditEvent, Job
-from lifecycle.core.queues import redis_status
-from lifecycle.core.roles import ROLE_DESCRIPTIONS, ROLES, APPROVER, ML_ENGINEER, ONCALL, role_required, user_roles
+from lifecycle.core.jobs import enqueue
+from lifecycle.core.queues import QueueUnavailable, redis_status
+from lifecycle.core.tasks import verify_audit_chain
+from lifecycle.core.roles import (
+    APPROVER,
+    ML_ENGINEER,
+    ONCALL,
+    ROLE_DESCRIPTIONS,
+    ROLES,
+    forbidden,
+    has_role,
+    role_required,
+    user_roles,
+)
 from lifecycle.lib.csvsafe import csv_lines
 from lifecycle.lib.pagination import keyset_page
 
@@ -138,6 +150,40 @@ def token_revoke(request, token_id):
 def _get_job_for_user(request, job_id):
     # Any role may read job status; the job rows carry primary keys and progress only.
     return get_object_or_404(Job, pk=job_id)
+
+
+@role_required(*ROLES)
+@require_GET
+def job_list(request):
+    before = request.GET.get("before")
+    page = keyset_page(Job.objects.select_related("created_by"), "id", before=int(before) if before and before.isdigit() else None)
+    return render(request, "core/job_list.html", {"page": page, "can_start": has_role(request.user, *AUDIT_ROLES)})
+
+
+@role_required(*AUDIT_ROLES)
+@require_POST
+def job_verify_audit(request):
+    try:
+        with transaction.atomic():
+            job = enqueue(verify_audit_chain, user=request.user)
+    except QueueUnavailable as exc:
+        messages.error(request, str(exc))
+        return redirect("jobs")
+    messages.success(request, f"Audit chain verification queued as job {job.pk}.")
+    return redirect("job_detail", job_id=job.pk)
+
+
+@role_required(*ROLES)
+@require_POST
+def job_cancel(request, job_id):
+    job = _get_job_for_user(request, job_id)
+    if job.created_by_id != request.user.pk and not has_role(request.user, ML_ENGINEER):
+        return forbidden(request, (ML_ENGINEER,))
+    if job.request_cancel(request.user):
+        messages.success(request, "Cancel requested.")
+    else:
+        messages.error(request, f"Job {job.pk} is already {job.status}; nothing to cancel.")
+    return redirect("job_detail", job_id=job.pk)
 
 
 @role_required(*ROLES)

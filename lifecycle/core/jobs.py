@@ -1,0 +1,312 @@
+"""Background jobs: PostgreSQL holds the truth about a job, RQ only carries its id to a worker.
+
+A task is a plain function that takes its `job` context first and primary keys as keywords:
+
+    @task(queue="default")
+    def rebuild_index(job, *, dataset_id):
+        for i, row in enumerate(rows):
+            job.set_progress(phase="indexing", done=i, total=len(rows))
+            job.check_cancelled()
+        return {"rows": len(rows)}
+
+and is enqueued inside the transaction that made the rows it needs:
+
+    job = enqueue(rebuild_index, user=request.user, dataset_id=dataset.pk)
+
+See docs/jobs.md for the states, the heartbeat, the reaper and the reconciler.
+"""
+import copy
+import importlib
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+
+from lifecycle.core import queues
+from lifecycle.core.models import Job
+from lifecycle.core.queues import QueueUnavailable  # noqa: F401 (callers catch it from here)
+
+log = logging.getLogger(__name__)
+
+# The only function RQ is ever asked to call: nothing read from Redis names other code.
+PERFORM = "lifecycle.core.jobs.perform"
+# RQ states from which the RQ job will never reach perform() again.
+RQ_DEAD = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+
+
+class JobCancelled(Exception):
+    """Raised by a task (usually via job.check_cancelled()) to stop after a cancel request."""
+
+
+class UnknownTask(LookupError):
+    pass
+
+
+# --- The task registry
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    func: Callable
+    queue: str
+
+
+_registry: dict[str, TaskSpec] = {}
+
+
+def task(queue="default"):
+    """Register a function as a task named by its dotted path, run on `queue`."""
+
+    def register(func):
+        name = f"{func.__module__}.{func.__qualname__}"
+        _registry[name] = TaskSpec(name, func, queue)
+        func.task_name = name
+        return func
+
+    return register
+
+
+def get_task(name):
+    """The registered task `name`, importing its module on first use.
+
+    Task names come from Job rows, which only enqueue() writes, and importing a module only
+    registers what it decorates: an undecorated function can never run.
+    """
+    if name not in _registry:
+        try:
+            importlib.import_module(name.rpartition(".")[0])
+        except ModuleNotFoundError:
+            pass
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownTask(f"no task is registered as {name!r}") from None
+
+
+def _resolve(task_ref):
+    if callable(task_ref):
+        if not hasattr(task_ref, "task_name"):
+            raise UnknownTask(f"{task_ref!r} is not a task; decorate it with @task(queue=...)")
+        task_ref = task_ref.task_name
+    spec = get_task(task_ref)
+    if spec.queue not in settings.RQ_QUEUES:
+        raise ImproperlyConfigured(f"task {spec.name} runs on queue {spec.queue!r}, which RQ_QUEUES lacks")
+    return spec
+
+
+# --- Enqueue
+
+
+def enqueue(task_ref, *, user=None, key=None, **kwargs):
+    """Create a queued Job row and send it to RQ once the surrounding transaction commits.
+
+    Raises QueueUnavailable, before writing anything, when Redis does not answer. With `key`,
+    a second enqueue returns the first Job instead of making another.
+    """
+    spec = _resolve(task_ref)
+    _check_kwargs(kwargs)
+    queues.ping(spec.queue)
+    if key is not None:
+        existing = Job.objects.filter(key=key).first()
+        if existing:
+            return existing
+    try:
+        job = Job.create_queued(spec.name, spec.queue, kwargs, user=user, key=key)
+    except IntegrityError:
+        if key is None:
+            raise
+        return Job.objects.get(key=key)  # lost a race with another enqueue of the same key
+    transaction.on_commit(lambda: send(job))
+    return job
+
+
+def _check_kwargs(kwargs):
+    try:
+        json.dumps(kwargs)
+    except TypeError as exc:
+        raise TypeError(f"job arguments must be plain JSON (pass primary keys, not objects): {exc}") from None
+
+
+def send(job):
+    """Hand a committed row to RQ. If Redis fails now, the row stays queued and the
+    reconciler sends it later; the caller's request has already succeeded."""
+    try:
+        queue = queues.get_queue(job.queue, commit_mode="auto")
+        queue.enqueue_call(
+            PERFORM, args=(job.pk,), job_id=str(job.rq_id), description=f"{job.task} (job {job.pk})"
+        )
+    except (RedisError, OSError):
+        log.exception("job %s stays queued: sending it to RQ failed; the reconciler will resend it", job.pk)
+
+
+# --- Running a job (inside the RQ work horse)
+
+
+def perform(job_id):
+    """RQ's entry point. Claims the row, runs its task, and records how it ended."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        log.warning("job %s does not exist; nothing to run", job_id)
+        return
+    if not job.claim(worker_name()):
+        # Already claimed or finished: RQ ran it twice, or a resend raced the original.
+        log.info("job %s is no longer queued; not running it again", job_id)
+        return
+    _run(job)
+
+
+def worker_name():
+    rq_worker = os.environ.get("RQ_WORKER_ID", "")
+    return f"{rq_worker}@{socket.gethostname()}:{os.getpid()}".lstrip("@")
+
+
+def _run(job):
+    context = JobContext(job)
+    try:
+        with Heartbeat(job, context):
+            result = _as_json(get_task(job.task).func(context, **job.kwargs))
+    except JobCancelled as exc:
+        finished = job.mark_cancelled() or job.mark_failed(f"JobCancelled without a cancel request: {exc}")
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job.pk, job.task)
+        finished = job.mark_failed(f"{type(exc).__name__}: {exc}")
+    else:
+        finished = job.mark_succeeded(result)
+    if not finished:
+        job.refresh_from_db(fields=["status"])
+        log.warning("job %s ended, but its row was already %s; outcome discarded", job.pk, job.status)
+
+
+def _as_json(result):
+    # Fail the job now rather than let a non-JSON result break the success UPDATE.
+    return json.loads(json.dumps(result, cls=DjangoJSONEncoder))
+
+
+class JobContext:
+    """What a running task sees of its job: the row, progress reports and cancellation."""
+
+    def __init__(self, job):
+        self.row = job
+        self.id = job.pk
+        self._stop = threading.Event()
+
+    def set_progress(self, phase="", done=None, total=None, **extra):
+        self.row.set_progress(phase, done, total, **extra)
+
+    def cancel_requested(self):
+        """True once a cancel was requested (or the row was reaped); costs no query."""
+        return self._stop.is_set()
+
+    def check_cancelled(self):
+        if self._stop.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled")
+
+    def request_stop(self):
+        self._stop.set()
+
+
+class Heartbeat(threading.Thread):
+    """Writes heartbeat_at every JOB_HEARTBEAT_SECONDS on its own database connection and
+    tells the task when a cancel was requested or the row left `running` (reaped)."""
+
+    def __init__(self, job, context):
+        super().__init__(name=f"job-{job.pk}-heartbeat", daemon=True)
+        self.row = copy.copy(job)  # its own instance: the task thread keeps using `job`
+        self.context = context
+        self.done = threading.Event()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.done.set()
+        self.join(timeout=5)
+
+    def run(self):
+        try:
+            while not self.done.wait(settings.JOB_HEARTBEAT_SECONDS):
+                self.beat()
+        finally:
+            connections.close_all()  # connections are per thread: this closes only ours
+
+    def beat(self):
+        try:
+            alive = self.row.heartbeat()
+        except DatabaseError:
+            # One missed beat is survivable (the window allows three); reconnect next time.
+            log.exception("job %s: heartbeat failed", self.row.pk)
+            connections.close_all()
+            return
+        if not alive or self.row.cancel_requested_at:
+            self.context.request_stop()
+
+
+# --- Maintenance: the reaper and the reconciler
+
+
+def reap_interrupted(window_seconds=None):
+    """Mark running jobs whose heartbeat is older than the window as interrupted; returns how many."""
+    window = window_seconds or settings.JOB_HEARTBEAT_WINDOW_SECONDS
+    cutoff = timezone.now() - timedelta(seconds=window)
+    reason = f"no heartbeat for {window} s: the worker died or lost the database"
+    stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff)
+    # stale_before re-checks the heartbeat inside the UPDATE, so a beat that lands now wins.
+    return sum(job.mark_interrupted(reason, stale_before=cutoff) for job in stale)
+
+
+def interrupt_rq_job(rq_id, reason):
+    """The worker saw its work horse die: mark that job interrupted without waiting for the reaper."""
+    job = Job.objects.filter(rq_id=rq_id).first()
+    return bool(job and job.mark_interrupted(reason))
+
+
+def reconcile_queued(min_age_seconds=None):
+    """Resend rows queued in the database that RQ will never run: the send was lost (a crash
+    or Redis outage between commit and send) or the RQ job died before perform() claimed the
+    row. Resending is safe: the claim lets only one run happen. Returns how many."""
+    min_age = settings.JOB_HEARTBEAT_WINDOW_SECONDS if min_age_seconds is None else min_age_seconds
+    cutoff = timezone.now() - timedelta(seconds=min_age)
+    queued = list(Job.objects.filter(status=Job.Status.QUEUED, created_at__lte=cutoff).order_by("created_at"))
+    redis_for = {name: queues.get_connection(name) for name in {job.queue for job in queued}}
+    resent = 0
+    for job in queued:
+        resent += _resend_if_lost(job, redis_for[job.queue])
+    return resent
+
+
+def _resend_if_lost(job, redis):
+    rq_id = str(job.rq_id)
+    status = redis.hget(RQJob.key_for(rq_id), "status")
+    if status is not None and status.decode() not in RQ_DEAD:
+        return 0
+    if status is not None:
+        RQJob.fetch(rq_id, connection=redis).delete()  # so the resent job starts clean
+    log.warning("job %s is queued but RQ does not hold it (%s); resending", job.pk, status or "missing")
+    send(job)
+    return 1
+
+
+def run_maintenance():
+    """One pass of the reaper and the reconciler. Safe to run from many processes at once."""
+    interrupted = reap_interrupted()
+    try:
+        resent = reconcile_queued()
+    except (RedisError, OSError) as exc:
+        log.warning("reconciler skipped: Redis is unavailable (%s)", exc)
+        resent = 0
+    return {"interrupted": interrupted, "resent": resent}

@@ -1,0 +1,96 @@
+"""The RQ worker class every Lifecycle worker runs: RQ's forking Worker plus job maintenance.
+
+RQ on its own leaves a killed worker's job "started" for minutes. This worker runs the reaper
+and the reconciler (core/jobs.py) every JOB_MAINTENANCE_SECONDS from its main process: when
+idle, by waking from the blocking dequeue that often; when busy, from the loop that watches
+the work horse. Start it with `manage.py lifecycle_worker default monitoring` (or
+`manage.py rqworker ... --worker-class lifecycle.core.worker.LifecycleWorker`).
+"""
+import logging
+import time
+
+from django.conf import settings
+from django.db import connections
+from rq import Worker
+from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL
+
+from lifecycle.core import jobs
+
+log = logging.getLogger(__name__)
+
+# Held for one maintenance interval by whichever worker runs maintenance, so a fleet of
+# workers runs it about once per interval instead of once per worker.
+MAINTENANCE_LOCK_KEY = "lifecycle:jobs:maintenance"
+
+
+def maintenance_seconds():
+    return max(1, settings.JOB_MAINTENANCE_SECONDS)
+
+
+class LifecycleWorker(Worker):
+    def __init__(self, *args, **kwargs):
+        # The horse-watching loop wakes this often; it is also where a busy worker does maintenance.
+        interval = kwargs.get("job_monitoring_interval", DEFAULT_JOB_MONITORING_INTERVAL)
+        kwargs["job_monitoring_interval"] = min(interval, maintenance_seconds())
+        super().__init__(*args, **kwargs)
+        self.job_maintenance_at = None
+
+    @property
+    def dequeue_timeout(self):
+        # An idle worker blocks in BLPOP for this long, then comes back round to maintenance.
+        return min(super().dequeue_timeout, maintenance_seconds())
+
+    @property
+    def should_run_maintenance_tasks(self):
+        return super().should_run_maintenance_tasks or self.job_maintenance_due()
+
+    def run_maintenance_tasks(self):
+        # RQ's own registry cleaning keeps its (slower) maintenance_interval.
+        if super().should_run_maintenance_tasks:
+            super().run_maintenance_tasks()
+        if self.job_maintenance_due():
+            self.run_job_maintenance()
+
+    def maintain_heartbeats(self, job, execution):
+        super().maintain_heartbeats(job, execution)
+        if self.job_maintenance_due():
+            self.run_job_maintenance()
+
+    def job_maintenance_due(self):
+        last = self.job_maintenance_at
+        return last is None or time.monotonic() - last >= maintenance_seconds()
+
+    def run_job_maintenance(self):
+        self.job_maintenance_at = time.monotonic()
+        if not self.connection.set(MAINTENANCE_LOCK_KEY, self.name, nx=True, ex=maintenance_seconds()):
+            return
+        try:
+            counts = jobs.run_maintenance()
+            if any(counts.values()):
+                log.info("Worker %s: job maintenance %s", self.name, counts)
+        except Exception:
+            # Maintenance must never take the worker down; the next tick tries again.
+            log.exception("Worker %s: job maintenance failed", self.name)
+        finally:
+            connections.close_all()  # a forked horse must not inherit an open connection
+
+    def fork_work_horse(self, job, queue):
+        connections.close_all()  # each horse opens its own database connection
+        super().fork_work_horse(job, queue)
+
+    def perform_job(self, job, queue, execution):
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            # The horse leaves by os._exit(), which would drop the connection mid-session.
+            connections.close_all()
+
+    def handle_work_horse_killed(self, job, retpid, ret_val, rusage):
+        """The horse died (OOM killer, a signal): record it now, not a heartbeat window later."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        try:
+            jobs.interrupt_rq_job(job.id, f"the work horse died (wait status {ret_val})")
+        except Exception:
+            log.exception("Worker %s: could not mark job %s interrupted", self.name, job.id)
+        finally:
+            connections.close_all()

@@ -84,3 +84,13 @@ def pytest_runtest_teardown(item, nextitem):
         with item.config.stash[blocking_manager_key].unblock():
             with connection.cursor() as cursor:
                 cursor.execute("ALTER TABLE core_auditevent ENABLE TRIGGER core_auditevent_no_truncate")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Browser tests run last. Playwright's session-wide event loop runs Django calls in other
+    contexts, and an RQ work horse forked by a later in-process burst worker can inherit a
+    database connection from one of them (seen as "server closed the connection")."""
+    for item in items:
+        if "tests/browser/" in str(item.path):
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

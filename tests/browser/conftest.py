@@ -13,11 +13,6 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
-@pytest.fixture(autouse=True)
-def _browser_tests_are_marked(request):
-    request.node.add_marker(pytest.mark.browser)
-
-
 def log_in(page, live_server, user):
     page.goto(f"{live_server.url}/login/")
     page.fill("#id_username", user.username)

@@ -6,5 +6,6 @@ handler403 = "lifecycle.core.views.permission_denied"
 
 urlpatterns = [
     path("", include("lifecycle.core.urls")),
+    path("", include("lifecycle.datasets.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -10,3 +10,9 @@ register = template.Library()
 def as_json(value):
     """Compact JSON for display; the template's autoescaping still applies."""
     return json.dumps(value, cls=DjangoJSONEncoder, sort_keys=True, ensure_ascii=False)
+
+
+@register.filter
+def get_item(mapping, key):
+    """mapping[key] in a template, or nothing when absent."""
+    return (mapping or {}).get(key, [])

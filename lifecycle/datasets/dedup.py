@@ -1,0 +1,457 @@
+"""Exact and near-duplicate detection for dataset rows, in numpy, with no Django models.
+
+Ingest streams millions of rows, so everything here works on batches and keeps only small
+per-row arrays: an int64 exact key (8 bytes) and the LSH band keys (8 bytes per band,
+64 bytes with the defaults). Texts are never held; `verify_pairs` fetches the few it needs
+through a callback. See docs/dedup-and-splits.md for the parameters and measured speed.
+
+    keys = exact_keys(texts)                                   # one int64 per row
+    index = NearDuplicateIndex()
+    index.add(batch_texts, start_index)                        # batch by batch
+    pairs = verify_pairs(index.candidate_pairs(), get_texts)
+    units = components(n, np.concatenate([exact_pairs(keys), pairs]))
+"""
+import functools
+import hashlib
+import unicodedata
+
+import numpy as np
+
+DEFAULT_NUM_PERM = 64
+DEFAULT_BANDS = 8
+DEFAULT_SHINGLE_SIZE = 5
+NEAR_THRESHOLD = 0.8  # exact shingle Jaccard at or above which verify_pairs keeps a pair
+# A bucket bigger than this links each row to its first MAX_PARTNERS rows only, so a very
+# common text ("thanks") costs n * 16 pairs, not n² / 2, and still ends up in one component.
+MAX_PARTNERS = 16
+
+# Texts are processed in chunks of at most this many texts and characters inside one call:
+# the shingle hashes of ~1k short texts (~1 MB) stay in the CPU cache across the num_perm
+# passes of the MinHash loop, and the ~70 bytes of temporaries per character stay ~35 MB
+# however long the texts are (a single longer text is a chunk of its own).
+_CHUNK_TEXTS = 1024
+_CHUNK_CHARS = 1 << 19
+# Band key of a row without shingles (an empty text): such rows are never near-duplicate
+# candidates; identical ones are already caught by their exact key.
+EMPTY_BAND_KEY = np.uint64(0)
+_ALL_ONES_32 = np.uint32(0xFFFFFFFF)
+
+
+# ---------------------------------------------------------------- normalisation, exact keys
+
+
+def normalize(text):
+    """The text an exact key is computed from: NFKC, casefold, whitespace collapsed, stripped.
+
+    Punctuation is kept: "I love it :)" and "I love it :(" must not share an exact key. Rows
+    that differ only in punctuation are still found, by the near-duplicate pass, whose
+    shingles ignore punctuation (see `normalize_for_shingles`).
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def exact_key(text):
+    """A signed 64-bit key of the normalised text: fits a numpy int64 and a PostgreSQL bigint."""
+    digest = hashlib.blake2b(normalize(text).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def exact_keys(texts):
+    """`exact_key` for a batch, as an int64 array."""
+    return np.fromiter((exact_key(text) for text in texts), dtype=np.int64, count=len(texts))
+
+
+def exact_duplicate_groups(keys):
+    """Row indices of every exact key held by two or more rows, each group in row order."""
+    keys = np.asarray(keys, dtype=np.int64)
+    order, starts, sizes = _runs(keys)
+    return [order[start:start + size] for start, size in zip(starts[sizes > 1], sizes[sizes > 1])]
+
+
+def exact_pairs(keys):
+    """(k, 2) pairs linking each duplicate row to the first row with its key (for `components`)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    order, starts, sizes = _runs(keys)
+    first = np.repeat(order[starts], sizes)
+    linked = first != order
+    return np.stack([first[linked], order[linked]], axis=1).astype(np.int64)
+
+
+def sorted_unique(values):
+    """np.unique without its hash-table path: numpy 2.4 takes ~100x longer than a sort for
+    millions of distinct int64 values when no return_* option is given."""
+    values = np.sort(values, kind="stable")
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def _runs(values):
+    """Stable sort order of values, and the start and size of each run of equal values."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(values) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(values)])
+    return order, starts, sizes
+
+
+# ---------------------------------------------------------------- shingles
+
+
+@functools.cache
+def _separator_table():
+    """True for every code point that separates words in shingles: whitespace and punctuation.
+
+    Punctuation is Unicode category P* (so "¿", "…", "、" count, and "_" too); symbols
+    (S*: "$", "+", emoji) and marks (M*) are kept, so accents and Indic vowel signs stay
+    inside their words.
+    """
+    table = np.zeros(0x110000, dtype=bool)
+    chars = (chr(cp) for cp in range(0x110000))
+    table[[ord(ch) for ch in chars if ch.isspace() or unicodedata.category(ch)[0] == "P"]] = True
+    return table
+
+
+def normalize_for_shingles(text):
+    """`normalize`, then punctuation turned into spaces and whitespace collapsed again.
+
+    The reference for what the batched numpy code computes; tests check the two agree.
+    """
+    table = _separator_table()
+    spaced = "".join(" " if table[ord(ch)] else ch for ch in normalize(text))
+    return " ".join(spaced.split())
+
+
+def shingles(text, shingle_size=DEFAULT_SHINGLE_SIZE):
+    """The set of character shingles of one text (reference implementation, for tests and docs).
+
+    A text shorter than the shingle size is one shingle, itself; an empty one has none.
+    """
+    text = normalize_for_shingles(text)
+    if len(text) <= shingle_size:
+        return {text} if text else set()
+    return {text[i:i + shingle_size] for i in range(len(text) - shingle_size + 1)}
+
+
+def _clean_codepoints(texts):
+    """Code points of all texts normalised for shingles, one array, and each text's start and length.
+
+    One NFKC/casefold over the joined batch and numpy for the rest: about 1 µs per short text,
+    where per-text Python string work costs several.
+    """
+    texts = [text.replace("\x00", " ") for text in texts] if any("\x00" in text for text in texts) else texts
+    # NUL is the boundary: it is not whitespace or punctuation, and NFKC/casefold leave it alone.
+    joined = unicodedata.normalize("NFKC", "\x00".join(texts)).casefold()
+    points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    points = _collapse_separators(points, _separator_table()[points])
+    bounds = np.flatnonzero(points == 0)
+    starts = np.r_[0, bounds + 1]
+    return points, starts, np.r_[bounds, len(points)] - starts
+
+
+def _collapse_separators(points, separator):
+    """Every run of separators becomes one space; spaces at a text's start or end are dropped."""
+    if not len(points):
+        return points
+    points = np.where(separator, np.uint32(32), points)
+    first_of_run = ~(separator & np.r_[False, separator[:-1]])
+    points, separator = points[first_of_run], separator[first_of_run]
+    edge = points == 0
+    at_edge = separator & (np.r_[True, edge[:-1]] | np.r_[edge[1:], True])
+    return points[~at_edge]
+
+
+@functools.cache
+def _constants(name, count):
+    """Fixed odd 64-bit constants, derived with blake2b so they never change with numpy's RNG."""
+    digests = (hashlib.blake2b(f"lifecycle.dedup:{name}:{i}".encode(), digest_size=8).digest() for i in range(count))
+    return np.array([int.from_bytes(d, "little") | 1 for d in digests], dtype=np.uint64)
+
+
+def shingle_hashes(texts, shingle_size=DEFAULT_SHINGLE_SIZE):
+    """64-bit hashes of every shingle of every text, in text order, and the count per text.
+
+    A shingle's hash is sum(code_point[j] * K[j]) mod 2**64 over its characters, computed for
+    the whole batch at once (a text shorter than a shingle: over its own characters only). A
+    text may repeat a hash (a repeated shingle); callers that need sets deduplicate. Distinct
+    shingles collide with probability about 2**-64, or 2**-32 in the top 32 bits that
+    MinHash and verify_pairs use. Temporaries are ~70 bytes per character: chunk big batches.
+    """
+    if not len(texts):
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    points, starts, lengths = _clean_codepoints(texts)
+    window = _window_hashes(points, shingle_size)
+    counts = np.where(lengths >= shingle_size, lengths - shingle_size + 1, (lengths > 0).astype(np.int64))
+    offsets = np.cumsum(counts) - counts
+    positions = np.repeat(starts - offsets, counts) + np.arange(counts.sum())
+    hashes = window[positions]
+    short = (lengths > 0) & (lengths < shingle_size)
+    hashes[offsets[short]] = _short_hashes(points, starts[short], lengths[short], shingle_size)
+    return hashes, counts.astype(np.int64)
+
+
+def _chunks(texts):
+    """(start, end) bounds of consecutive chunks of at most _CHUNK_TEXTS texts and _CHUNK_CHARS characters."""
+    ends = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+    start = 0
+    while start < len(texts):
+        before = ends[start - 1] if start else 0
+        fits = int(np.searchsorted(ends, before + _CHUNK_CHARS, side="right"))
+        end = max(start + 1, min(start + _CHUNK_TEXTS, fits))
+        yield start, end
+        start = end
+
+
+def _window_hashes(points, shingle_size):
+    padded = np.r_[points, np.zeros(shingle_size, np.uint32)].astype(np.uint64)
+    factors = _constants("shingle", shingle_size)
+    window = np.zeros(len(points), dtype=np.uint64)
+    for j in range(shingle_size):
+        window += padded[j:j + len(points)] * factors[j]
+    return window
+
+
+def _short_hashes(points, starts, lengths, shingle_size):
+    """The hash of a text shorter than a shingle: its characters only, not the next text's."""
+    factors = _constants("shingle", shingle_size)
+    hashes = np.zeros(len(starts), dtype=np.uint64)
+    padded = np.r_[points, np.zeros(shingle_size, np.uint32)].astype(np.uint64)
+    for j in range(shingle_size):
+        hashes += np.where(j < lengths, padded[starts + j], 0).astype(np.uint64) * factors[j]
+    return hashes
+
+
+# ---------------------------------------------------------------- MinHash and LSH
+
+
+class MinHasher:
+    """MinHash signatures and LSH band keys for batches of texts.
+
+    The permutations are h -> (a*h + b) mod 2**64, top 32 bits, for 32-bit shingle hashes h
+    and random 64-bit a (odd) and b: Dietzfelbinger's multiply-add-shift family, strongly
+    universal like (a*h + b) mod p but without a 64-bit division per element, which makes it
+    4-6x faster in numpy. Defaults: 64 permutations in 8 bands of 8 rows, so a pair with
+    Jaccard s becomes a candidate with probability 1 - (1 - s**8)**8 (0.77 at s=0.8, 0.99 at
+    0.9, 0.03 at 0.5); see docs/dedup-and-splits.md for the S-curve.
+    """
+
+    def __init__(self, num_perm=DEFAULT_NUM_PERM, bands=DEFAULT_BANDS, shingle_size=DEFAULT_SHINGLE_SIZE, seed=1):
+        if num_perm < 1 or bands < 1 or num_perm % bands:
+            raise ValueError(f"num_perm ({num_perm}) must be a positive multiple of bands ({bands})")
+        if shingle_size < 1:
+            raise ValueError("shingle_size must be at least 1")
+        self.num_perm, self.bands, self.shingle_size, self.seed = num_perm, bands, shingle_size, seed
+        self.rows = num_perm // bands
+        self._a = _constants(f"perm-a:{seed}", num_perm)
+        self._b = _constants(f"perm-b:{seed}", num_perm)
+        self._band_factors = _constants(f"band:{seed}", self.rows)
+
+    def __repr__(self):
+        return f"MinHasher(num_perm={self.num_perm}, bands={self.bands}, shingle_size={self.shingle_size}, seed={self.seed})"
+
+    def signatures(self, texts):
+        """(n, num_perm) uint32 signatures; a text without shingles gets all 0xFFFFFFFF."""
+        texts = texts if isinstance(texts, (list, tuple)) else list(texts)
+        out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        for start, end in _chunks(texts):
+            hashes, counts = shingle_hashes(texts[start:end], self.shingle_size)
+            out[start:end] = self._minhash(hashes >> np.uint64(32), counts)
+        return out
+
+    def _minhash(self, hashes, counts):
+        signature = np.full((self.num_perm, len(counts)), _ALL_ONES_32, dtype=np.uint32)
+        filled = counts > 0
+        if not filled.any():
+            return signature.T
+        offsets = (np.cumsum(counts) - counts)[filled]
+        value = np.empty(len(hashes), dtype=np.uint64)
+        for p in range(self.num_perm):
+            np.multiply(hashes, self._a[p], out=value)
+            value += self._b[p]
+            # The top 32 bits are monotone in the 64-bit value: take the minimum, then shift.
+            signature[p, filled] = np.minimum.reduceat(value, offsets) >> np.uint64(32)
+        return signature.T
+
+    def band_keys(self, signatures):
+        """(n, bands) uint64: each band's rows hashed to one key; EMPTY_BAND_KEY for empty texts."""
+        signatures = np.asarray(signatures, dtype=np.uint32)
+        banded = signatures.reshape(len(signatures), self.bands, self.rows)
+        keys = np.zeros((len(signatures), self.bands), dtype=np.uint64)
+        for j in range(self.rows):
+            keys += banded[:, :, j].astype(np.uint64) * self._band_factors[j]
+        keys[keys == EMPTY_BAND_KEY] = 1
+        keys[(signatures == _ALL_ONES_32).all(axis=1)] = EMPTY_BAND_KEY
+        return keys
+
+
+def estimated_jaccard(sig_a, sig_b):
+    """Share of equal signature values: a float for two signatures, an array for two (n, p) arrays."""
+    equal = np.asarray(sig_a) == np.asarray(sig_b)
+    return float(equal.mean()) if equal.ndim == 1 else equal.mean(axis=-1)
+
+
+def candidate_pairs(band_keys, max_partners=MAX_PARTNERS):
+    """(k, 2) int64 row pairs i < j that share at least one band key, sorted, without repeats.
+
+    Within a bucket (rows sharing one band's key) each row is paired with every earlier row,
+    up to the bucket's first max_partners rows: all pairs for buckets up to max_partners + 1
+    rows, and n * max_partners pairs, still connected, for bigger ones.
+    """
+    band_keys = np.asarray(band_keys, dtype=np.uint64)
+    if band_keys.ndim != 2:
+        raise ValueError("band_keys must be a (rows, bands) array")
+    found = [_bucket_pairs(band_keys[:, band], max_partners) for band in range(band_keys.shape[1])]
+    return _unique_pairs(found)
+
+
+def _bucket_pairs(keys, max_partners):
+    """Pairs of row positions in one band's column that share a (non-empty) key."""
+    order, starts, sizes = _runs(keys)
+    rank = np.arange(len(keys)) - np.repeat(starts, sizes)
+    partners = np.minimum(rank, max_partners)
+    partners[keys[order] == EMPTY_BAND_KEY] = 0
+    member = np.repeat(np.arange(len(keys)), partners)
+    within = np.arange(len(member)) - np.repeat(np.cumsum(partners) - partners, partners)
+    hub = np.repeat(np.repeat(starts, sizes), partners) + within
+    # A stable sort keeps each bucket in row order, so the hub is always the smaller row.
+    return np.stack([order[hub], order[member]], axis=1)
+
+
+def _unique_pairs(pair_arrays):
+    pairs = np.concatenate([np.zeros((0, 2), np.int64), *pair_arrays]).astype(np.int64)
+    if not len(pairs):
+        return pairs
+    low, high = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    packed = sorted_unique((low.astype(np.uint64) << np.uint64(32)) | high.astype(np.uint64))
+    return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
+
+
+class NearDuplicateIndex:
+    """Streams batches of texts in and keeps only their band keys (64 bytes a row by default)."""
+
+    def __init__(self, hasher=None, max_partners=MAX_PARTNERS):
+        self.hasher = hasher or MinHasher()
+        self.max_partners = max_partners
+        self._chunks = []  # (first row index, band keys transposed to (bands, rows))
+
+    def __len__(self):
+        return sum(keys.shape[1] for _, keys in self._chunks)
+
+    def add(self, texts, start_index):
+        """Add texts that are rows start_index, start_index + 1, ... of the dataset."""
+        keys = self.hasher.band_keys(self.hasher.signatures(texts))
+        self._chunks.append((int(start_index), np.ascontiguousarray(keys.T)))
+
+    def candidate_pairs(self):
+        """(k, 2) int64 pairs of dataset row indices i < j sharing a band key."""
+        rows = self._row_indices()
+        found = []
+        # One band at a time: the full (rows, bands) matrix is never copied.
+        for band in range(self.hasher.bands):
+            column = np.concatenate([np.zeros(0, np.uint64)] + [keys[band] for _, keys in self._chunks])
+            found.append(rows[_bucket_pairs(column, self.max_partners)])
+        return _unique_pairs(found)
+
+    def _row_indices(self):
+        spans = [np.arange(start, start + keys.shape[1]) for start, keys in self._chunks]
+        rows = np.concatenate([np.zeros(0, np.int64), *spans]).astype(np.int64)
+        if len(sorted_unique(rows)) != len(rows):
+            raise ValueError("two batches were added for the same row indices")
+        if len(rows) and (rows.min() < 0 or rows.max() >= 2**32):
+            raise ValueError("row indices must be in [0, 2**32)")
+        return rows
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify_pairs(pairs, get_texts, threshold=NEAR_THRESHOLD, *, shingle_size=DEFAULT_SHINGLE_SIZE,
+                 batch_pairs=10_000, return_similarity=False):
+    """The candidate pairs whose shingle Jaccard is at least threshold, as a (k, 2) int64 array.
+
+    get_texts(rows) gets a sorted int64 array of row indices and returns their texts in that
+    order; it is called once per batch of batch_pairs pairs, so only those texts (and, at
+    the default, ~50 MB of arrays for 180-character texts) are ever in memory. With return_similarity, returns
+    (pairs, similarity) with the Jaccard of each kept pair as float32. Shingles are compared
+    by their 32-bit hashes: a chance collision (about 1e-5 per pair of short texts) can add
+    one shared shingle. Two texts without shingles (empty, punctuation only) are identical.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    kept, similarity = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.float32)]
+    for start in range(0, len(pairs), batch_pairs):
+        batch = pairs[start:start + batch_pairs]
+        jaccard = _pair_jaccard(batch, get_texts, shingle_size)
+        kept.append(batch[jaccard >= threshold])
+        similarity.append(jaccard[jaccard >= threshold])
+    if return_similarity:
+        return np.concatenate(kept), np.concatenate(similarity)
+    return np.concatenate(kept)
+
+
+def _pair_jaccard(pairs, get_texts, shingle_size):
+    rows = sorted_unique(pairs.ravel())
+    texts = list(get_texts(rows))
+    if len(texts) != len(rows):
+        raise ValueError(f"get_texts returned {len(texts)} texts for {len(rows)} rows")
+    sets, counts = _shingle_sets(texts, shingle_size)
+    left, right = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
+    inter = _intersections(sets, counts, left, right)
+    union = counts[left] + counts[right] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float32)
+
+
+def _shingle_sets(texts, shingle_size):
+    """Each text's distinct shingle hashes as sorted int64 (text << 32 | hash >> 32), and their counts.
+
+    Built a chunk of texts at a time, so the big per-character temporaries stay small.
+    """
+    sets = []
+    for start, end in _chunks(texts):
+        hashes, counts = shingle_hashes(texts[start:end], shingle_size)
+        owner = np.repeat(np.arange(start, end, dtype=np.int64), counts)
+        sets.append(sorted_unique(owner << 32 | (hashes >> np.uint64(32)).astype(np.int64)))
+    sets = np.concatenate([np.zeros(0, np.int64), *sets])
+    return sets, np.bincount(sets >> 32, minlength=len(texts))
+
+
+def _intersections(sets, counts, left, right):
+    """Shared shingles of texts left[i] and right[i]: look each of left's up in right's set."""
+    offsets = np.cumsum(counts) - counts
+    sizes = counts[left]
+    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    shingle = sets[np.repeat(offsets[left], sizes) + within] & 0xFFFFFFFF
+    query = np.repeat(right.astype(np.int64), sizes) << 32 | shingle
+    where = np.minimum(np.searchsorted(sets, query), max(len(sets) - 1, 0))
+    found = sets[where] == query if len(sets) else np.zeros(0, bool)
+    return np.bincount(np.repeat(np.arange(len(left)), sizes)[found], minlength=len(left))
+
+
+# ---------------------------------------------------------------- connected components
+
+
+def components(n, pairs):
+    """Connected component of each of n rows linked by pairs; the id is the component's smallest row.
+
+    Numpy hook-and-compress (Shiloach-Vishkin style): each round hooks every root to the
+    smallest root it is linked to, then jumps pointers until every row points at its root.
+    Rounds are few (logarithmic in practice), each a handful of vectorised passes.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n):
+        raise ValueError(f"pairs must index rows 0..{n - 1}")
+    left, right = pairs[:, 0], pairs[:, 1]
+    while len(left):
+        root_left, root_right = parent[left], parent[right]
+        apart = root_left != root_right
+        left, right, root_left, root_right = left[apart], right[apart], root_left[apart], root_right[apart]
+        # Hooking only ever lowers a parent, so parent[x] <= x holds and no cycle can form.
+        np.minimum.at(parent, np.maximum(root_left, root_right), np.minimum(root_left, root_right))
+        parent = _compress(parent)
+    return parent
+
+
+def _compress(parent):
+    while True:
+        grand = parent[parent]
+        if np.array_equal(grand, parent):
+            return parent
+        parent = grand

@@ -1,0 +1,95 @@
+from django import forms
+from django.core.exceptions import ValidationError
+
+from lifecycle.datasets.models import Dataset, Example, Upload
+
+TARGETS = {
+    Dataset.Task.CLASSIFICATION: (("text", True), ("label", True)),
+    Dataset.Task.SFT: (("prompt", True), ("response", True), ("label", False)),
+}
+OPTIONAL_TARGETS = (("group", "Group (e.g. a customer id; never split across train/test)"),
+                    ("timestamp", "Timestamp"), ("split", "Split (train/validation/test) given by the file"))
+
+
+class DatasetForm(forms.ModelForm):
+    labels = forms.CharField(required=False, help_text="Optional: the allowed labels, comma-separated. "
+                             "Empty: the first version's labels become the label set.")
+
+    class Meta:
+        model = Dataset
+        fields = ["name", "slug", "description", "task", "pii_policy", "max_labels", "max_text_chars"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+    def clean_labels(self):
+        labels = [label.strip() for label in self.cleaned_data["labels"].split(",") if label.strip()]
+        if len(set(labels)) != len(labels):
+            raise ValidationError("Each label may appear once.")
+        if labels and len(labels) < 2:
+            raise ValidationError("A label set needs at least two labels.")
+        return labels
+
+    def save_for(self, user):
+        fields = {name: self.cleaned_data[name] for name in self.Meta.fields}
+        return Dataset.create(user, label_set=self.cleaned_data["labels"], **fields)
+
+
+class PolicyForm(forms.Form):
+    pii_policy = forms.ChoiceField(choices=Dataset.PiiPolicy.choices)
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(help_text="CSV (any common dialect), JSONL or Parquet, UTF-8.")
+    on_error = forms.ChoiceField(choices=Upload.OnError.choices, initial=Upload.OnError.REJECT, widget=forms.RadioSelect)
+
+
+class MappingForm(forms.Form):
+    """One select per field Lifecycle needs, offering the file's columns."""
+
+    def __init__(self, *args, dataset, columns, initial_mapping=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [("", "— none —")] + [(column, column) for column in columns]
+        initial_mapping = initial_mapping or {}
+        for target, required in TARGETS[dataset.task]:
+            self.fields[target] = forms.ChoiceField(choices=choices, required=required, initial=initial_mapping.get(target, ""),
+                                                    label=f"{target.capitalize()} column")
+        for target, label in OPTIONAL_TARGETS:
+            self.fields[target] = forms.ChoiceField(choices=choices, required=False, initial=initial_mapping.get(target, ""), label=label)
+
+    def clean(self):
+        data = super().clean()
+        chosen = [value for value in data.values() if value]
+        if len(chosen) != len(set(chosen)):
+            raise ValidationError("Each column can feed only one field.")
+        return data
+
+    def mapping(self):
+        return {target: column for target, column in self.cleaned_data.items() if column}
+
+
+class BrowseForm(forms.Form):
+    SPLITS = [("", "all splits")] + [(str(value), name) for value, name in Example.SPLIT_CHOICES]
+    PII = [("", "any"), ("yes", "with PII"), ("no", "without PII")]
+
+    q = forms.CharField(required=False, max_length=200, label="Search words")
+    split = forms.ChoiceField(choices=SPLITS, required=False)
+    label = forms.CharField(required=False, max_length=200)
+    pii = forms.ChoiceField(choices=PII, required=False, label="PII")
+    after = forms.IntegerField(required=False, min_value=-1, widget=forms.HiddenInput)
+
+    def filters(self):
+        data = self.cleaned_data
+        return {
+            "split": int(data["split"]) if data.get("split") else None,
+            "label": data.get("label") or None,
+            "pii": {"yes": True, "no": False}.get(data.get("pii") or ""),
+            "search": (data.get("q") or "").strip(),
+        }
+
+
+class SignOffForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), min_length=10,
+                             help_text="Why this PII may stay (recorded in the audit trail).")
+
+
+class ResplitForm(forms.Form):
+    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=1)

@@ -1,0 +1,561 @@
+"""The ingest pipeline: a file in, an immutable dataset version (or a clear refusal) out.
+
+    read → validate → PII scan → dedup keys → (stage to Parquet) → near-duplicates → splits
+         → leakage → PII policy → version (and a redacted child under the "redact" policy)
+
+It streams: rows pass through in batches and are staged in a temporary Parquet file; only a
+few numbers per row (label id, group id, time, content key, LSH band keys) stay in memory.
+"""
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone as dt_timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lifecycle.datasets import dedup, pii, splits
+from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
+from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
+from lifecycle.datasets.versions import READ_BATCH, VersionWriter, row_sha256
+
+log = logging.getLogger(__name__)
+
+BATCH = 5_000
+MAX_REPORTED_ERRORS = 200
+SPLIT_ALIASES = {"train": 0, "training": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2, "testing": 2}
+STAGE_SCHEMA = pa.schema([
+    ("text", pa.string()), ("response", pa.string()), ("label", pa.string()), ("group", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")), ("metadata", pa.string()), ("row_sha256", pa.string()),
+    ("content_key", pa.int64()), ("pii_kinds", pa.string()),
+])
+
+
+class IngestRejected(Exception):
+    """The file cannot become a version; the message says why, the report says where."""
+
+
+@dataclass
+class Options:
+    task: str
+    mapping: ColumnMapping
+    on_error: str = "reject"
+    label_set: list = field(default_factory=list)
+    max_labels: int = 100
+    max_text_chars: int = 20_000
+    max_bytes: int | None = None
+    seed: int = 0
+    fractions: tuple = (0.8, 0.1, 0.1)
+    by_time: bool = False
+
+    @classmethod
+    def for_dataset(cls, dataset, mapping, on_error, **extra):
+        return cls(task=dataset.task, mapping=mapping, on_error=on_error, label_set=list(dataset.label_set),
+                   max_labels=dataset.max_labels, max_text_chars=dataset.max_text_chars, **extra)
+
+
+# --- validation of one row --------------------------------------------------------------------
+
+
+class RowInvalid(ValueError):
+    pass
+
+
+def _parse_timestamp(value):
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        moment = datetime.fromtimestamp(float(value), tz=dt_timezone.utc)
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise RowInvalid(f"timestamp {str(value)[:40]!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt_timezone.utc)
+
+
+def _looks_numeric(label):
+    try:
+        return math.isfinite(float(label))
+    except ValueError:
+        return False
+
+
+class Validator:
+    """Turns mapped values into a clean row, or says why not. Tracks label-level facts."""
+
+    def __init__(self, options):
+        self.options = options
+        self.required = ("text", "label") if options.task == Dataset.Task.CLASSIFICATION else ("prompt", "response")
+        self.fixed_labels = set(options.label_set)
+        self.label_kinds = {}  # "number"/"text" -> (line, label) of the first one seen
+
+    def clean(self, line, values):
+        mapped = self.options.mapping.apply(values)
+        text = self._text(mapped, "text" if self.options.task == Dataset.Task.CLASSIFICATION else "prompt")
+        response = self._text(mapped, "response") if self.options.task == Dataset.Task.SFT else ""
+        label = self._label(line, mapped)
+        return {
+            "text": text, "response": response, "label": label,
+            "group": clean_cell(mapped.get("group")) or "",
+            "timestamp": _parse_timestamp(mapped.get("timestamp")),
+            "split": self._split(mapped),
+            "metadata": mapped.get("metadata") or {},
+        }
+
+    def _text(self, mapped, name):
+        value = clean_cell(mapped.get(name))
+        if value is None or not value.strip():
+            raise RowInvalid(f"{name} is empty")
+        if len(value) > self.options.max_text_chars:
+            raise RowInvalid(f"{name} is {len(value):,} characters, over the limit of {self.options.max_text_chars:,}")
+        return value
+
+    def _label(self, line, mapped):
+        label = clean_cell(mapped.get("label")) or ""
+        label = label.strip()
+        if self.options.task == Dataset.Task.CLASSIFICATION and not label:
+            raise RowInvalid("label is empty")
+        if len(label) > 200:
+            raise RowInvalid("label is longer than 200 characters")
+        if self.fixed_labels and label and label not in self.fixed_labels:
+            raise RowInvalid(f"label {label!r} is not in the dataset's label set")
+        if label:
+            self.label_kinds.setdefault("number" if _looks_numeric(label) else "text", (line, label))
+        return label
+
+    def _split(self, mapped):
+        if "split" not in mapped:
+            return -1
+        value = (clean_cell(mapped.get("split")) or "").strip().lower()
+        if value not in SPLIT_ALIASES:
+            raise RowInvalid(f"split {value!r} is not train, validation or test")
+        return SPLIT_ALIASES[value]
+
+    def file_problems(self, labels):
+        problems = []
+        if len(self.label_kinds) == 2:
+            (n_line, n_label), (t_line, t_label) = self.label_kinds["number"], self.label_kinds["text"]
+            problems.append(f"the label column mixes numbers ({n_label!r} on line {n_line}) and text "
+                            f"({t_label!r} on line {t_line}); map the labels to one kind first")
+        if len(labels) > self.options.max_labels:
+            problems.append(f"{len(labels):,} distinct labels, more than the dataset's limit of {self.options.max_labels:,}")
+        if self.options.task == Dataset.Task.CLASSIFICATION and 0 < len(labels) < 2:
+            problems.append("only one label in the whole file: a classifier needs at least two")
+        return problems
+
+
+# --- staging: the streaming pass ----------------------------------------------------------------
+
+
+class Stage:
+    """Everything the later phases need, with only small arrays per row in memory."""
+
+    def __init__(self):
+        fd, self.path = tempfile.mkstemp(prefix="lifecycle-stage-", suffix=".parquet")
+        os.close(fd)
+        self.writer = pq.ParquetWriter(self.path, STAGE_SCHEMA)
+        self.labels, self.groups = {}, {}
+        self.label_ids, self.group_ids, self.times, self.keys, self.given_splits = [], [], [], [], []
+        self.near = dedup.NearDuplicateIndex()
+        self.pii = pii.PiiReport()
+        self.errors, self.error_count, self.rows_read = [], 0, 0
+        self.buffer = []
+
+    def cleanup(self):
+        if self.writer is not None:
+            self.writer.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    @property
+    def rows(self):
+        return len(self.keys)
+
+    def error(self, line, reason):
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"line": line, "reason": reason})
+
+    def add(self, row):
+        self.buffer.append(row)
+        if len(self.buffer) >= BATCH:
+            self.flush()
+
+    def flush(self):
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        texts = [row["text"] + ("\n" + row["response"] if row["response"] else "") for row in rows]
+        matches = pii.scan_many(texts)
+        start = self.rows
+        for offset, (row, found) in enumerate(zip(rows, matches)):
+            self.pii.add(start + offset, found)
+            row["pii_kinds"] = ",".join(sorted({m.kind for m in found}))
+            row["content_key"] = dedup.exact_key(texts[offset])
+            row["row_sha256"] = row_sha256(row["text"], row["response"], row["label"], row["group"], row["timestamp"], row["metadata"])
+            self._remember(row)
+        self.near.add(texts, start)
+        self._write(rows)
+
+    def _remember(self, row):
+        self.label_ids.append(self.labels.setdefault(row["label"], len(self.labels)) if row["label"] else -1)
+        self.group_ids.append(self.groups.setdefault(row["group"], len(self.groups)) if row["group"] else -1)
+        self.times.append(row["timestamp"].timestamp() if row["timestamp"] else math.nan)
+        self.keys.append(row["content_key"])
+        self.given_splits.append(row["split"])
+
+    def _write(self, rows):
+        columns = {name: [row[name] for row in rows] for name in STAGE_SCHEMA.names}
+        columns["metadata"] = [json.dumps(m, sort_keys=True, ensure_ascii=False, default=str) for m in columns["metadata"]]
+        self.writer.write_table(pa.Table.from_pydict(columns, schema=STAGE_SCHEMA))
+
+    def close(self):
+        self.flush()
+        self.writer.close()
+        self.writer = None
+
+
+def stage_file(path, fmt, options, progress):
+    """Stream the file once: validate, scan and stage every good row; collect bad ones."""
+    stage, validator = Stage(), Validator(options)
+    try:
+        reader = open_rows(path, fmt, max_bytes=options.max_bytes, max_cell_chars=options.max_text_chars)
+        _check_columns(reader.columns, options, validator)
+        for item in reader:
+            stage.rows_read += 1
+            if not isinstance(item, Row):
+                stage.error(item.line, item.reason)
+            else:
+                _stage_row(stage, validator, item)
+            if stage.rows_read % BATCH == 0:
+                progress("reading", reader.bytes_read, reader.total_bytes, rows=stage.rows_read)
+        stage.close()
+        problems = validator.file_problems(stage.labels)
+    except FileFormatError as exc:
+        stage.cleanup()
+        raise IngestRejected(str(exc)) from None
+    except BaseException:
+        stage.cleanup()
+        raise
+    return stage, problems
+
+
+def _check_columns(columns, options, validator):
+    missing = [name for name in validator.required if options.mapping.source_for(name) not in columns]
+    if missing:
+        wanted = ", ".join(f"{name} (from column {options.mapping.source_for(name)!r})" for name in missing)
+        raise FileFormatError(f"missing required columns: {wanted}; the file has: {', '.join(columns) or 'no columns'}")
+
+
+def _stage_row(stage, validator, item):
+    try:
+        stage.add(validator.clean(item.line, item.values))
+    except (RowInvalid, ValueError) as exc:  # ValueError: clean_cell on undecodable bytes
+        stage.error(item.line, str(exc))
+
+
+# --- the later phases -----------------------------------------------------------------------------
+
+
+def validation_report(stage, problems, options):
+    return {
+        "rows_read": stage.rows_read,
+        "rows_kept": stage.rows,
+        "rows_dropped": stage.error_count if options.on_error == "drop" else 0,
+        "row_errors": stage.error_count,
+        "errors": stage.errors,
+        "file_problems": problems,
+        "on_error": options.on_error,
+    }
+
+
+def check_validation(stage, problems, options):
+    if problems:
+        raise IngestRejected("; ".join(problems))
+    if stage.error_count and options.on_error == "reject":
+        first = stage.errors[0]
+        raise IngestRejected(f"{stage.error_count:,} of {stage.rows_read:,} rows are invalid (first: line {first['line']}: "
+                             f"{first['reason']}); fix them, or upload again choosing to drop bad rows")
+    if stage.rows == 0:
+        raise IngestRejected("no valid rows in the file")
+
+
+def find_duplicates(stage, progress):
+    """Exact duplicates from the content keys, near duplicates from LSH verified on the text,
+    then one representative per duplicate set (see `representatives`)."""
+    progress("deduplicating", 0, 1)
+    keys = np.asarray(stage.keys, dtype=np.int64)
+    candidates = stage.near.candidate_pairs()
+    texts = _texts_for_rows(stage.path, np.unique(candidates)) if len(candidates) else {}
+    near_pairs = dedup.verify_pairs(candidates, lambda rows: [texts[int(r)] for r in rows], dedup.NEAR_THRESHOLD)
+    exact_groups = dedup.exact_duplicate_groups(keys)
+    pairs = dedup.exact_pairs(keys)
+    if len(near_pairs):
+        pairs = np.concatenate([pairs, near_pairs]) if len(pairs) else near_pairs
+    reps = representatives(stage.rows, pairs)
+    return keys, near_pairs, reps, _dedup_report(exact_groups, near_pairs, reps)
+
+
+def representatives(n, pairs):
+    """Keep-first deduplication: walking pairs (i < j) by their later row, j becomes a duplicate
+    of i when i is itself kept. Each row points at the kept row it duplicates (or itself).
+
+    Unlike connected components this does not chain: A≈B and B≈C with A≉C keeps A and C,
+    so a run of templated messages is not collapsed into one giant cluster.
+    """
+    reps = np.arange(n, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    for i, j in pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))].tolist():
+        if reps[i] == i and reps[j] == j:
+            reps[j] = i
+    return reps
+
+
+def cluster_ids(reps):
+    """The duplicate set of each row (its representative), None for rows in no set."""
+    sizes = np.bincount(reps, minlength=len(reps))
+    return [int(r) if sizes[r] > 1 else None for r in reps.tolist()]
+
+
+def _dedup_report(exact_groups, near_pairs, reps):
+    return {
+        "exact_duplicate_rows": int(sum(len(g) - 1 for g in exact_groups)),
+        "exact_groups": len(exact_groups),
+        "near_duplicate_pairs": int(len(near_pairs)),
+        "removable_rows": int((reps != np.arange(len(reps))).sum()),
+        "pairs": [[int(a), int(b)] for a, b in near_pairs[:50]],
+        "examples": [[int(x) for x in group[:5]] for group in exact_groups[:20]],
+    }
+
+
+def _texts_for_rows(path, rows):
+    """{row: text} for the given staged rows, in one pass over the staged file. Only rows in
+    candidate pairs are asked for, a small share of the file."""
+    wanted, found, offset = set(int(r) for r in rows), {}, 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
+        texts, responses = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        for index in wanted.intersection(range(offset, offset + len(texts))):
+            response = responses[index - offset]
+            found[index] = texts[index - offset] + ("\n" + response if response else "")
+        offset += len(texts)
+    return found
+
+
+def choose_splits(stage, clusters, options, progress):
+    progress("splitting", 0, 1)
+    given = np.asarray(stage.given_splits, dtype=np.int8)
+    if (given >= 0).all():
+        return given, "given"
+    groups = np.asarray(stage.group_ids, dtype=np.int64)
+    times = np.asarray(stage.times, dtype=np.float64)
+    assigned = splits.assign_splits(
+        np.asarray(stage.label_ids, dtype=np.int64),
+        groups=groups if (groups >= 0).any() else None,
+        timestamps=times if options.by_time else None,
+        units=clusters, fractions=options.fractions, seed=options.seed, by_time=options.by_time,
+    )
+    return assigned, "seeded"
+
+
+def leakage(stage, assigned, keys, near_pairs):
+    groups = np.asarray(stage.group_ids, dtype=np.int64)
+    return splits.leakage_report(assigned, exact_keys=keys, near_pairs=near_pairs,
+                                 groups=groups if (groups >= 0).any() else None)
+
+
+# --- the whole thing --------------------------------------------------------------------------------
+
+
+def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", progress=None):
+    """Run the pipeline; return the versions made (the raw one, and a redacted child if any)."""
+    progress = progress or (lambda *args, **kwargs: None)
+    stage, problems = stage_file(path, fmt, options, progress)
+    try:
+        report = validation_report(stage, problems, options)
+        check_validation(stage, problems, options)
+        keys, near_pairs, clusters, dedup_report = find_duplicates(stage, progress)
+        assigned, how = choose_splits(stage, clusters, options, progress)
+        leak = leakage(stage, assigned, keys, near_pairs)
+        leak["splits_from"] = how
+        reports = {"validation": report, "pii": stage.pii.to_dict(), "dedup": dedup_report, "leakage": leak}
+        pii_found = stage.pii.rows_with_pii > 0
+        if pii_found and dataset.pii_policy == Dataset.PiiPolicy.BLOCK:
+            raise IngestRejected(f"PII found in {stage.pii.rows_with_pii:,} rows ({_kinds(stage.pii)}) and this "
+                                 "dataset's policy is to block: clean the file, or change the policy to redact")
+        label_set = sorted(stage.labels) if not options.label_set else list(options.label_set)
+        progress("writing", 0, stage.rows)
+        version = _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress)
+    finally:
+        stage.cleanup()
+    made = [version]
+    if pii_found and dataset.pii_policy == Dataset.PiiPolicy.REDACT:
+        progress("redacting", 0, version.row_count)
+        made.append(redact_version(version, user=user))
+    return made
+
+
+def _kinds(report):
+    return ", ".join(f"{count:,} {kind}" for kind, count in sorted(report.counts.items()))
+
+
+def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress):
+    writer = VersionWriter(dataset, operation=DatasetVersion.Operation.UPLOAD, user=user, source_sha256=source_sha256)
+    clusters = cluster_ids(clusters)
+    offset = 0
+    try:
+        for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH):
+            columns = batch.to_pydict()
+            n = len(columns["text"])
+            part = slice(offset, offset + n)
+            columns["split"] = [SPLIT_NAMES[s] for s in assigned[part]]
+            columns["duplicate_cluster"] = clusters[part]
+            writer.add(columns)
+            offset += n
+            progress("writing", offset, stage.rows)
+    except BaseException:
+        writer.discard()
+        raise
+    status = DatasetVersion.PiiStatus.FOUND if pii_found else DatasetVersion.PiiStatus.CLEAN
+    return writer.commit(reports=reports, label_set=label_set, pii_status=status, has_leakage=bool(leak["has_leakage"]))
+
+
+# --- child versions ---------------------------------------------------------------------------------
+
+
+def derive_version(parent, operation, transform, *, user=None, reports=None, pii_status=None, has_leakage=None,
+                   label_set=None, late_reports=None):
+    """Make a child of `parent` by passing its rows, batch by batch, through `transform`
+    (which returns the new batch, possibly with fewer rows). `late_reports()`, if given, runs
+    after the last batch and may replace reports that depend on every row (leakage)."""
+    from lifecycle.datasets.versions import iter_row_batches
+
+    writer = VersionWriter(parent.dataset, operation=operation, parent=parent, user=user, source_sha256=parent.source_sha256)
+    try:
+        for batch in iter_row_batches(parent):
+            batch.pop("row")
+            new = transform(batch)
+            if new["text"]:
+                writer.add(new)
+    except BaseException:
+        writer.discard()
+        raise
+    reports = reports if reports is not None else _inherited_reports(parent)
+    if late_reports:
+        reports = reports | late_reports()
+        has_leakage = bool(reports["leakage"]["has_leakage"])
+    return writer.commit(
+        reports=reports,
+        label_set=label_set if label_set is not None else parent.label_set,
+        pii_status=pii_status or parent.pii_status,
+        has_leakage=parent.has_leakage if has_leakage is None else has_leakage,
+    )
+
+
+def _inherited_reports(parent):
+    return {"validation": parent.validation_report, "pii": parent.pii_report, "dedup": parent.dedup_report,
+            "leakage": parent.leakage_report}
+
+
+def _rehash(batch, i):
+    metadata = json.loads(batch["metadata"][i] or "{}")
+    return row_sha256(batch["text"][i], batch["response"][i] or "", batch["label"][i] or "", batch["group"][i] or "",
+                      batch["timestamp"][i], metadata)
+
+
+def redact_version(parent, *, user=None):
+    """A child with every PII match replaced by its typed placeholder (<EMAIL>, …)."""
+    after = pii.PiiReport()
+
+    def transform(batch):
+        for i in range(len(batch["text"])):
+            batch["text"][i] = pii.redact(batch["text"][i])
+            batch["response"][i] = pii.redact(batch["response"][i] or "")
+            both = batch["text"][i] + ("\n" + batch["response"][i] if batch["response"][i] else "")
+            found = pii.scan(both)
+            after.add(i, found)
+            batch["pii_kinds"][i] = ",".join(sorted({m.kind for m in found}))
+            batch["content_key"][i] = dedup.exact_key(both)
+            batch["row_sha256"][i] = _rehash(batch, i)
+        return batch
+
+    reports = _inherited_reports(parent) | {"pii": {"redacted_from": parent.pii_report.get("counts", {}), **after.to_dict()}}
+    status = DatasetVersion.PiiStatus.REDACTED if after.rows_with_pii == 0 else DatasetVersion.PiiStatus.FOUND
+    return derive_version(parent, DatasetVersion.Operation.REDACT, transform, user=user, reports=reports, pii_status=status)
+
+
+def remove_duplicates(parent, *, user=None):
+    """A child keeping one row of every duplicate set: its representative (the first row)."""
+    offset, keys, groups, split_ids = 0, [], [], []
+
+    def transform(batch):
+        nonlocal offset
+        keep = [i for i, cluster in enumerate(batch["duplicate_cluster"]) if cluster is None or cluster == offset + i]
+        offset += len(batch["text"])
+        kept = {name: [values[i] for i in keep] for name, values in batch.items()}
+        kept["duplicate_cluster"] = [None] * len(keep)
+        keys.extend(kept["content_key"])
+        groups.extend(kept["group"])
+        split_ids.extend(SPLIT_NAMES.index(s) for s in kept["split"])
+        return kept
+
+    def leakage_after():
+        group_codes = _codes(groups)
+        leak = splits.leakage_report(np.asarray(split_ids, dtype=np.int8), exact_keys=np.asarray(keys, dtype=np.int64),
+                                     near_pairs=np.empty((0, 2), dtype=np.int64),
+                                     groups=group_codes if (group_codes >= 0).any() else None)
+        return leak | {"splits_from": parent.leakage_report.get("splits_from", "")}
+
+    removed = parent.dedup_report.get("removable_rows", 0)
+    reports = _inherited_reports(parent) | {"dedup": {"removed_rows": removed, "from_version": parent.number,
+                                                      "exact_duplicate_rows": 0, "near_duplicate_pairs": 0}}
+    return derive_version(parent, DatasetVersion.Operation.DEDUP, transform, user=user, reports=reports,
+                          late_reports=lambda: {"leakage": leakage_after()})
+
+
+def _codes(values):
+    ids = {}
+    return np.asarray([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=np.int64)
+
+
+def resplit_version(parent, *, seed, fractions=(0.8, 0.1, 0.1), by_time=False, user=None):
+    """A child with the same rows and a new seeded split (groups and duplicates kept together)."""
+    from lifecycle.datasets.versions import iter_row_batches
+
+    labels, groups, times, units, keys = {}, {}, [], [], []
+    label_ids, group_ids = [], []
+    columns = ["label", "group", "timestamp", "duplicate_cluster", "content_key"]
+    for batch in iter_row_batches(parent, columns=columns):
+        for label, group, when, cluster, key in zip(*(batch[c] for c in columns)):
+            label_ids.append(labels.setdefault(label, len(labels)) if label else -1)
+            group_ids.append(groups.setdefault(group, len(groups)) if group else -1)
+            times.append(when.timestamp() if when else math.nan)
+            units.append(cluster if cluster is not None else -1 - len(units))
+            keys.append(key)
+    group_array = np.asarray(group_ids, dtype=np.int64)
+    _, unit_ids = np.unique(np.asarray(units, dtype=np.int64), return_inverse=True)
+    assigned = splits.assign_splits(
+        np.asarray(label_ids, dtype=np.int64), groups=group_array if (group_array >= 0).any() else None,
+        timestamps=np.asarray(times) if by_time else None, units=unit_ids, fractions=fractions, seed=seed, by_time=by_time)
+    leak = splits.leakage_report(assigned, exact_keys=np.asarray(keys, dtype=np.int64),
+                                 groups=group_array if (group_array >= 0).any() else None)
+    leak["splits_from"] = f"seeded (seed {seed})"
+    offset = 0
+
+    def transform(batch):
+        nonlocal offset
+        n = len(batch["text"])
+        batch["split"] = [SPLIT_NAMES[s] for s in assigned[offset:offset + n]]
+        offset += n
+        return batch
+
+    reports = _inherited_reports(parent) | {"leakage": leak}
+    return derive_version(parent, DatasetVersion.Operation.RESPLIT, transform, user=user, reports=reports,
+                          has_leakage=bool(leak["has_leakage"]))

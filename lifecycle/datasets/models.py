@@ -1,0 +1,280 @@
+import hashlib
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.urls import reverse
+
+from lifecycle.core.models import AuditEvent, Job, canonical_json
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+class DatasetQuerySet(models.QuerySet):
+    def with_latest(self):
+        """Annotate each dataset with its newest version's number, rows and flags (one query)."""
+        latest = DatasetVersion.objects.filter(dataset=models.OuterRef("pk")).order_by("-number")
+        return self.annotate(
+            latest_number=models.Subquery(latest.values("number")[:1]),
+            latest_rows=models.Subquery(latest.values("row_count")[:1]),
+            latest_pii=models.Subquery(latest.values("pii_status")[:1]),
+            latest_leakage=models.Subquery(latest.values("has_leakage")[:1]),
+            version_count=models.Count("versions", distinct=True),
+        )
+
+
+class Dataset(models.Model):
+    class Task(models.TextChoices):
+        CLASSIFICATION = "classification", "Text classification (text → label)"
+        SFT = "sft", "Instruction pairs (prompt → response)"
+
+    class PiiPolicy(models.TextChoices):
+        BLOCK = "block", "Block: no version until the data is cleaned"
+        REDACT = "redact", "Redact: a child version with typed placeholders"
+        ALLOW = "allow", "Allow, with an approver's recorded sign-off"
+
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    task = models.CharField(max_length=20, choices=Task.choices, default=Task.CLASSIFICATION)
+    # Empty: the label set is whatever the first version holds; later uploads must stay inside it.
+    label_set = models.JSONField(default=list, blank=True)
+    max_labels = models.PositiveIntegerField(default=100, validators=[MinValueValidator(2), MaxValueValidator(10_000)])
+    max_text_chars = models.PositiveIntegerField(default=20_000, validators=[MinValueValidator(10), MaxValueValidator(1_000_000)])
+    pii_policy = models.CharField(max_length=10, choices=PiiPolicy.choices, default=PiiPolicy.REDACT)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = DatasetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("datasets:detail", args=[self.slug])
+
+    @property
+    def required_columns(self):
+        return ("text", "label") if self.task == self.Task.CLASSIFICATION else ("prompt", "response")
+
+    def latest_version(self):
+        return self.versions.order_by("-number").first()
+
+    @classmethod
+    def create(cls, user, **fields):
+        with transaction.atomic():
+            dataset = cls.objects.create(created_by=user, **fields)
+            AuditEvent.record(user, "dataset.created", dataset, {"slug": dataset.slug, "task": dataset.task, "pii_policy": dataset.pii_policy})
+        return dataset
+
+    def set_policy(self, user, policy):
+        with transaction.atomic():
+            old = Dataset.objects.select_for_update().get(pk=self.pk).pii_policy
+            Dataset.objects.filter(pk=self.pk).update(pii_policy=policy)
+            AuditEvent.record(user, "dataset.pii_policy_changed", self, {"from": old, "to": policy})
+        self.pii_policy = policy
+
+
+class VersionQuerySet(models.QuerySet):
+    def for_listing(self):
+        return self.select_related("created_by", "parent").defer("manifest", "pii_report", "dedup_report", "validation_report")
+
+
+class DatasetVersion(models.Model):
+    """An immutable snapshot of a dataset. Rows live in the artifact store as Parquet (the
+    truth) and in `Example` rows (for browsing and labeling). Any edit makes a child version;
+    the database refuses UPDATE on this table and on examples (migration 0002)."""
+
+    class Operation(models.TextChoices):
+        UPLOAD = "upload"
+        REDACT = "redact"
+        DEDUP = "dedup"
+        RESPLIT = "resplit"
+        RELABEL = "relabel"
+
+    class PiiStatus(models.TextChoices):
+        CLEAN = "clean", "no PII found"
+        FOUND = "found", "PII found"
+        REDACTED = "redacted", "PII redacted"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    operation = models.CharField(max_length=20, choices=Operation.choices)
+    rows_sha256 = models.CharField(max_length=64)
+    rows_bytes = models.BigIntegerField()
+    source_sha256 = models.CharField(max_length=64, blank=True)
+    row_count = models.PositiveIntegerField()
+    content_sha256 = models.CharField(max_length=64)
+    manifest = models.JSONField()
+    manifest_sha256 = models.CharField(max_length=64, unique=True)
+    label_set = models.JSONField(default=list)
+    validation_report = models.JSONField(default=dict)
+    pii_report = models.JSONField(default=dict)
+    pii_status = models.CharField(max_length=10, choices=PiiStatus.choices)
+    dedup_report = models.JSONField(default=dict)
+    leakage_report = models.JSONField(default=dict)
+    has_leakage = models.BooleanField(db_index=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField()
+
+    objects = VersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["dataset", "-number"]
+        constraints = [models.UniqueConstraint(fields=["dataset", "number"], name="version_number_unique")]
+
+    def __str__(self):
+        return f"{self.dataset.slug} v{self.number}"
+
+    def get_absolute_url(self):
+        return reverse("datasets:version", args=[self.dataset.slug, self.number])
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise RuntimeError("dataset versions are immutable; make a child version instead")
+        super().save(*args, **kwargs)
+
+    @staticmethod
+    def hash_manifest(manifest):
+        return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+
+    @property
+    def needs_pii_signoff(self):
+        return self.pii_status == self.PiiStatus.FOUND and self.dataset.pii_policy == Dataset.PiiPolicy.ALLOW
+
+    @property
+    def pii_signed_off(self):
+        return hasattr(self, "pii_signoff")
+
+    @property
+    def usable_for_training(self):
+        """PII found and not signed off, or leakage across splits, keeps a version out of training."""
+        pii_ok = self.pii_status != self.PiiStatus.FOUND or self.pii_signed_off
+        return pii_ok and not self.has_leakage
+
+    def split_counts(self):
+        return self.manifest.get("counts", {})
+
+
+class PiiSignOff(models.Model):
+    """An approver's recorded acceptance of the PII in one version (policy "allow")."""
+
+    version = models.OneToOneField(DatasetVersion, on_delete=models.PROTECT, related_name="pii_signoff")
+    approver = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    @classmethod
+    def sign(cls, version, approver, reason):
+        with transaction.atomic():
+            signoff = cls.objects.create(version=version, approver=approver, reason=reason)
+            AuditEvent.record(approver, "dataset_version.pii_signed_off", version,
+                              {"reason": reason, "pii": version.pii_report.get("counts", {})})
+        return signoff
+
+
+class ExampleQuerySet(models.QuerySet):
+    def browse(self, *, split=None, label=None, pii=None, search=""):
+        qs = self
+        if split is not None:
+            qs = qs.filter(split=split)
+        if label is not None:
+            qs = qs.filter(label=label)
+        if pii is not None:
+            qs = qs.filter(has_pii=pii)
+        if search:
+            qs = qs.matching(search)
+        return qs
+
+    def matching(self, search):
+        from django.db import connection
+        from django.db.models.expressions import RawSQL
+
+        if connection.vendor == "postgresql":
+            # Served by the GIN index of migration 0002 (words, not substrings).
+            match = RawSQL("to_tsvector('simple', text) @@ plainto_tsquery('simple', %s)", [search],
+                           output_field=models.BooleanField())
+            return self.alias(match=match).filter(match=True)
+        return self.filter(text__icontains=search)
+
+
+class Example(models.Model):
+    """One row of a version, as stored in its Parquet artifact (row = position there)."""
+
+    TRAIN, VALIDATION, TEST = 0, 1, 2
+    SPLIT_CHOICES = [(TRAIN, "train"), (VALIDATION, "validation"), (TEST, "test")]
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="examples")
+    row = models.PositiveIntegerField()
+    text = models.TextField()  # the prompt, for instruction pairs
+    response = models.TextField(blank=True)
+    label = models.CharField(max_length=200, blank=True)
+    split = models.PositiveSmallIntegerField(choices=SPLIT_CHOICES)
+    group = models.CharField(max_length=200, blank=True)
+    timestamp = models.DateTimeField(null=True, blank=True)
+    row_sha256 = models.CharField(max_length=64)
+    # First 8 bytes of the normalized text's hash: exact duplicates and diffs join on it.
+    content_key = models.BigIntegerField()
+    has_pii = models.BooleanField()
+    pii_kinds = models.CharField(max_length=200, blank=True)
+    duplicate_cluster = models.BigIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    objects = ExampleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["version", "row"]
+        constraints = [models.UniqueConstraint(fields=["version", "row"], name="example_row_unique")]
+        indexes = [
+            models.Index(fields=["version", "split", "label", "row"], name="example_split_label_idx"),
+            models.Index(fields=["version", "label", "row"], name="example_label_idx"),
+            models.Index(fields=["version", "has_pii", "row"], name="example_pii_idx"),
+            models.Index(fields=["version", "content_key"], name="example_content_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.version} row {self.row}"
+
+    @property
+    def split_name(self):
+        return SPLIT_NAMES[self.split]
+
+
+class Upload(models.Model):
+    """A file handed to Lifecycle and its ingest: the raw file is kept as an artifact, the
+    validation report is kept whether the ingest succeeds or not."""
+
+    class OnError(models.TextChoices):
+        REJECT = "reject", "Reject the file if any row is bad"
+        DROP = "drop", "Drop bad rows and keep the report with the version"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="uploads")
+    source_sha256 = models.CharField(max_length=64)
+    filename = models.CharField(max_length=255)  # shown to people, never used as a path
+    size = models.BigIntegerField()
+    format = models.CharField(max_length=10)
+    columns = models.JSONField(default=list)
+    mapping = models.JSONField(default=dict)
+    on_error = models.CharField(max_length=10, choices=OnError.choices, default=OnError.REJECT)
+    job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.PROTECT, related_name="upload")
+    version = models.ForeignKey(DatasetVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="uploads")
+    report = models.JSONField(default=dict)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"upload {self.pk} of {self.filename} to {self.dataset.slug}"
+
+    def get_absolute_url(self):
+        return reverse("datasets:upload", args=[self.pk])
+
+    @property
+    def status(self):
+        return self.job.status if self.job_id else "mapping"

@@ -1,0 +1,821 @@
+"""PII and secret detection for dataset ingest: find, redact, mask, report.
+
+    from lifecycle.datasets import pii
+
+    matches = pii.scan("mail jane@example.com or call +44 20 7946 0958")
+    pii.redact(text, matches)          # "mail <EMAIL> or call <PHONE>"
+    [pii.mask(m) for m in matches]     # ["j***@e***.com", "+** ** **** **58"]
+
+Each detector is a class with one job, `find(text)`. Ingest scans every row of an upload, so
+`scan()` first computes the row's shape (digits -> 0, letters -> A/a, one C-level pass) and
+asks each detector whether that shape could hold its kind at all (`wants`); a clean row costs
+that pass and a few substring tests. The rules and their known limits are in docs/pii.md.
+"""
+import ipaddress
+import math
+import re
+import unicodedata
+from collections import Counter
+from functools import lru_cache
+from typing import NamedTuple
+
+
+class PiiMatch(NamedTuple):
+    kind: str
+    start: int
+    end: int
+    value: str
+
+
+_SHAPE = str.maketrans("0123456789" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz",
+                       "0" * 10 + "A" * 26 + "a" * 26)
+
+
+def shape_of(text):
+    """"Call 020 7946" -> "Aaaa 000 0000": cheap substring tests stand in for regex searches."""
+    return text.translate(_SHAPE)
+
+
+def _rx(pattern):
+    # ASCII: \d and \w mean [0-9] and [A-Za-z0-9_], the same classes shape_of() sees.
+    return re.compile(pattern, re.ASCII)
+
+
+def _digits(value):
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+def _any_in(hints, text):
+    return any(hint in text for hint in hints)
+
+
+def _literals(*literals):
+    """A search for any of `literals`: one regex pass is cheaper than a loop of `in` tests."""
+    return re.compile("|".join(map(re.escape, literals))).search
+
+
+def _context_before(text, start, pattern, window):
+    return pattern.search(text, max(0, start - window), start) is not None
+
+
+class Detector:
+    """One kind of PII: `find(text)` yields PiiMatch; `wants(text, shape)` is a cheap pre-check."""
+
+    kind = ""
+    priority = 0  # breaks ties between overlapping matches of equal length: higher is more specific
+
+    @property
+    def placeholder(self):
+        return f"<{self.kind}>"
+
+    def wants(self, text, shape):
+        """False only when `find` certainly finds nothing; it only saves time."""
+        return True
+
+    def find(self, text, shape=None):
+        """PiiMatch for each hit; `shape` is shape_of(text) when the caller has it already."""
+        raise NotImplementedError
+
+    def _match(self, text, start, end):
+        return PiiMatch(self.kind, start, end, text[start:end])
+
+
+# --- EMAIL -------------------------------------------------------------------------------------
+
+class EmailDetector(Detector):
+    kind = "EMAIL"
+    priority = 60
+    pattern = _rx(r"(?<![\w.%+-])[A-Za-z0-9][\w.%+-]{0,63}"
+                  r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])")
+
+    def wants(self, text, shape):
+        return "@" in text
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            if ".." not in m.group():
+                yield self._match(text, m.start(), m.end())
+
+
+# --- PHONE -------------------------------------------------------------------------------------
+
+# A phone number needs phone structure: a + or 00 country prefix, a North American 3-3-4
+# grouping, a trunk-0 grouping (020 7946 0958), or a phone keyword in front. A bare digit
+# run ("order 12345678"), a date (2024-01-15) or a version (10.0.19041.1) is not enough.
+# A 00 or trunk-0 number never continues a group of four: "DE89 3704 0044 0532" is not 0044.
+_DATE_START = _rx(r"\d{1,4}([-/.])\d{1,2}\1\d{2,4}(?!\d)")  # 2024-01-15, 15.01.2024, 01/15/24
+_PHONE_END = r"(?![\w-]|[.:]\d)"
+_PHONE_KEYWORDS = _literals("phone", "tel", "mob", "cell", "fax", "call", "whatsapp", "sms")
+
+
+class PhonePattern(NamedTuple):
+    shape_hints: tuple  # run the regex only if the row's shape holds one of these (empty: always)
+    regex: re.Pattern
+    min_digits: int  # digits counted after a leading + or 00
+    max_digits: int
+
+
+class PhoneDetector(Detector):
+    kind = "PHONE"
+    priority = 40
+    # Digit runs are possessive (\d++) so that a long run cannot make the engine backtrack
+    # through every way of splitting it; whole groups may still be given back, so that
+    # "+44 20 7946 0958 11:41" ends before " 11".
+    patterns = (
+        PhonePattern(("+0",), _rx(r"(?<![\w+])\+[1-9](?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}"
+                                  + _PHONE_END), 8, 15),
+        PhonePattern(("00",), _rx(r"(?<![\w+])(?<![A-Z0-9]{4}[ -])00[1-9](?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}"
+                                  + _PHONE_END), 8, 15),
+        PhonePattern(("000-000-0000", "000.000.0000", "000 000 0000", "(000)"),
+                     _rx(r"(?<![\w+(.-])(?:1[ .-])?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-])"
+                         r"[2-9]\d\d[ .-]\d{4}" + _PHONE_END), 10, 11),
+        PhonePattern(("00 00", "00-00", "00/00", "(00"),
+                     _rx(r"(?<![\w+(./-])(?<![A-Z0-9]{4}[ -])(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ /-])\d{2,}+(?:[ -]\d{2,}+)*"
+                         r"(?![\w:-]|[./]\d)"), 9, 12),
+    )
+    keyword = _rx(r"(?i:\b(?:phone|telephone|tel|mobile|mob|cell|cellphone|fax|call|whatsapp|sms)\b)"
+                  r"(?:[ \t]*(?i:me|us|at|on|is|no\.?|nr\.?|number|#|:|-)){0,3}[ \t:.#-]*"
+                  r"(\+?\(?\d(?:[ ().-]{0,2}\d){6,14})" + _PHONE_END)
+
+    def wants(self, text, shape):
+        return shape.count("0") >= 7
+
+    def find(self, text, shape=None):
+        shape = shape or shape_of(text)
+        for hints, regex, low, high in self.patterns:
+            if _any_in(hints, shape):
+                yield from self._plausible(text, regex.finditer(text), low, high)
+        if _PHONE_KEYWORDS(text.lower()):
+            yield from self._plausible(text, self.keyword.finditer(text), 7, 15)
+
+    def _plausible(self, text, found, low, high):
+        for m in found:
+            group = m.lastindex or 0
+            value = m.group(group)
+            national = value[2:] if value.startswith("00") else value
+            if value.startswith("00") and not re.search(r"[ ().-]", value):
+                continue  # 0049301234567 is as likely an order number as a phone number
+            if low <= len(_digits(national)) <= high and not _DATE_START.match(value):
+                yield self._match(text, m.start(group), m.end(group))
+
+
+# --- CREDIT_CARD -------------------------------------------------------------------------------
+
+# Issuer ranges as (lowest prefix, highest prefix, valid lengths); the width of the bound is
+# the number of leading digits compared, so (2221, 2720) compares four.
+_16_19, _14_19, _12_19 = tuple(range(16, 20)), tuple(range(14, 20)), tuple(range(12, 20))
+_IIN_RANGES = (
+    (4, 4, (13, 16, 19)),                                                # Visa
+    (51, 55, (16,)), (2221, 2720, (16,)),                                # Mastercard
+    (34, 34, (15,)), (37, 37, (15,)),                                    # American Express
+    (6011, 6011, _16_19), (644, 649, _16_19), (65, 65, _16_19),          # Discover
+    (300, 305, _14_19), (36, 36, _14_19), (38, 39, _16_19),              # Diners Club
+    (3528, 3589, _16_19),                                                # JCB
+    (62, 62, _16_19),                                                    # UnionPay
+    (2200, 2204, _16_19),                                                # Mir
+    (50, 50, _12_19), (56, 58, _12_19), (6304, 6304, _12_19), (6759, 6759, _12_19),  # Maestro
+)
+
+
+def known_iin(number):
+    for low, high, lengths in _IIN_RANGES:
+        if len(number) in lengths and low <= int(number[:len(str(low))]) <= high:
+            return True
+    return False
+
+
+def luhn_ok(number):
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+class CreditCardDetector(Detector):
+    """13-19 digits, optionally in groups split by spaces or dashes, known issuer, Luhn-valid."""
+
+    kind = "CREDIT_CARD"
+    priority = 90
+    # One kind of separator per candidate, so "2024-07-15 4242 4242 4242 4242" still yields the card.
+    pattern = _rx(r"(?<![\w.-])\d(?:[\d ]{10,28}|[\d-]{10,28})\d(?![\w-]|[.,]\d)")
+    group = _rx(r"\d+")
+
+    def wants(self, text, shape):
+        return shape.count("0") >= 12
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            span = self._card_span(m.group())
+            if span:
+                yield self._match(text, m.start() + span[0], m.start() + span[1])
+
+    def _card_span(self, candidate):
+        """The longest run of digit groups that is a valid card, as (start, end) in `candidate`."""
+        if "  " in candidate or "--" in candidate:
+            return None
+        groups = list(self.group.finditer(candidate))
+        if len(groups) > 2 and not all(3 <= len(g.group()) <= 6 for g in groups[1:-1]):
+            return None  # cards are printed in groups of 4 (Amex 4-6-5), not 1-2-1
+        for size in range(len(groups), 0, -1):
+            for i in range(len(groups) - size + 1):
+                number = "".join(g.group() for g in groups[i:i + size])
+                if 13 <= len(number) <= 19 and known_iin(number) and luhn_ok(number):
+                    return groups[i].start(), groups[i + size - 1].end()
+        return None
+
+
+# --- IBAN --------------------------------------------------------------------------------------
+
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
+    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+
+
+def iban_ok(compact):
+    """Known country, its length, and the ISO 13616 mod-97 check."""
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+class IbanDetector(Detector):
+    """Upper-case IBANs, compact or printed in groups of four."""
+
+    kind = "IBAN"
+    priority = 90
+    pattern = _rx(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{10,30}|(?: [A-Z0-9]{4})+(?: [A-Z0-9]{1,3})?)"
+                  r"(?![A-Za-z0-9])")
+
+    def wants(self, text, shape):
+        return "AA00" in shape
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            end = self._iban_end(m.group())
+            if end:
+                yield self._match(text, m.start(), m.start() + end)
+
+    @staticmethod
+    def _iban_end(candidate):
+        """Where the IBAN ends in `candidate`: a printed one may run on into an upper-case word."""
+        length = IBAN_LENGTHS.get(candidate[:2], 0)
+        seen = 0
+        for i, ch in enumerate(candidate):
+            seen += ch != " "
+            if seen == length:
+                ends_cleanly = i + 1 == len(candidate) or candidate[i + 1] == " "
+                return i + 1 if ends_cleanly and iban_ok(candidate[:i + 1].replace(" ", "")) else None
+        return None
+
+
+# --- US_SSN ------------------------------------------------------------------------------------
+
+def ssn_ok(digits):
+    """Never issued: area 000, 666 or 900-999; group 00; serial 0000."""
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+_SSN_KEYWORDS = _literals("ssn", "ss#", "social security")
+
+
+class SsnDetector(Detector):
+    """AAA-GG-SSSS anywhere; undashed or spaced only right after an SSN keyword."""
+
+    kind = "US_SSN"
+    priority = 70
+    dashed = _rx(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
+    keyword = _rx(r"(?i:\b(?:ssn|ss#|social security(?: number| no\.?| #)?))[ \t:#.-]*(\d{3}[ -]?\d{2}[ -]?\d{4})"
+                  r"(?![\w-])")
+
+    def wants(self, text, shape):
+        return "000-00-0000" in shape or (shape.count("0") >= 9 and _SSN_KEYWORDS(text.lower()))
+
+    def find(self, text, shape=None):
+        for m in self.dashed.finditer(text):
+            if ssn_ok(_digits(m.group())):
+                yield self._match(text, m.start(), m.end())
+        for m in self.keyword.finditer(text):
+            if ssn_ok(_digits(m.group(1))):
+                yield self._match(text, m.start(1), m.end(1))
+
+
+# --- IP_ADDRESS --------------------------------------------------------------------------------
+
+# Four dotted numbers right after a version word are a version, not an address.
+_VERSION_WORD = _rx(r"(?i:\b(?:v|ver|version|release|build|firmware|rev|revision)\.?)[ \t:#]*$")
+
+
+class Ipv4Detector(Detector):
+    kind = "IP_ADDRESS"
+    priority = 50
+    pattern = _rx(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)")
+
+    def wants(self, text, shape):
+        return "0.0" in shape and shape.count(".") >= 3
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            if self._valid(m.group()) and not _context_before(text, m.start(), _VERSION_WORD, 16):
+                yield self._match(text, m.start(), m.end())
+
+    @staticmethod
+    def _valid(value):
+        try:
+            ipaddress.IPv4Address(value)  # rejects 999.1.1.1 and leading zeros (01.02.03.04)
+        except ValueError:
+            return False
+        return True
+
+
+class Ipv6Detector(Detector):
+    kind = "IP_ADDRESS"
+    priority = 50
+    pattern = _rx(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?"
+                  r"(?:%[\w-]+)?(?![\w:]|\.\w)")
+
+    def wants(self, text, shape):
+        return shape.count(":") >= 2
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            if self._valid(m.group()):
+                yield self._match(text, m.start(), m.end())
+
+    @staticmethod
+    def _valid(value):
+        if not any(ch.isdigit() for ch in value):
+            return False  # "add::bed" parses, but a real address nearly always has a digit
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            return False
+        return True
+
+
+# --- API_KEY and SECRET ------------------------------------------------------------------------
+
+class ApiKeyDetector(Detector):
+    """Credentials with a published, recognisable prefix."""
+
+    kind = "API_KEY"
+    priority = 80
+    patterns = tuple((hints, _rx(regex)) for hints, regex in (
+        (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),                        # AWS access key id
+        (("ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_"), r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_\w{22,255}\b"),     # GitHub
+        (("xox",), r"\bxox[baprs]-[A-Za-z0-9-]{10,250}"),                            # Slack
+        (("_live_", "_test_"), r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}\b|\bpk_live_[A-Za-z0-9]{16,247}\b"),
+        (("AIza",), r"\bAIza[\w-]{35}(?![\w-])"),                                    # Google API key
+        (("sk-",), r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-)?[\w-]{20,}"),       # OpenAI-style
+        (("eyJ",), r"\beyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]*"),                         # JWT
+        # A PEM private key block, through its END line when the text has one.
+        (("PRIVATE KEY",), r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[^-]|-(?!----))*+"
+                           r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),
+    ))
+    any_hint = _literals(*(hint for hints, _ in patterns for hint in hints))
+
+    def wants(self, text, shape):
+        return self.any_hint(text)
+
+    def find(self, text, shape=None):
+        for hints, regex in self.patterns:
+            if _any_in(hints, text):
+                for m in regex.finditer(text):
+                    yield self._match(text, m.start(), m.end())
+
+
+def shannon_entropy(value):
+    """Bits per character of `value`'s own character distribution."""
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+# Generated tokens put letters right next to digits; prose almost never does.
+def _letter_next_to_digit(shape):
+    return "a0" in shape or "0a" in shape or "A0" in shape or "0A" in shape
+
+
+def _mixes_classes(shape):
+    """A lower-case letter before a capital, or a letter next to a digit: generated tokens do
+    that all the time, prose rarely. Tested on the shape, so the row test in `wants` is exact."""
+    return "aA" in shape or _letter_next_to_digit(shape)
+
+
+_LOWER_RUN = _rx(r"[a-z]+")
+_PATH_SEGMENT = _rx(r"[a-z]{3,}|\d+")
+
+
+class HighEntropyDetector(Detector):
+    """Random-looking tokens: 24+ chars, mixed case, high entropy, not made of words.
+
+    Hex (a git sha, an md5) has one letter case only, so it never matches here;
+    HexSecretDetector takes it when a secret keyword stands in front.
+    """
+
+    kind = "SECRET"
+    priority = 30
+    pattern = _rx(r"(?<![\w+/-])[\w+/-]{24,}+={0,2}(?![\w+/=-])")
+    min_entropy = 4.0
+    # Mean length of the lower-case runs: about 1.6 in random base64 (99th percentile 3.0 at
+    # 32 chars), 3.3 and more in identifiers made of words ("MyVeryLongClassName").
+    max_lower_run = 3.0
+
+    def wants(self, text, shape):
+        return _mixes_classes(shape)
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            for start, end in self._secret_spans(m.group()):
+                yield self._match(text, m.start() + start, m.start() + end)
+
+    def _secret_spans(self, token):
+        if self.looks_random(token):
+            return [(0, len(token))]
+        spans, offset = [], 0
+        for segment in token.split("/") if "/" in token else ():
+            if len(segment) >= 24 and self.looks_random(segment):
+                spans.append((offset, offset + len(segment)))  # a secret inside a URL path
+            offset += len(segment) + 1
+        return spans
+
+    def looks_random(self, token):
+        core = token.rstrip("=")
+        if core.islower() or core.isupper() or not _mixes_classes(shape_of(core)):
+            return False
+        if "/" in core and any(_PATH_SEGMENT.fullmatch(s) for s in core.split("/")):
+            return False  # a path such as api/v2/Users/...: a plain word or number between slashes
+        runs = _LOWER_RUN.findall(core)
+        if sum(map(len, runs)) / max(len(runs), 1) >= self.max_lower_run:
+            return False
+        # 24 distinct characters carry only 4.58 bits each, so short tokens cannot reach
+        # 4.0 reliably: the bar is log2(length) - 0.75 below 32 characters (3.83 at 24).
+        return shannon_entropy(core) >= min(self.min_entropy, math.log2(len(core)) - 0.75)
+
+
+_SECRET_KEYWORD = _rx(r"(?i:(?<![a-z])(?:api[_ -]?key|key|token|secret|passw(?:or)?d|pwd|bearer|auth|credentials?))")
+_SECRET_HINTS = _literals("key", "token", "secret", "passw", "pwd", "bearer", "auth", "credential")
+
+
+class HexSecretDetector(Detector):
+    """32+ hex digits count as a secret only after a keyword such as key/token/secret/password."""
+
+    kind = "SECRET"
+    priority = 30
+    pattern = _rx(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])")
+
+    def wants(self, text, shape):
+        return _letter_next_to_digit(shape) and _SECRET_HINTS(text.lower())
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            value = m.group()
+            if not value.isdigit() and not value.isalpha() and _context_before(text, m.start(), _SECRET_KEYWORD, 30):
+                yield self._match(text, m.start(), m.end())
+
+
+# --- PERSON ------------------------------------------------------------------------------------
+
+# Latin letters with their accents (José, Zoë, Łukasz); Latin Extended-A (U+0100-017E)
+# alternates cases, so it sits in both classes.
+_UPPER = "A-ZÀ-ÖØ-ÞĀ-ž"
+_LOWER = "a-zß-öø-ÿĀ-ž"
+_NAME = rf"(?:[{_UPPER}]['’]|Ma?c)?[{_UPPER}][{_LOWER}]+(?:-[{_UPPER}][{_LOWER}]+)?\b"
+_FULL_NAME = rf"(?:[{_UPPER}]\.[ \t]*)?{_NAME}(?:[ \t]+(?:[{_UPPER}]\.[ \t]*)?{_NAME}){{0,2}}"
+_TITLES = _literals("Mr", "Ms", "Mx", "Dr", "Prof", "Miss")
+
+
+class TitledNameDetector(Detector):
+    """The capitalised name after a title: Mr. Smith, Dr. Grace Hopper (not the title itself)."""
+
+    kind = "PERSON"
+    priority = 20
+    pattern = re.compile(rf"\b(?:Mrs?|Ms|Miss|Mx|Dr|Prof)\.?[ \t]+({_FULL_NAME})")
+
+    def wants(self, text, shape):
+        return _TITLES(text)
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            yield self._match(text, m.start(1), m.end(1))
+
+
+class NameIsDetector(Detector):
+    """The capitalised name after "my/his/her/their/your (full) name is"."""
+
+    kind = "PERSON"
+    priority = 20
+    pattern = re.compile(r"(?i:\b(?:my|his|her|their|your)[ \t]+(?:full[ \t]+)?name(?:[ \t]+is|'s|’s)[ \t]+)"
+                         rf"({_FULL_NAME})")
+
+    def wants(self, text, shape):
+        return "name" in text.lower()
+
+    def find(self, text, shape=None):
+        for m in self.pattern.finditer(text):
+            yield self._match(text, m.start(1), m.end(1))
+
+
+# Census given names that in running text are far more often a word, a month, a place or a brand.
+AMBIGUOUS_GIVEN = frozenset("""
+    AI AN BEE BELL CARRY ELSE ERA FE HA HANG HUE IN JA JANUARY KA LE LES LONG LOVE LU MA MAC MAN
+    MANY MERRY META MI MISS MY NA NOBLE NU OK PA ROB ROD ROYAL SEASON SEE SEPTEMBER SO SON SONG
+    SOON STORMY SUN TA TU UN VALENTINE WILLOW WINDY YU
+    ABBEY ACE ADAM AMBER APRIL ART AUGUST AUSTIN AUTUMN BAY BILL BILLY BLAKE BLANCHE BOB BONNIE
+    BRANDY BROOK BUCK BUD BUNNY CAROL CAROLINA CASH CHANCE CHARITY CHASE CHERRY CHINA CHRISTIAN
+    CHRISTMAS CLAY CLIFF COLE CORAL CRYSTAL DAISY DALE DALLAS DAWN DEAN DEE DELL DENVER DESIRE
+    DIAMOND DOLLY DON DOT DREW DUSTY EARL EARNEST EASTER EBONY ERNEST EVE FAITH FERN FLORENCE
+    FOREST FORREST FRANK GAY GEORGIA GLEN GOLDEN GRACE GRANT GUY HARMONY HEATH HEATHER HILL HOLLY
+    HONEY HOPE HOUSTON HUNTER IRIS IVORY IVY JACK JADE JAN JASMINE JERSEY JEWEL JORDAN JOY JUNE
+    JUNIOR KING KIT LANCE LANE LIBERTY LILY LOYAL LUCKY MAJOR MARCH MARK MARSHALL MASON MAX MAY
+    MERCY MICKEY MILES MISTY MONDAY MONTANA NORMAN OCEAN OLIVE PAGE PARIS PAT PATIENCE PEARL PENNY
+    PEPPER PIERCE POLLY PORTER RAY REED RICH RIVER ROBIN ROCK ROCKY ROSE ROSS ROY RUBY RUSTY SAGE
+    SANDY SHELBY SHERMAN SKY SPENCER SPRING STAR STERLING STORM SUE SUMMER SUNDAY SUNNY SYDNEY
+    TAYLOR TIGER TRINITY TROY TUESDAY VAN VICTORIA VIOLET VIRGINIA WALKER WALLACE WARD WARREN
+    WASHINGTON WAYNE WILL WINTER WOOD YOUNG
+""".split())
+
+# Census surnames that are also the second word of place, company and thing names.
+NOT_SURNAMES = frozenset("""
+    ACADEMY AIRPORT AVENUE BANK BAR BAY BEACH BLVD BOULEVARD BRIDGE BUILDING CAMPUS CANYON CASTLE
+    CENTER CENTRE CHAPEL CHURCH CITY CLINIC CLUB COLLEGE COMPANY CORNER CORP COUNTY COURT COVE
+    CREEK DAM DAY DRIVE EAST FALLS FARM FARMS FIELD FOREST FORT FOUNDATION FREEWAY GALLERY
+    GARDEN GARDENS GATE GROUP GROVE HALL HARBOR HARBOUR HAVEN HEIGHTS HIGHWAY HILL HILLS HOSPITAL
+    HOTEL HOUSE INC INSTITUTE ISLAND ISLANDS LAKE LAKES LANE LIBRARY LODGE MALL MANOR MARKET
+    MEADOW MEADOWS MEMORIAL MILL MILLS MOUNT MOUNTAIN MOUNTAINS MUSEUM NORTH PALACE PARK PARKWAY
+    PASS PEAK PLACE PLAZA POINT POND PORT PRAIRIE RANCH RIDGE RIVER ROAD ROCK SCHOOL SHORE SOUTH
+    SPRING SPRINGS SQUARE STADIUM STATE STATION STREET SUMMIT TAVERN TECH TEMPLE TERRACE
+    THEATER THEATRE TOWER TOWERS TOWN TRAIL UNIVERSITY VALLEY VIEW VILLA VILLAGE WAY WELLS WEST
+    WOODS
+    JANUARY FEBRUARY MARCH APRIL MAY JUNE JULY AUGUST SEPTEMBER OCTOBER NOVEMBER DECEMBER
+    MONDAY TUESDAY WEDNESDAY THURSDAY FRIDAY SATURDAY SUNDAY
+""".split())
+
+
+def _census_key(word):
+    """The census spelling: "José" -> "JOSE"."""
+    if word.isascii():
+        return word.upper()
+    return unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode().upper()
+
+
+def _read_census(path):
+    with open(path, encoding="ascii") as lines:
+        return {line.split(None, 1)[0] for line in lines if line.strip()}
+
+
+@lru_cache(maxsize=1)
+def census_names():
+    """(given names, surnames), upper case, from the 1990 US Census lists (public domain).
+
+    The lists ship in the `names` package (MIT). It is imported on first use so that
+    importing this module stays cheap for code that never scans.
+    """
+    import names
+
+    given = _read_census(names.FILES["first:male"]) | _read_census(names.FILES["first:female"])
+    surnames = _read_census(names.FILES["last"])
+    return frozenset(given - AMBIGUOUS_GIVEN), frozenset(surnames - NOT_SURNAMES)
+
+
+# A lower-case letter, a space, then a capital: the end of one word and a capitalised next one.
+def _capitalised_pair(shape):
+    # Substring tests, not a regex: in a shape nearly every character is "a", and a regex
+    # starting with "a" would be tried at each of them.
+    return "a Aa" in shape or "a A." in shape or "a A'" in shape or "a A’" in shape
+
+
+
+class GivenNameDetector(Detector):
+    """A census given name, an optional middle initial, then a census surname: "Grace M. Hopper"."""
+
+    kind = "PERSON"
+    priority = 20
+    # The surname sits in a lookahead so that "Yesterday Mary Smith" still tries "Mary".
+    pattern = re.compile(rf"\b([{_UPPER}][{_LOWER}]+)(?=(?:[ \t]+[{_UPPER}]\.)?[ \t]+({_NAME}))")
+
+    def wants(self, text, shape):
+        return _capitalised_pair(shape) or not text.isascii()
+
+    def find(self, text, shape=None):
+        given, surnames = census_names()
+        spans = []
+        for m in self.pattern.finditer(text):
+            if _census_key(m.group(1)) in given and self._surname(m.group(2), surnames):
+                spans.append([m.start(1), m.end(2)])
+        return [self._match(text, start, end) for start, end in _merge_touching(spans)]
+
+    @staticmethod
+    def _surname(token, surnames):
+        parts = _census_key(token.replace("'", "").replace("’", "")).split("-")
+        return any(part in surnames for part in parts)
+
+
+def _merge_touching(spans):
+    """Join "Mary Ann" and "Ann Smith" into "Mary Ann Smith"."""
+    merged = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+# --- scanning ----------------------------------------------------------------------------------
+
+DETECTORS = [
+    EmailDetector(), PhoneDetector(), CreditCardDetector(), IbanDetector(), SsnDetector(),
+    Ipv4Detector(), Ipv6Detector(), ApiKeyDetector(), HighEntropyDetector(), HexSecretDetector(),
+    TitledNameDetector(), NameIsDetector(), GivenNameDetector(),
+]
+
+
+class Scanner:
+    """Runs `detectors` on a text, each only where its cheap `wants` pre-check passes."""
+
+    def __init__(self, detectors):
+        self.detectors = tuple(detectors)
+        self.priority = {d.kind: d.priority for d in self.detectors}
+
+    def scan(self, text):
+        shape = text.translate(_SHAPE)
+        found = []
+        for detector in self.detectors:
+            if detector.wants(text, shape):
+                found.extend(detector.find(text, shape))
+        return resolve_overlaps(found, self.priority) if len(found) > 1 else found
+
+
+@lru_cache(maxsize=8)
+def _scanner(detectors):
+    return Scanner(detectors)
+
+
+def scan(text, detectors=None):
+    """Non-overlapping matches in `text`, sorted by start (DETECTORS unless told otherwise)."""
+    return _scanner(tuple(DETECTORS if detectors is None else detectors)).scan(text)
+
+
+def scan_many(texts, detectors=None):
+    """scan() for each text; the scanner is looked up once for the whole batch."""
+    scan_one = _scanner(tuple(DETECTORS if detectors is None else detectors)).scan
+    return [scan_one(text) for text in texts]
+
+
+def resolve_overlaps(matches, priority=None):
+    """Keep the longest of overlapping matches (the more specific kind on a tie), sorted by start."""
+    priority = priority or {d.kind: d.priority for d in DETECTORS}
+    ranked = sorted(set(matches), key=lambda m: (m.start - m.end, -priority.get(m.kind, 0), m.start))
+    kept = []
+    for m in ranked:
+        if all(m.end <= k.start or m.start >= k.end for k in kept):
+            kept.append(m)
+    return sorted(kept, key=lambda m: m.start)
+
+
+def redact(text, matches=None):
+    """`text` with every match replaced by its typed placeholder, such as <EMAIL>."""
+    if matches is None:
+        matches = scan(text)
+    parts, position = [], 0
+    for m in sorted(matches, key=lambda m: m.start):
+        if m.start < position:
+            continue  # overlaps a match already replaced
+        parts += [text[position:m.start], f"<{m.kind}>"]
+        position = m.end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+# --- masking -----------------------------------------------------------------------------------
+
+def _star_all_but(value, keep_start=0, keep_end=0):
+    """Letters and digits become '*' except the first/last few; separators keep the shape."""
+    positions = [i for i, ch in enumerate(value) if ch.isalnum()]
+    visible = set(positions[:keep_start]) | set(positions[len(positions) - keep_end:] if keep_end else ())
+    return "".join(ch if i in visible or not ch.isalnum() else "*" for i, ch in enumerate(value))
+
+
+def _in_fours(value):
+    return " ".join(value[i:i + 4] for i in range(0, len(value), 4))
+
+
+def _mask_email(value):
+    local, _, domain = value.rpartition("@")
+    host, _, tld = domain.rpartition(".")
+    return f"{local[:1]}***@{host[:1]}***.{tld}"
+
+
+def _mask_card(value):
+    return _star_all_but(_in_fours(value) if value.isdigit() else value, keep_end=4)
+
+
+def _mask_iban(value):
+    return _star_all_but(value if " " in value else _in_fours(value), keep_start=2, keep_end=4)
+
+
+def _mask_ip(value):
+    if ":" in value:
+        return value.split(":", 1)[0] + ":****:****"
+    return value.split(".", 1)[0] + ".***.***.***"
+
+
+_KNOWN_PREFIX = _rx(r"-----BEGIN [A-Z0-9 ]+-----|(?:AKIA|ASIA|AIza|eyJ|github_pat_|gh[pousr]_|xox[baprs]-"
+                    r"|[spr]k_(?:live|test)_|sk-(?:proj-|svcacct-|admin-|ant-)?)")
+
+
+def _mask_token(value):
+    prefix = _KNOWN_PREFIX.match(value)
+    shown = prefix.group() if prefix else value[:2]
+    return f"{shown}{'*' * min(len(value) - len(shown), 12)} ({len(value)} chars)"
+
+
+def _mask_person(value):
+    return " ".join(word[:1] + "*" * (len(word) - 1) for word in value.split())
+
+
+_MASKS = {
+    "EMAIL": _mask_email,
+    "PHONE": lambda value: _star_all_but(value, keep_end=2),
+    "CREDIT_CARD": _mask_card,
+    "IBAN": _mask_iban,
+    "US_SSN": lambda value: _star_all_but(value, keep_end=4),
+    "IP_ADDRESS": _mask_ip,
+    "API_KEY": _mask_token,
+    "SECRET": _mask_token,
+    "PERSON": _mask_person,
+}
+
+
+def mask(match):
+    """A report-safe rendering of a match: its shape and a few characters, never the whole value."""
+    masker = _MASKS.get(match.kind)
+    return masker(match.value) if masker else f"<{match.kind}>"
+
+
+# --- report ------------------------------------------------------------------------------------
+
+class PiiReport:
+    """Counts per kind, rows with any PII, and a few masked examples per kind, batch by batch.
+
+    Call add() for every scanned row, clean ones too, so that rows_scanned is right.
+    """
+
+    def __init__(self, max_examples=5):
+        self.max_examples = max_examples
+        self.rows_scanned = 0
+        self.rows_with_pii = 0
+        self.counts = {}
+        self.examples = {}  # kind -> [{"row": index, "masked": text}], lowest row indexes first
+
+    def add(self, row_index, matches):
+        self.rows_scanned += 1
+        if not matches:
+            return
+        self.rows_with_pii += 1
+        for m in matches:
+            self.counts[m.kind] = self.counts.get(m.kind, 0) + 1
+            kept = self.examples.setdefault(m.kind, [])
+            if len(kept) < self.max_examples:
+                kept.append({"row": row_index, "masked": mask(m)})
+
+    def merge(self, other):
+        """Fold `other` in; examples keep the lowest row indexes, whatever the merge order."""
+        self.rows_scanned += other.rows_scanned
+        self.rows_with_pii += other.rows_with_pii
+        for kind, count in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + count
+        for kind, examples in other.examples.items():
+            combined = sorted(self.examples.get(kind, []) + examples, key=lambda e: e["row"])
+            self.examples[kind] = combined[:self.max_examples]
+        return self
+
+    def to_dict(self):
+        return {
+            "rows_scanned": self.rows_scanned,
+            "rows_with_pii": self.rows_with_pii,
+            "counts": dict(sorted(self.counts.items())),
+            "examples": {kind: [dict(e) for e in self.examples[kind]] for kind in sorted(self.examples)},
+            "max_examples": self.max_examples,
+        }
+
+    @classmethod
+    def from_dict(cls, data):
+        report = cls(max_examples=data.get("max_examples", 5))
+        report.rows_scanned = data.get("rows_scanned", 0)
+        report.rows_with_pii = data.get("rows_with_pii", 0)
+        report.counts = dict(data.get("counts", {}))
+        report.examples = {kind: [dict(e) for e in items] for kind, items in data.get("examples", {}).items()}
+        return report

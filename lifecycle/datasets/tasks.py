@@ -1,0 +1,71 @@
+import os
+import tempfile
+
+from django.db import transaction
+
+from lifecycle.core.artifacts import get_store
+from lifecycle.core.jobs import task
+from lifecycle.core.models import AuditEvent
+from lifecycle.datasets import ingest
+from lifecycle.datasets.models import DatasetVersion, Upload
+from lifecycle.datasets.readers import ColumnMapping
+
+
+def _progress(job):
+    def report(phase, done, total, **extra):
+        job.set_progress(phase=phase, done=done, total=total, **extra)
+        job.check_cancelled()
+
+    return report
+
+
+@task(queue="default")
+def ingest_upload(job, *, upload_id):
+    """Turn an upload into a version. A refusal keeps its report on the upload and makes nothing else."""
+    upload = Upload.objects.select_related("dataset", "created_by").get(pk=upload_id)
+    options = ingest.Options.for_dataset(upload.dataset, ColumnMapping(upload.mapping), upload.on_error)
+    fd, path = tempfile.mkstemp(prefix="lifecycle-upload-")
+    os.close(fd)
+    try:
+        get_store().copy_to(upload.source_sha256, path)
+        versions = ingest.ingest_file(upload.dataset, path, upload.format, options, user=upload.created_by,
+                                      source_sha256=upload.source_sha256, progress=_progress(job))
+    except ingest.IngestRejected as exc:
+        _record_refusal(upload, str(exc))
+        raise
+    finally:
+        os.unlink(path)
+    _record_success(upload, versions)
+    return {"versions": [v.number for v in versions], "rows": versions[-1].row_count}
+
+
+def _record_refusal(upload, message):
+    with transaction.atomic():
+        Upload.objects.filter(pk=upload.pk).update(report={"refused": message})
+        AuditEvent.record(upload.created_by, "upload.refused", upload, {"reason": message})
+
+
+def _record_success(upload, versions):
+    final = versions[-1]
+    with transaction.atomic():
+        Upload.objects.filter(pk=upload.pk).update(version=final, report=versions[0].validation_report)
+        AuditEvent.record(upload.created_by, "upload.ingested", upload, {"versions": [v.number for v in versions]})
+
+
+@task(queue="default")
+def derive_version(job, *, version_id, operation, user_id=None, seed=None):
+    """Make a child version: remove duplicates, redact PII, or split again."""
+    from django.contrib.auth import get_user_model
+
+    parent = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
+    user = get_user_model().objects.filter(pk=user_id).first()
+    job.set_progress(phase=operation, done=0, total=parent.row_count)
+    if operation == "dedup":
+        child = ingest.remove_duplicates(parent, user=user)
+    elif operation == "redact":
+        child = ingest.redact_version(parent, user=user)
+    elif operation == "resplit":
+        child = ingest.resplit_version(parent, seed=seed or 0, user=user)
+    else:
+        raise ValueError(f"unknown operation {operation!r}")
+    return {"version": child.number, "rows": child.row_count}

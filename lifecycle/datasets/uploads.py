@@ -1,0 +1,78 @@
+"""Receiving a file: sniff it, keep it as an artifact, record the upload, start the ingest."""
+import os
+import tempfile
+from contextlib import contextmanager
+
+from django.db import transaction
+
+from lifecycle.core.artifacts import get_store
+from lifecycle.core.jobs import enqueue
+from lifecycle.core.models import AuditEvent
+from lifecycle.datasets.models import Upload
+from lifecycle.datasets.readers import ColumnMapping, FileFormatError, detect_format, guess_mapping, open_rows
+from lifecycle.datasets.tasks import ingest_upload
+
+HEAD_BYTES = 64 * 1024
+
+
+@contextmanager
+def local_path(uploaded):
+    """A path to the uploaded bytes: Django's temporary file, or a copy of a small in-memory one."""
+    if hasattr(uploaded, "temporary_file_path"):
+        yield uploaded.temporary_file_path()
+        return
+    fd, path = tempfile.mkstemp(prefix="lifecycle-upload-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in uploaded.chunks():
+                out.write(chunk)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def sniff(path, filename, max_cell_chars, fmt=None):
+    """Format and columns of a file, or FileFormatError with a message for people."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    fmt = fmt or detect_format(filename, head)
+    return fmt, open_rows(path, fmt, max_cell_chars=max_cell_chars).columns
+
+
+def receive(dataset, path, filename, *, user, on_error, mapping=None, fmt=None):
+    """Store the file and record an Upload. Raises FileFormatError before storing anything."""
+    fmt, columns = sniff(path, filename, dataset.max_text_chars, fmt)
+    info = get_store().put_file(path)
+    with transaction.atomic():
+        upload = Upload.objects.create(
+            dataset=dataset, source_sha256=info.sha256, filename=os.path.basename(filename)[:255], size=info.size,
+            format=fmt, columns=columns, mapping=mapping or {}, on_error=on_error, created_by=user)
+        AuditEvent.record(user, "upload.received", upload, {"dataset": dataset.slug, "sha256": info.sha256,
+                                                            "bytes": info.size, "format": fmt})
+    return upload
+
+
+def parse_mapping_arg(text):
+    """"text=body,label=intent" → {"text": "body", "label": "intent"}; ValueError if malformed."""
+    return ColumnMapping.parse(text).pairs if text.strip() else {}
+
+
+def suggested_mapping(upload):
+    return guess_mapping(upload.columns, upload.dataset.task)
+
+
+def start_ingest(upload, mapping, user):
+    """Fix the mapping and enqueue the ingest (once: the job key makes a second click a no-op).
+    Raises QueueUnavailable, with nothing changed, when Redis does not answer."""
+    ColumnMapping(mapping)  # refuses a malformed mapping before anything is written
+    with transaction.atomic():
+        locked = Upload.objects.select_for_update().get(pk=upload.pk)
+        if locked.job_id:
+            return locked.job
+        job = enqueue(ingest_upload, user=user, key=f"ingest:upload:{upload.pk}", upload_id=upload.pk)
+        Upload.objects.filter(pk=upload.pk).update(mapping=mapping, job=job)
+        AuditEvent.record(user, "upload.mapped", upload, {"mapping": mapping})
+    return job
+
+
+__all__ = ["FileFormatError", "receive", "start_ingest", "suggested_mapping", "local_path"]

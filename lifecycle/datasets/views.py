@@ -1,0 +1,314 @@
+import json
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from lifecycle.core.charts import grouped_bars
+from lifecycle.core.jobs import enqueue
+from lifecycle.core.models import Job
+from lifecycle.core.queues import QueueUnavailable
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER, has_role, role_required
+from lifecycle.datasets import diff, tasks, uploads
+from lifecycle.datasets.forms import (
+    BrowseForm,
+    DatasetForm,
+    MappingForm,
+    PolicyForm,
+    ResplitForm,
+    SignOffForm,
+    UploadForm,
+)
+from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example, PiiSignOff, Upload
+from lifecycle.lib.csvsafe import csv_lines
+
+READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
+# Example texts can hold personal data: statistics are for every reader, rows are not.
+ROW_ROLES = (ML_ENGINEER, APPROVER)
+PAGE_SIZE = 50
+
+
+def _get_dataset(slug):
+    return get_object_or_404(Dataset, slug=slug)
+
+
+def _get_version(slug, number):
+    return get_object_or_404(DatasetVersion.objects.select_related("dataset", "parent", "created_by"),
+                             dataset__slug=slug, number=number)
+
+
+def _label_chart(version):
+    counts = version.split_counts()
+    labels = sorted({label for split in counts.values() for label in split})
+    series = {split: [counts.get(split, {}).get(label, 0) for label in labels] for split in SPLIT_NAMES if split in counts}
+    return grouped_bars(labels, series, title="Examples per label and split")
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+@role_required(*READ_ROLES)
+@require_GET
+def dataset_list(request):
+    page = Paginator(Dataset.objects.with_latest().order_by("slug"), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "datasets/dataset_list.html", {"page": page})
+
+
+@role_required(ML_ENGINEER)
+@require_http_methods(["GET", "POST"])
+def dataset_create(request):
+    form = DatasetForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        dataset = form.save_for(request.user)
+        messages.success(request, f"Dataset “{dataset.name}” created. Upload its first file.")
+        return redirect("datasets:upload_create", slug=dataset.slug)
+    return render(request, "datasets/dataset_form.html", {"form": form}, status=400 if form.errors else 200)
+
+
+@role_required(*READ_ROLES)
+@require_GET
+def dataset_detail(request, slug):
+    dataset = _get_dataset(slug)
+    versions = dataset.versions.for_listing().order_by("-number")[:100]
+    latest = versions[0] if versions else None
+    context = {
+        "dataset": dataset, "versions": versions, "latest": latest,
+        "chart": _label_chart(latest) if latest else None,
+        "uploads": dataset.uploads.select_related("job", "version").order_by("-created_at")[:10],
+        "policy_form": PolicyForm(initial={"pii_policy": dataset.pii_policy}),
+        "can_see_rows": _can_see_rows(request.user),
+    }
+    return render(request, "datasets/dataset_detail.html", context)
+
+
+@role_required(ML_ENGINEER)
+@require_POST
+def dataset_policy(request, slug):
+    dataset = _get_dataset(slug)
+    form = PolicyForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest("unknown PII policy")
+    dataset.set_policy(request.user, form.cleaned_data["pii_policy"])
+    messages.success(request, f"PII policy is now “{dataset.get_pii_policy_display()}”.")
+    return redirect(dataset)
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+
+def _upload_refused(request):
+    message = getattr(request, "upload_refused", None)
+    return message
+
+
+@role_required(ML_ENGINEER)
+@require_http_methods(["GET", "POST"])
+def upload_create(request, slug):
+    dataset = _get_dataset(slug)
+    form = UploadForm(request.POST or None, request.FILES or None)
+    refused = _upload_refused(request)
+    if refused:
+        return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": UploadForm(), "error": refused}, status=413)
+    if request.method == "POST" and form.is_valid():
+        uploaded = form.cleaned_data["file"]
+        try:
+            with uploads.local_path(uploaded) as path:
+                upload = uploads.receive(dataset, path, uploaded.name, user=request.user, on_error=form.cleaned_data["on_error"])
+        except uploads.FileFormatError as exc:
+            return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": form, "error": str(exc)}, status=400)
+        return redirect(upload)
+    return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": form}, status=400 if form.errors else 200)
+
+
+@role_required(*READ_ROLES)
+@require_http_methods(["GET", "POST"])
+def upload_detail(request, upload_id):
+    upload = get_object_or_404(Upload.objects.select_related("dataset", "job", "version"), pk=upload_id)
+    form = None
+    if not upload.job_id:
+        form = MappingForm(request.POST or None, dataset=upload.dataset, columns=upload.columns,
+                           initial_mapping=uploads.suggested_mapping(upload))
+        if request.method == "POST":
+            return _start_ingest(request, upload, form)
+    elif request.method == "POST":
+        return redirect(upload)
+    return render(request, "datasets/upload_detail.html", {"upload": upload, "form": form})
+
+
+@role_required(ML_ENGINEER)
+def _start_ingest(request, upload, form):
+    if not form.is_valid():
+        return render(request, "datasets/upload_detail.html", {"upload": upload, "form": form}, status=400)
+    try:
+        uploads.start_ingest(upload, form.mapping(), request.user)
+    except QueueUnavailable as exc:
+        messages.error(request, str(exc))
+    return redirect(upload)
+
+
+def upload_status(upload):
+    job = upload.job
+    return {
+        "upload": upload.pk, "dataset": upload.dataset.slug, "filename": upload.filename, "status": upload.status,
+        "progress": job.progress if job else {}, "error": job.error if job else "",
+        "version": upload.version.number if upload.version_id else None,
+        "version_url": upload.version.get_absolute_url() if upload.version_id else None,
+        "report": upload.report,
+    }
+
+
+# --- versions --------------------------------------------------------------------------------
+
+
+@role_required(*READ_ROLES)
+@require_GET
+def version_detail(request, slug, number):
+    version = _get_version(slug, number)
+    form = BrowseForm(request.GET or None)
+    can_see_rows = _can_see_rows(request.user)
+    context = {"version": version, "dataset": version.dataset, "form": form, "can_see_rows": can_see_rows,
+               "chart": _label_chart(version), "signoff_form": SignOffForm(), "resplit_form": ResplitForm()}
+    if can_see_rows:
+        if form.is_bound and not form.is_valid():
+            return render(request, "datasets/version_detail.html", context, status=400)
+        context.update(_browse(version, form))
+    return render(request, "datasets/version_detail.html", context)
+
+
+def _can_see_rows(user):
+    return has_role(user, *ROW_ROLES)
+
+
+def _browse(version, form):
+    filters = form.filters() if form.is_bound else {"split": None, "label": None, "pii": None, "search": ""}
+    after = form.cleaned_data.get("after") if form.is_bound else None
+    examples = version.examples.browse(**filters)
+    if after is not None:
+        examples = examples.filter(row__gt=after)
+    rows = list(examples.order_by("row").only("row", "text", "response", "label", "split", "group", "pii_kinds", "duplicate_cluster")[: PAGE_SIZE + 1])
+    query = {k: v for k, v in (form.data.items() if form.is_bound else []) if k != "after" and v}
+    return {"examples": rows[:PAGE_SIZE], "next_after": rows[PAGE_SIZE - 1].row if len(rows) > PAGE_SIZE else None,
+            "query": query, "labels": version.label_set}
+
+
+@role_required(ML_ENGINEER)
+@require_POST
+def version_action(request, slug, number, operation):
+    version = _get_version(slug, number)
+    if operation not in ("dedup", "redact", "resplit"):
+        raise Http404("unknown operation")
+    seed = None
+    if operation == "resplit":
+        form = ResplitForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "The seed must be a whole number from 0 to 2147483647.")
+            return redirect(version)
+        seed = form.cleaned_data["seed"]
+    try:
+        with transaction.atomic():
+            job = enqueue(tasks.derive_version, user=request.user, key=f"derive:{version.pk}:{operation}:{seed}",
+                          version_id=version.pk, operation=operation, user_id=request.user.pk, seed=seed)
+    except QueueUnavailable as exc:
+        messages.error(request, str(exc))
+        return redirect(version)
+    messages.success(request, f"Making a child version ({operation}) as job {job.pk}.")
+    return redirect("job_detail", job_id=job.pk)
+
+
+@role_required(APPROVER)
+@require_POST
+def version_signoff(request, slug, number):
+    version = _get_version(slug, number)
+    form = SignOffForm(request.POST)
+    if not version.needs_pii_signoff or version.pii_signed_off:
+        messages.error(request, "This version needs no PII sign-off.")
+    elif not form.is_valid():
+        messages.error(request, "Write the reason (at least 10 characters).")
+    else:
+        PiiSignOff.sign(version, request.user, form.cleaned_data["reason"])
+        messages.success(request, "PII signed off; the version may be used for training.")
+    return redirect(version)
+
+
+@role_required(*ROW_ROLES)
+@require_GET
+def version_export(request, slug, number):
+    version = _get_version(slug, number)
+    header = ("row", "text", "response", "label", "split", "group", "timestamp", "pii_kinds")
+    rows = version.examples.order_by("row").values_list("row", "text", "response", "label", "split", "group", "timestamp", "pii_kinds")
+    named = ((r[0], r[1], r[2], r[3], SPLIT_NAMES[r[4]], r[5], r[6].isoformat() if r[6] else "", r[7]) for r in rows.iterator(chunk_size=5000))
+    response = StreamingHttpResponse(csv_lines(header, named), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{version.dataset.slug}-v{version.number}.csv"'
+    return response
+
+
+@role_required(*ROW_ROLES)
+@require_GET
+def version_diff(request, slug):
+    dataset = _get_dataset(slug)
+    try:
+        a, b = int(request.GET.get("a", "")), int(request.GET.get("b", ""))
+    except ValueError:
+        return render(request, "datasets/diff.html", {"dataset": dataset, "error": "Choose two versions to compare."},
+                      status=400 if request.GET else 200)
+    old, new = _get_version(slug, a), _get_version(slug, b)
+    result = diff.compare(old, new)
+    chart = grouped_bars(result["labels"], {f"v{old.number}": result["old_counts"], f"v{new.number}": result["new_counts"]},
+                         title="Label distribution")
+    return render(request, "datasets/diff.html", {"dataset": dataset, "old": old, "new": new, "diff": result, "chart": chart})
+
+
+# --- JSON API --------------------------------------------------------------------------------
+
+
+def _api_error(status, message, **extra):
+    return JsonResponse({"error": message, **extra}, status=status)
+
+
+@role_required(ML_ENGINEER)
+@require_POST
+def api_version_create(request, slug):
+    """POST a file (multipart, field `file`) → 202 with the upload and job to poll.
+    Optional fields: `mapping` ("text=body,label=intent"), `on_error` (reject|drop)."""
+    dataset = Dataset.objects.filter(slug=slug).first()
+    if dataset is None:
+        return _api_error(404, f"no dataset {slug!r}")
+    refused = _upload_refused(request)
+    if refused:
+        return _api_error(413, refused)
+    uploaded = request.FILES.get("file")
+    if uploaded is None:
+        return _api_error(400, "send the file as multipart form field 'file'")
+    on_error = request.POST.get("on_error", Upload.OnError.REJECT)
+    if on_error not in Upload.OnError.values:
+        return _api_error(400, "on_error must be 'reject' or 'drop'")
+    try:
+        mapping = uploads.parse_mapping_arg(request.POST.get("mapping", ""))
+        with uploads.local_path(uploaded) as path:
+            upload = uploads.receive(dataset, path, uploaded.name, user=request.user, on_error=on_error)
+        job = uploads.start_ingest(upload, mapping or uploads.suggested_mapping(upload), request.user)
+    except (uploads.FileFormatError, ValueError) as exc:
+        return _api_error(400, str(exc))
+    except QueueUnavailable as exc:
+        return _api_error(503, str(exc))
+    upload.refresh_from_db()
+    return JsonResponse({**upload_status(upload), "job": job.pk, "status_url": f"/api/v1/uploads/{upload.pk}"}, status=202)
+
+
+@role_required(*READ_ROLES)
+@require_GET
+def api_upload_detail(request, upload_id):
+    upload = get_object_or_404(Upload.objects.select_related("dataset", "job", "version"), pk=upload_id)
+    return JsonResponse(upload_status(upload))
+
+
+@role_required(*READ_ROLES)
+@require_GET
+def api_version_detail(request, slug, number):
+    version = _get_version(slug, number)
+    return JsonResponse({"dataset": slug, "version": version.number, "manifest": version.manifest,
+                         "manifest_sha256": version.manifest_sha256, "pii_status": version.pii_status,
+                         "has_leakage": version.has_leakage, "usable_for_training": version.usable_for_training})

@@ -301,7 +301,18 @@ def find_duplicates(stage, progress):
     if len(near_pairs):
         pairs = np.concatenate([pairs, near_pairs]) if len(pairs) else near_pairs
     reps = representatives(stage.rows, pairs)
-    return keys, near_pairs, reps, _dedup_report(exact_groups, near_pairs, reps)
+    return keys, near_pairs, reps, split_units(stage.rows, pairs, reps), _dedup_report(exact_groups, near_pairs, reps)
+
+
+def split_units(n, pairs, reps):
+    """Rows that must share a split: whole duplicate components, so no near-duplicate pair
+    crosses splits — except where a component is huge (templated text chains into one), which
+    would starve the small splits; those rows fall back to their keep-first duplicate set, and
+    the leakage report counts whatever pairs still cross."""
+    components = dedup.components(n, pairs)
+    cap = max(50, n // 100)
+    huge = np.bincount(components, minlength=n)[components] > cap
+    return np.where(huge, reps + n, components)
 
 
 def representatives(n, pairs):
@@ -349,7 +360,7 @@ def _texts_for_rows(path, rows):
     return found
 
 
-def choose_splits(stage, clusters, options, progress):
+def choose_splits(stage, units, options, progress):
     progress("splitting", 0, 1)
     given = np.asarray(stage.given_splits, dtype=np.int8)
     if (given >= 0).all():
@@ -360,7 +371,7 @@ def choose_splits(stage, clusters, options, progress):
         np.asarray(stage.label_ids, dtype=np.int64),
         groups=groups if (groups >= 0).any() else None,
         timestamps=times if options.by_time else None,
-        units=clusters, fractions=options.fractions, seed=options.seed, by_time=options.by_time,
+        units=units, fractions=options.fractions, seed=options.seed, by_time=options.by_time,
     )
     return assigned, "seeded"
 
@@ -381,8 +392,8 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
     try:
         report = validation_report(stage, problems, options)
         check_validation(stage, problems, options)
-        keys, near_pairs, clusters, dedup_report = find_duplicates(stage, progress)
-        assigned, how = choose_splits(stage, clusters, options, progress)
+        keys, near_pairs, clusters, units, dedup_report = find_duplicates(stage, progress)
+        assigned, how = choose_splits(stage, units, options, progress)
         leak = leakage(stage, assigned, keys, near_pairs)
         leak["splits_from"] = how
         reports = {"validation": report, "pii": stage.pii.to_dict(), "dedup": dedup_report, "leakage": leak}

@@ -105,6 +105,7 @@ class EmailDetector(Detector):
 # A 00 or trunk-0 number never continues a group of four: "DE89 3704 0044 0532" is not 0044.
 _DATE_START = _rx(r"\d{1,4}([-/.])\d{1,2}\1\d{2,4}(?!\d)")  # 2024-01-15, 15.01.2024, 01/15/24
 _PHONE_END = r"(?![\w-]|[.:]\d)"
+_PHONE_SEPARATOR = _rx(r"[ ().-]")
 _PHONE_KEYWORDS = _literals("phone", "tel", "mob", "cell", "fax", "call", "whatsapp", "sms")
 
 
@@ -124,14 +125,14 @@ class PhoneDetector(Detector):
     patterns = (
         PhonePattern(("+0",), _rx(r"(?<![\w+])\+[1-9](?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}"
                                   + _PHONE_END), 8, 15),
-        PhonePattern(("00",), _rx(r"(?<![\w+])(?<![A-Z0-9]{4}[ -])00[1-9](?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}"
-                                  + _PHONE_END), 8, 15),
+        PhonePattern(("00",), _rx(r"(?<![\w+])(?<![A-Z0-9]{4}[ -])00[1-9]"
+                                  r"(?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}" + _PHONE_END), 8, 15),
         PhonePattern(("000-000-0000", "000.000.0000", "000 000 0000", "(000)"),
                      _rx(r"(?<![\w+(.-])(?:1[ .-])?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-])"
                          r"[2-9]\d\d[ .-]\d{4}" + _PHONE_END), 10, 11),
         PhonePattern(("00 00", "00-00", "00/00", "(00"),
-                     _rx(r"(?<![\w+(./-])(?<![A-Z0-9]{4}[ -])(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ /-])\d{2,}+(?:[ -]\d{2,}+)*"
-                         r"(?![\w:-]|[./]\d)"), 9, 12),
+                     _rx(r"(?<![\w+(./-])(?<![A-Z0-9]{4}[ -])(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ /-])"
+                         r"\d{2,}+(?:[ -]\d{2,}+)*(?![\w:-]|[./]\d)"), 9, 12),
     )
     keyword = _rx(r"(?i:\b(?:phone|telephone|tel|mobile|mob|cell|cellphone|fax|call|whatsapp|sms)\b)"
                   r"(?:[ \t]*(?i:me|us|at|on|is|no\.?|nr\.?|number|#|:|-)){0,3}[ \t:.#-]*"
@@ -152,10 +153,10 @@ class PhoneDetector(Detector):
         for m in found:
             group = m.lastindex or 0
             value = m.group(group)
-            national = value[2:] if value.startswith("00") else value
-            if value.startswith("00") and not re.search(r"[ ().-]", value):
+            number = value[2:] if value.startswith("00") else value
+            if value.startswith("00") and not _PHONE_SEPARATOR.search(value):
                 continue  # 0049301234567 is as likely an order number as a phone number
-            if low <= len(_digits(national)) <= high and not _DATE_START.match(value):
+            if low <= len(_digits(number)) <= high and not _DATE_START.match(value):
                 yield self._match(text, m.start(group), m.end(group))
 
 
@@ -297,8 +298,8 @@ class SsnDetector(Detector):
     kind = "US_SSN"
     priority = 70
     dashed = _rx(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
-    keyword = _rx(r"(?i:\b(?:ssn|ss#|social security(?: number| no\.?| #)?))[ \t:#.-]*(\d{3}[ -]?\d{2}[ -]?\d{4})"
-                  r"(?![\w-])")
+    keyword = _rx(r"(?i:\b(?:ssn|ss#|social security(?: number| no\.?| #)?))[ \t:#.-]*"
+                  r"(\d{3}[ -]?\d{2}[ -]?\d{4})(?![\w-])")
 
     def wants(self, text, shape):
         return "000-00-0000" in shape or (shape.count("0") >= 9 and _SSN_KEYWORDS(text.lower()))
@@ -372,14 +373,23 @@ class ApiKeyDetector(Detector):
 
     kind = "API_KEY"
     priority = 80
+    # (literals one of which the text must hold, regex); the literals spare the regexes.
     patterns = tuple((hints, _rx(regex)) for hints, regex in (
-        (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),                        # AWS access key id
-        (("ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_"), r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_\w{22,255}\b"),     # GitHub
-        (("xox",), r"\bxox[baprs]-[A-Za-z0-9-]{10,250}"),                            # Slack
+        # AWS access key id
+        (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+        # GitHub classic and fine-grained tokens
+        (("ghp_", "gho_", "ghs_", "ghu_", "ghr_", "github_pat_"),
+         r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b|\bgithub_pat_\w{22,255}\b"),
+        # Slack
+        (("xox",), r"\bxox[baprs]-[A-Za-z0-9-]{10,250}"),
+        # Stripe secret, restricted and live publishable keys
         (("_live_", "_test_"), r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}\b|\bpk_live_[A-Za-z0-9]{16,247}\b"),
-        (("AIza",), r"\bAIza[\w-]{35}(?![\w-])"),                                    # Google API key
-        (("sk-",), r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-)?[\w-]{20,}"),       # OpenAI-style
-        (("eyJ",), r"\beyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]*"),                         # JWT
+        # Google API key
+        (("AIza",), r"\bAIza[\w-]{35}(?![\w-])"),
+        # OpenAI-style (also Anthropic's sk-ant-)
+        (("sk-",), r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-)?[\w-]{20,}"),
+        # JWT: base64url header and payload, both JSON objects, so both start with eyJ
+        (("eyJ",), r"\beyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]*"),
         # A PEM private key block, through its END line when the text has one.
         (("PRIVATE KEY",), r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[^-]|-(?!----))*+"
                            r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),
@@ -402,7 +412,6 @@ def shannon_entropy(value):
     return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
-# Generated tokens put letters right next to digits; prose almost never does.
 def _letter_next_to_digit(shape):
     return "a0" in shape or "0a" in shape or "A0" in shape or "0A" in shape
 
@@ -464,7 +473,7 @@ class HighEntropyDetector(Detector):
         return shannon_entropy(core) >= min(self.min_entropy, math.log2(len(core)) - 0.75)
 
 
-_SECRET_KEYWORD = _rx(r"(?i:(?<![a-z])(?:api[_ -]?key|key|token|secret|passw(?:or)?d|pwd|bearer|auth|credentials?))")
+_SECRET_KEYWORD = _rx(r"(?i:(?<![a-z])(?:api[_ -]?key|key|token|secret|passw(?:or)?d|pwd|bearer|auth|credential))")
 _SECRET_HINTS = _literals("key", "token", "secret", "passw", "pwd", "bearer", "auth", "credential")
 
 
@@ -481,7 +490,8 @@ class HexSecretDetector(Detector):
     def find(self, text, shape=None):
         for m in self.pattern.finditer(text):
             value = m.group()
-            if not value.isdigit() and not value.isalpha() and _context_before(text, m.start(), _SECRET_KEYWORD, 30):
+            mixed = not value.isdigit() and not value.isalpha()
+            if mixed and _context_before(text, m.start(), _SECRET_KEYWORD, 30):
                 yield self._match(text, m.start(), m.end())
 
 
@@ -603,7 +613,7 @@ class GivenNameDetector(Detector):
     kind = "PERSON"
     priority = 20
     # The surname sits in a lookahead so that "Yesterday Mary Smith" still tries "Mary".
-    pattern = re.compile(rf"\b([{_UPPER}][{_LOWER}]+)(?=(?:[ \t]+[{_UPPER}]\.)?[ \t]+({_NAME}))")
+    pattern = re.compile(rf"\b([{_UPPER}][{_LOWER}]+)(?=(?: [{_UPPER}]\.)? ({_NAME}))")
 
     def wants(self, text, shape):
         return _capitalised_pair(shape) or not text.isascii()

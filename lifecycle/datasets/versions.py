@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from collections import Counter, defaultdict
-from datetime import timezone as dt_timezone
+from datetime import datetime, timezone as dt_timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -116,11 +116,15 @@ class VersionWriter:
                 validation_report=reports.get("validation", {}), pii_report=reports.get("pii", {}),
                 pii_status=pii_status, dedup_report=reports.get("dedup", {}),
                 leakage_report=reports.get("leakage", {}), has_leakage=has_leakage,
-                created_by=self.user, created_at=timezone.datetime.fromisoformat(manifest["created_at"]),
+                created_by=self.user, created_at=datetime.fromisoformat(manifest["created_at"]),
             )
             version.save(force_insert=True)
             insert_examples(version)
-            AuditEvent.record(self.user, f"dataset_version.created", version, {
+            if not dataset.label_set and label_set and dataset.task == Dataset.Task.CLASSIFICATION:
+                # The first version's labels become the dataset's label set; later uploads must fit it.
+                Dataset.objects.filter(pk=dataset.pk).update(label_set=label_set)
+                AuditEvent.record(self.user, "dataset.label_set_fixed", dataset, {"labels": label_set, "from_version": number})
+            AuditEvent.record(self.user, "dataset_version.created", version, {
                 "dataset": dataset.slug, "number": number, "operation": self.operation,
                 "parent": parent.number if parent else None, "rows": self.rows,
                 "manifest_sha256": version.manifest_sha256, "has_leakage": has_leakage, "pii_status": pii_status,

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 

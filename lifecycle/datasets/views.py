@@ -1,4 +1,3 @@
-import json
 
 from django.contrib import messages
 from django.core.paginator import Paginator
@@ -9,7 +8,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from lifecycle.core.charts import grouped_bars
 from lifecycle.core.jobs import enqueue
-from lifecycle.core.models import Job
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER, has_role, role_required
 from lifecycle.datasets import diff, tasks, uploads
@@ -22,7 +20,7 @@ from lifecycle.datasets.forms import (
     SignOffForm,
     UploadForm,
 )
-from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example, PiiSignOff, Upload
+from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, PiiSignOff, Upload
 from lifecycle.lib.csvsafe import csv_lines
 
 READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)

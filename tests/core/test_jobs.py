@@ -7,18 +7,14 @@ import io
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 from rq.job import Job as RQJob
@@ -30,11 +26,10 @@ from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.tasks import verify_audit_chain
 from lifecycle.core.worker import LifecycleWorker
 from tests.core import jobtasks
+from tests.workers import WINDOW, output, start_manage, stop
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parents[2]
-WINDOW = 3  # JOB_HEARTBEAT_WINDOW_SECONDS for worker subprocesses (beat every 1 s)
 
 
 @pytest.fixture(autouse=True)
@@ -77,40 +72,6 @@ def run_burst_worker(redis):
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-def worker_env():
-    """os.environ (root conftest.py's settings) pointed at the test database, fast beats."""
-    db = connection.settings_dict
-    auth = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
-    url = f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    return dict(
-        os.environ, DATABASE_URL=url, JOB_HEARTBEAT_SECONDS="1",
-        JOB_HEARTBEAT_WINDOW_SECONDS=str(WINDOW), JOB_MAINTENANCE_SECONDS="1", PYTHONUNBUFFERED="1",
-    )
-
-
-def start_manage(tmp_path, *args):
-    log = open(tmp_path / f"{args[0]}-{time.monotonic_ns()}.log", "w+")
-    # A session of its own: its process group can be killed without touching pytest.
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=worker_env(),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    process.log = log
-    return process
-
-
-def output(process):
-    process.log.seek(0)
-    return process.log.read()
-
-
-def stop(process):
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-    process.log.close()
 
 
 def in_thread(target, *args):

@@ -3,7 +3,6 @@ import json
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from django.db import DatabaseError, connection, transaction
 

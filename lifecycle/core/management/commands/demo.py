@@ -1,7 +1,6 @@
 """`manage.py demo`: the whole loop on a laptop — database, private Redis, a worker, demo
 users and data, and the development server. Started by scripts/demo (see the README)."""
 import atexit
-import os
 import secrets
 import shutil
 import signal

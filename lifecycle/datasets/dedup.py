@@ -455,3 +455,27 @@ def _compress(parent):
         if np.array_equal(grand, parent):
             return parent
         parent = grand
+
+
+# ---------------------------------------------------------------- keep-first duplicate sets
+
+
+def keep_first(n, pairs):
+    """Keep-first deduplication: walking pairs (i < j) by their later row, j becomes a duplicate
+    of i when i is itself kept. Each row points at the kept row it duplicates (or itself).
+
+    Unlike connected components this does not chain: A≈B and B≈C with A≉C keeps A and C,
+    so a run of templated messages is not collapsed into one giant cluster.
+    """
+    reps = np.arange(n, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    for i, j in pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))].tolist():
+        if reps[i] == i and reps[j] == j:
+            reps[j] = i
+    return reps
+
+
+def cluster_ids(reps):
+    """The duplicate set of each row (its representative), None for rows in no set."""
+    sizes = np.bincount(reps, minlength=len(reps))
+    return [int(r) if sizes[r] > 1 else None for r in reps.tolist()]

@@ -11,6 +11,10 @@ import logging
 import math
 import os
 import tempfile
+import time
+from array import array
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 
@@ -161,9 +165,14 @@ class Stage:
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-stage-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, STAGE_SCHEMA)
-        self.labels, self.groups = {}, {}
-        self.label_ids, self.group_ids, self.times, self.keys, self.given_splits = [], [], [], [], []
-        self.near = dedup.NearDuplicateIndex()
+        self.labels = {}
+        # Compact typed arrays, a few bytes per row: a million rows cost tens of MB, not hundreds.
+        self.label_ids, self.group_ids = array("i"), array("q")
+        self.times, self.keys, self.given_splits = array("d"), array("q"), array("b")
+        self.timings = Counter()
+        # Four partners per LSH bucket: on templated text 16 quadruples the candidates for
+        # under 1 % more duplicates found (measured in bench/RESULTS.md).
+        self.near = dedup.NearDuplicateIndex(max_partners=4)
         self.pii = pii.PiiReport()
         self.errors, self.error_count, self.rows_read = [], 0, 0
         self.buffer = []
@@ -193,20 +202,32 @@ class Stage:
             return
         rows, self.buffer = self.buffer, []
         texts = [row["text"] + ("\n" + row["response"] if row["response"] else "") for row in rows]
-        matches = pii.scan_many(texts)
+        with self.timer("pii"):
+            matches = pii.scan_many(texts)
         start = self.rows
-        for offset, (row, found) in enumerate(zip(rows, matches)):
-            self.pii.add(start + offset, found)
-            row["pii_kinds"] = ",".join(sorted({m.kind for m in found}))
-            row["content_key"] = dedup.exact_key(texts[offset])
-            row["row_sha256"] = row_sha256(row["text"], row["response"], row["label"], row["group"], row["timestamp"], row["metadata"])
-            self._remember(row)
-        self.near.add(texts, start)
-        self._write(rows)
+        with self.timer("hashing"):
+            for offset, (row, found) in enumerate(zip(rows, matches)):
+                self.pii.add(start + offset, found)
+                row["pii_kinds"] = ",".join(sorted({m.kind for m in found}))
+                row["content_key"] = dedup.exact_key(texts[offset])
+                row["row_sha256"] = row_sha256(row["text"], row["response"], row["label"], row["group"], row["timestamp"], row["metadata"])
+                self._remember(row)
+        with self.timer("minhash"):
+            self.near.add(texts, start)
+        with self.timer("staging"):
+            self._write(rows)
+
+    @contextmanager
+    def timer(self, name):
+        started = time.perf_counter()
+        yield
+        self.timings[name] += time.perf_counter() - started
 
     def _remember(self, row):
         self.label_ids.append(self.labels.setdefault(row["label"], len(self.labels)) if row["label"] else -1)
-        self.group_ids.append(self.groups.setdefault(row["group"], len(self.groups)) if row["group"] else -1)
+        # Groups are kept as 63-bit hashes, not a dict of every group name (collisions are
+        # astronomically unlikely and would only keep two groups together).
+        self.group_ids.append(dedup.exact_key(row["group"]) & 0x7FFFFFFFFFFFFFFF if row["group"] else -1)
         self.times.append(row["timestamp"].timestamp() if row["timestamp"] else math.nan)
         self.keys.append(row["content_key"])
         self.given_splits.append(row["split"])
@@ -288,19 +309,74 @@ def check_validation(stage, problems, options):
 
 
 def find_duplicates(stage, progress):
-    """Exact duplicates from the content keys, near duplicates from LSH verified on the text,
-    then one representative per duplicate set (see `representatives`)."""
+    """Exact duplicates from the content keys, near duplicates from LSH candidates confirmed by
+    their MinHash-estimated Jaccard, then one representative per duplicate set (keep-first)."""
     progress("deduplicating", 0, 1)
     keys = np.asarray(stage.keys, dtype=np.int64)
-    candidates = stage.near.candidate_pairs()
-    texts = _texts_for_rows(stage.path, np.unique(candidates)) if len(candidates) else {}
-    near_pairs = dedup.verify_pairs(candidates, lambda rows: [texts[int(r)] for r in rows], dedup.NEAR_THRESHOLD)
+    near_pairs = confirmed_pairs(stage, stage.near.candidate_pairs())
     exact_groups = dedup.exact_duplicate_groups(keys)
     pairs = dedup.exact_pairs(keys)
     if len(near_pairs):
         pairs = np.concatenate([pairs, near_pairs]) if len(pairs) else near_pairs
-    reps = representatives(stage.rows, pairs)
+    reps = dedup.keep_first(stage.rows, pairs)
     return keys, near_pairs, reps, split_units(stage.rows, pairs, reps), _dedup_report(exact_groups, near_pairs, reps)
+
+
+# Estimated Jaccard from 64 MinHash values has a standard deviation of about 0.05 near 0.8:
+# far above or below the threshold the estimate decides; in between the shingles do.
+SURELY_NEAR, SURELY_NOT = 0.9, 0.7
+
+
+def confirmed_pairs(stage, candidates, chunk=100_000):
+    """Candidates whose shingle Jaccard reaches the threshold.
+
+    Signatures are recomputed for candidate rows only (one pass over the staged file) and
+    compared in vectorised chunks; only pairs whose estimate is uncertain are checked on
+    their exact shingle sets, which at ~20 µs a pair in Python would otherwise dominate the
+    ingest of templated text with millions of candidates.
+    """
+    if not len(candidates):
+        return candidates
+    rows = dedup.sorted_unique(candidates.ravel())
+    signatures = _signatures_for_rows(stage, rows)
+    left, right = np.searchsorted(rows, candidates[:, 0]), np.searchsorted(rows, candidates[:, 1])
+    estimate = np.zeros(len(candidates), dtype=np.float32)
+    for start in range(0, len(candidates), chunk):
+        part = slice(start, start + chunk)
+        estimate[part] = (signatures[left[part]] == signatures[right[part]]).mean(axis=1)
+    del signatures
+    uncertain = candidates[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
+    texts = _texts_for_rows(stage.path, dedup.sorted_unique(uncertain.ravel())) if len(uncertain) else {}
+    checked = dedup.verify_pairs(uncertain, lambda rs: [texts[int(r)] for r in rs], dedup.NEAR_THRESHOLD)
+    confirmed = np.concatenate([candidates[estimate >= SURELY_NEAR], checked]).reshape(-1, 2)
+    return confirmed[np.lexsort((confirmed[:, 1], confirmed[:, 0]))]
+
+
+def _texts_for_rows(path, rows):
+    """{row: text} for the given staged rows (sorted), in one pass over the staged file."""
+    found, offset = {}, 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
+        texts, responses = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        lo, hi = np.searchsorted(rows, [offset, offset + len(texts)])
+        for row in rows[lo:hi].tolist():
+            i = row - offset
+            found[row] = texts[i] + ("\n" + responses[i] if responses[i] else "")
+        offset += len(texts)
+    return found
+
+
+def _signatures_for_rows(stage, rows):
+    hasher = stage.near.hasher
+    signatures = np.zeros((len(rows), hasher.num_perm), dtype=np.uint32)
+    offset = 0
+    for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
+        texts, responses = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        lo, hi = np.searchsorted(rows, [offset, offset + len(texts)])
+        if hi > lo:
+            wanted = (rows[lo:hi] - offset).tolist()
+            signatures[lo:hi] = hasher.signatures([texts[i] + ("\n" + responses[i] if responses[i] else "") for i in wanted])
+        offset += len(texts)
+    return signatures
 
 
 def split_units(n, pairs, reps):
@@ -314,27 +390,6 @@ def split_units(n, pairs, reps):
     return np.where(huge, reps + n, components)
 
 
-def representatives(n, pairs):
-    """Keep-first deduplication: walking pairs (i < j) by their later row, j becomes a duplicate
-    of i when i is itself kept. Each row points at the kept row it duplicates (or itself).
-
-    Unlike connected components this does not chain: A≈B and B≈C with A≉C keeps A and C,
-    so a run of templated messages is not collapsed into one giant cluster.
-    """
-    reps = np.arange(n, dtype=np.int64)
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    for i, j in pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))].tolist():
-        if reps[i] == i and reps[j] == j:
-            reps[j] = i
-    return reps
-
-
-def cluster_ids(reps):
-    """The duplicate set of each row (its representative), None for rows in no set."""
-    sizes = np.bincount(reps, minlength=len(reps))
-    return [int(r) if sizes[r] > 1 else None for r in reps.tolist()]
-
-
 def _dedup_report(exact_groups, near_pairs, reps):
     return {
         "exact_duplicate_rows": int(sum(len(g) - 1 for g in exact_groups)),
@@ -344,19 +399,6 @@ def _dedup_report(exact_groups, near_pairs, reps):
         "pairs": [[int(a), int(b)] for a, b in near_pairs[:50]],
         "examples": [[int(x) for x in group[:5]] for group in exact_groups[:20]],
     }
-
-
-def _texts_for_rows(path, rows):
-    """{row: text} for the given staged rows, in one pass over the staged file. Only rows in
-    candidate pairs are asked for, a small share of the file."""
-    wanted, found, offset = set(int(r) for r in rows), {}, 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
-        texts, responses = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-        for index in wanted.intersection(range(offset, offset + len(texts))):
-            response = responses[index - offset]
-            found[index] = texts[index - offset] + ("\n" + response if response else "")
-        offset += len(texts)
-    return found
 
 
 def choose_splits(stage, units, options, progress):
@@ -418,7 +460,7 @@ def _kinds(report):
 
 def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress):
     writer = VersionWriter(dataset, operation=DatasetVersion.Operation.UPLOAD, user=user, source_sha256=source_sha256)
-    clusters = cluster_ids(clusters)
+    clusters = dedup.cluster_ids(clusters)
     offset = 0
     try:
         for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH):

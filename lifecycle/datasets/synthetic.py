@@ -49,6 +49,14 @@ CONTEXT = [
     "I already emailed support yesterday.", "Please answer by email, I can't take calls at work.",
     "It's the {color} one, size {size}.", "I live in a flat, so the courier has to ring.",
 ]
+# A sentence of free detail, combined from parts: thousands of variants, like real messages.
+DETAIL_WHO = ["the driver", "my neighbour", "the app", "your website", "the parcel", "the invoice", "the agent",
+              "the email", "my bank", "the courier", "the receipt", "the store", "the refund", "the label"]
+DETAIL_WHAT = ["said something else", "showed a different price", "never mentioned this", "was left outside",
+               "had the wrong name", "took three days", "looked damaged", "was charged twice", "got lost again",
+               "asked for a code", "was not helpful", "kept timing out", "listed the wrong size", "came late"]
+DETAIL_WHEN = ["yesterday", "last week", "this morning", "on friday", "twice now", "after lunch", "on my birthday",
+               "during the sale", "before christmas", "at 6pm", "when I checked", "in march"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "the weekend", "the 3rd", "the 14th", "the 28th"]
 OPENERS = ["", "", "", "hi, ", "hello, ", "hey there, ", "good morning, ", "urgent: ", "quick question: "]
 CLOSERS = ["", "", "", " thanks", " thank you!", " asap please", " - regards", "!!", " cheers"]
@@ -81,7 +89,10 @@ def _message(rng, pii_rate):
     else:
         intent = rng.choice(list(INTENTS))
         template = rng.choice(INTENTS[intent])
-    context = " ".join(_fill(c, rng) for c in rng.sample(CONTEXT, rng.choice([0, 1, 1, 2, 2])))
+    context = " ".join(_fill(c, rng) for c in rng.sample(CONTEXT, rng.choice([0, 1, 1, 2])))
+    if rng.random() < 0.7:
+        detail = f"{rng.choice(DETAIL_WHO).capitalize()} {rng.choice(DETAIL_WHAT)} {rng.choice(DETAIL_WHEN)}."
+        context = f"{detail} {context}".strip()
     text = rng.choice(OPENERS) + _fill(template, rng) + rng.choice([". ", " "]) * bool(context) + context + rng.choice(CLOSERS)
     if rng.random() < pii_rate:
         text += _fill(rng.choice(PII_SUFFIXES), rng)

@@ -1,0 +1,186 @@
+"""Ingest benchmark: the whole dataset path on generated JSONL, phase by phase, with peak memory.
+
+    .venv/bin/python bench/ingest_bench.py                 # 100k and 1M rows
+    .venv/bin/python bench/ingest_bench.py --rows 20000    # a quick run
+
+Each size runs in its own process (so peak RSS is that size's alone) against a PostgreSQL
+database `lifecycle_bench` (dropped and made afresh) and a temporary artifact folder. After
+the ingest it times the example browser's server side on the new version: pages and filters
+through Django's test client, as a logged-in engineer. Results are appended to
+bench/RESULTS.md with the machine and date.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lifecycle_bench")
+
+
+def generate(path, rows):
+    sys.path.insert(0, str(ROOT))
+    from lifecycle.datasets.synthetic import generate as synthetic
+
+    with open(path, "w") as out:
+        for record in synthetic(rows, seed=11, pii_rate=0.05, dup_rate=0.03):
+            out.write(json.dumps(record) + "\n")
+
+
+def peak_rss_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def setup_django(artifacts):
+    os.environ.update(DATABASE_URL=DB_URL, SECRET_KEY="bench-" + "x" * 50, DEBUG="false", ALLOWED_HOSTS="testserver",
+                      SECURE_SSL_REDIRECT="false", ARTIFACT_DIR=str(artifacts), LIFECYCLE_DATA_DIR=str(artifacts.parent),
+                      DJANGO_SETTINGS_MODULE="lifecycle.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)  # DEBUG is off: pages need the manifest
+
+
+def run_one(path, rows):
+    """One size, in this process: the ingest phases, then the example browser."""
+    work = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
+    setup_django(work / "artifacts")
+    from lifecycle.datasets import ingest
+    from lifecycle.datasets.models import Dataset
+    from lifecycle.datasets.readers import ColumnMapping
+
+    dataset = Dataset.create(None, slug=f"bench-{rows}", name="bench", pii_policy=Dataset.PiiPolicy.ALLOW)
+    options = ingest.Options.for_dataset(dataset, ColumnMapping({"group": "customer_id"}), "drop")
+    times, started = {}, time.perf_counter()
+
+    peaks = {}
+
+    def lap(name, since):
+        times[name] = time.perf_counter() - since
+        peaks[name] = peak_rss_mb()
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    stage, problems = ingest.stage_file(str(path), "jsonl", options, lambda *a, **k: None)
+    t = lap("read+validate+PII+hash+minhash+stage", t)
+    keys, near_pairs, reps, units, dedup_report = ingest.find_duplicates(stage, lambda *a, **k: None)
+    t = lap("near-duplicate pairs + keep-first", t)
+    assigned, _ = ingest.choose_splits(stage, units, options, lambda *a, **k: None)
+    t = lap("split", t)
+    leak = ingest.leakage(stage, assigned, keys, near_pairs)
+    t = lap("leakage", t)
+    reports = {"validation": ingest.validation_report(stage, problems, options), "pii": stage.pii.to_dict(),
+               "dedup": dedup_report, "leakage": leak}
+    version = ingest._write(dataset, stage, assigned, reps, reports, sorted(stage.labels), True, leak, None, "", lambda *a, **k: None)
+    t = lap("write (Parquet, artifact, examples COPY, manifest)", t)
+    total = time.perf_counter() - started
+    stage.cleanup()
+    result = {"rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
+              "phases": {name: {"s": s, "rows_per_s": rows / s} for name, s in times.items()},
+              "inside_stage": {name: {"s": s, "rows_per_s": rows / s} for name, s in stage.timings.items()},
+              "peak_rss_mb": peak_rss_mb(), "peak_after_phase_mb": peaks, "dedup": {k: dedup_report[k] for k in ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows")},
+              "pii_rows": reports["pii"]["rows_with_pii"], "has_leakage": leak["has_leakage"]}
+    result["browse_ms"] = time_browser(version)
+    print(json.dumps(result))
+
+
+def time_browser(version):
+    """Server time of the example browser: first, middle and last pages, and each filter."""
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    user = User.objects.create_user("bench-engineer")
+    user.groups.add(Group.objects.get_or_create(name="ml_engineer")[0])
+    client = Client()
+    client.force_login(user)
+    url = version.get_absolute_url()
+    label = version.label_set[3]
+    cases = {
+        "first page": {}, "page at row 500k-ish": {"after": version.row_count // 2},
+        "last page": {"after": version.row_count - 20}, "split=test": {"split": "2"},
+        "split=test, deep": {"split": "2", "after": version.row_count * 9 // 10},
+        "label": {"label": label}, "split+label": {"split": "1", "label": label}, "PII only": {"pii": "yes"},
+        "search 'refund'": {"q": "refund"}, "search rare word 'fence'": {"q": "fence"},
+        "search + split + label": {"q": "order", "split": "0", "label": label},
+    }
+    timings = {}
+    for name, params in cases.items():
+        client.get(url, params)  # warm the cache once, then take the median of 5
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            response = client.get(url, params)
+            samples.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200, (name, response.status_code)
+        timings[name] = sorted(samples)[2]
+    return timings
+
+
+def reset_database():
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS lifecycle_bench"], check=True)
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE lifecycle_bench"], check=True)
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}"
+
+
+def report(results):
+    lines = [f"\n## Dataset ingest — {date.today().isoformat()}\n", f"Machine: {machine()}. PostgreSQL 15 on the same machine.",
+             "Command: `.venv/bin/python bench/ingest_bench.py`. Generated JSONL (lifecycle.datasets.synthetic): "
+             "customer-support messages, 5 % with PII, 3 % exact or near duplicates, customer ids as groups.\n",
+             "| rows | end to end | rows/s | peak RSS | duplicates removable | PII rows |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r['rows']:,} | {r['total_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} MB | "
+                     f"{r['dedup']['removable_rows']:,} | {r['pii_rows']:,} |")
+    for r in results:
+        lines += [f"\nPhases at {r['rows']:,} rows:\n", "| phase | seconds | rows/s | peak RSS so far |", "| --- | --- | --- | --- |"]
+        for name, p in list(r["phases"].items()) + [(f"  of which {k}", v) for k, v in r["inside_stage"].items()]:
+            peak = r["peak_after_phase_mb"].get(name)
+            lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} |")
+    last = results[-1]
+    lines += [f"\nExample browser, server time (median of 5, ms) on the {last['rows']:,}-row version:\n",
+              "| page / filter | ms |", "| --- | --- |"] + [f"| {k} | {v:.1f} |" for k, v in last["browse_ms"].items()]
+    with open(ROOT / "bench" / "RESULTS.md", "a") as out:
+        out.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--run", nargs=2, metavar=("FILE", "ROWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        return run_one(Path(args.run[0]), int(args.run[1]))
+    results = []
+    for rows in args.rows:
+        reset_database()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "data.jsonl"
+            generate(path, rows)
+            out = subprocess.run([sys.executable, __file__, "--run", str(path), str(rows)], capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"the {rows:,}-row run failed:\n{out.stderr[-3000:]}")
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{rows:,} rows: {results[-1]['rows_per_s']:,.0f} rows/s, peak {results[-1]['peak_rss_mb']:,.0f} MB", flush=True)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,6 @@
 It streams: rows pass through in batches and are staged in a temporary Parquet file; only a
 few numbers per row (label id, group id, time, content key, LSH band keys) stay in memory.
 """
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from lifecycle.datasets import dedup, pii, splits
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
-from lifecycle.datasets.versions import READ_BATCH, VersionWriter, row_sha256
+from lifecycle.datasets.versions import READ_BATCH, VersionWriter, metadata_json, row_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class Validator:
             "group": clean_cell(mapped.get("group")) or "",
             "timestamp": _parse_timestamp(mapped.get("timestamp")),
             "split": self._split(mapped),
-            "metadata": mapped.get("metadata") or {},
+            "metadata": metadata_json(mapped.get("metadata")),
         }
 
     def _text(self, mapped, name):
@@ -234,7 +233,6 @@ class Stage:
 
     def _write(self, rows):
         columns = {name: [row[name] for row in rows] for name in STAGE_SCHEMA.names}
-        columns["metadata"] = [json.dumps(m, sort_keys=True, ensure_ascii=False, default=str) for m in columns["metadata"]]
         self.writer.write_table(pa.Table.from_pydict(columns, schema=STAGE_SCHEMA))
 
     def close(self):
@@ -517,9 +515,8 @@ def _inherited_reports(parent):
 
 
 def _rehash(batch, i):
-    metadata = json.loads(batch["metadata"][i] or "{}")
     return row_sha256(batch["text"][i], batch["response"][i] or "", batch["label"][i] or "", batch["group"][i] or "",
-                      batch["timestamp"][i], metadata)
+                      batch["timestamp"][i], batch["metadata"][i] or "{}")
 
 
 def redact_version(parent, *, user=None):

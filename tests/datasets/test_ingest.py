@@ -173,11 +173,16 @@ def test_too_many_labels_and_a_single_label(tmp_path):
 
 @pytest.mark.django_db
 def test_html_and_formula_cells_are_stored_exactly(tmp_path):
+    tricky = 'a "quoted", comma\nnew line, back\\slash\ttab, ünïcødé 🚚, \\N and NULL'
     data = rows(6) + [{"text": "<img src=x onerror=alert(1)></script>", "label": "billing"},
-                      {"text": "=HYPERLINK(\"http://x\")", "label": "@evil"}]
+                      {"text": "=HYPERLINK(\"http://x\")", "label": "@evil"},
+                      {"text": tricky, "label": "billing", "note": {"nested": [1, "two"]}}]
     [version] = run(make_dataset(), write_jsonl(tmp_path / "d.jsonl", data), "jsonl")
     assert version.examples.get(row=6).text == "<img src=x onerror=alert(1)></script>"
     assert version.examples.get(row=7).label == "@evil"
+    assert version.examples.get(row=8).text == tricky  # through COPY … CSV unchanged
+    assert version.examples.get(row=8).metadata == {"note": {"nested": [1, "two"]}}
+    assert verify_version(version) == []
 
 
 # --- PII policies --------------------------------------------------------------------------

@@ -208,7 +208,9 @@ class Example(models.Model):
     TRAIN, VALIDATION, TEST = 0, 1, 2
     SPLIT_CHOICES = [(TRAIN, "train"), (VALIDATION, "validation"), (TEST, "test")]
 
-    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="examples")
+    # No index of its own: the (version, row) unique constraint serves every lookup by version,
+    # and each index costs time on a million-row COPY.
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="examples", db_index=False)
     row = models.PositiveIntegerField()
     text = models.TextField()  # the prompt, for instruction pairs
     response = models.TextField(blank=True)

@@ -32,6 +32,10 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         groups = {name for (name,) in db.execute("SELECT g.name FROM auth_group g")}
         assert groups == {"labeler", "ml_engineer", "approver", "oncall", "viewer"}
         assert db.execute("SELECT count(*) FROM auth_user").fetchone()[0] == 6
+        # The demo dataset went in through the real path: an upload and its ingest job, queued once.
+        assert db.execute("SELECT slug FROM datasets_dataset").fetchall() == [("support-intents",)]
+        jobs = db.execute("SELECT j.task, j.status FROM datasets_upload u JOIN core_job j ON u.job_id = j.id").fetchall()
+        assert jobs == [("lifecycle.datasets.tasks.ingest_upload", "queued")]
     assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
 
 

@@ -147,12 +147,18 @@ def test_refused_ingest_keeps_its_report_and_makes_no_version(eng_client, engine
 
 def test_viewer_sees_statistics_but_not_rows_and_cannot_upload(client, engineer):
     dataset = make_dataset(engineer)
+    client.force_login(engineer)
+    upload_file(client, dataset.slug, jsonl(10))
+    pending = Upload.objects.get()
     client.force_login(make_user("vic", "viewer"))
+    assert "Waiting for an ML engineer" in client.get(f"/datasets/uploads/{pending.pk}/").content.decode()
+    assert client.post(f"/datasets/uploads/{pending.pk}/", {"text": "text", "label": "label"}).status_code == 403
+    assert not Job.objects.exists()
     assert client.get("/datasets/").status_code == 200
     assert client.get(f"/datasets/{dataset.slug}/").status_code == 200
     assert upload_file(client, dataset.slug, jsonl(10)).status_code == 403
     assert client.get(f"/datasets/{dataset.slug}/v1/export.csv").status_code == 403
-    assert not Upload.objects.exists()
+    assert Upload.objects.count() == 1
 
 
 def ingest_via_api(client, slug, content, **fields):

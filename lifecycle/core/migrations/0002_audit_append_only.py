@@ -4,6 +4,8 @@ The model refuses too, but only the database can stop raw SQL, a shell or anothe
 """
 from django.db import migrations
 
+from lifecycle.lib.migrations import execute_for_vendor
+
 POSTGRES_FORWARD = """
 CREATE OR REPLACE FUNCTION core_auditevent_append_only() RETURNS trigger AS $$
 BEGIN
@@ -36,20 +38,11 @@ SQLITE_BACKWARD = [
 
 
 def forward(apps, schema_editor):
-    _run(schema_editor, POSTGRES_FORWARD, SQLITE_FORWARD)
+    execute_for_vendor(schema_editor, POSTGRES_FORWARD, SQLITE_FORWARD)
 
 
 def backward(apps, schema_editor):
-    _run(schema_editor, POSTGRES_BACKWARD, SQLITE_BACKWARD)
-
-
-def _run(schema_editor, postgres_sql, sqlite_statements):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(postgres_sql, params=None)
-    elif vendor == "sqlite":
-        for statement in sqlite_statements:
-            schema_editor.execute(statement)
+    execute_for_vendor(schema_editor, POSTGRES_BACKWARD, SQLITE_BACKWARD)
 
 
 class Migration(migrations.Migration):

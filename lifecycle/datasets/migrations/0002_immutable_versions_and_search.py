@@ -2,12 +2,14 @@
 example text gets a full-text index on PostgreSQL for the example browser's search."""
 from django.db import migrations
 
+from lifecycle.lib.migrations import execute_for_vendor
+
 TABLES = ("datasets_datasetversion", "datasets_example")
 
 POSTGRES_FORWARD = """
 CREATE OR REPLACE FUNCTION datasets_refuse_update() RETURNS trigger AS $$
 BEGIN
-    RAISE EXCEPTION 'dataset versions are immutable (UPDATE of %% refused); make a child version', TG_TABLE_NAME
+    RAISE EXCEPTION 'dataset versions are immutable (UPDATE of % refused); make a child version', TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege';
 END;
 $$ LANGUAGE plpgsql;
@@ -29,20 +31,11 @@ SQLITE_BACKWARD = [f"DROP TRIGGER IF EXISTS {table}_immutable;" for table in TAB
 
 
 def forward(apps, schema_editor):
-    _run(schema_editor, POSTGRES_FORWARD, SQLITE_FORWARD)
+    execute_for_vendor(schema_editor, POSTGRES_FORWARD, SQLITE_FORWARD)
 
 
 def backward(apps, schema_editor):
-    _run(schema_editor, POSTGRES_BACKWARD, SQLITE_BACKWARD)
-
-
-def _run(schema_editor, postgres_sql, sqlite_statements):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(postgres_sql.replace("%%", "%"), params=None)
-    elif vendor == "sqlite":
-        for statement in sqlite_statements:
-            schema_editor.execute(statement)
+    execute_for_vendor(schema_editor, POSTGRES_BACKWARD, SQLITE_BACKWARD)
 
 
 class Migration(migrations.Migration):

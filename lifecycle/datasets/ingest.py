@@ -41,6 +41,10 @@ STAGE_SCHEMA = pa.schema([
 class IngestRejected(Exception):
     """The file cannot become a version; the message says why, the report says where."""
 
+    def __init__(self, message, report=None):
+        super().__init__(message)
+        self.report = report or {}
+
 
 @dataclass
 class Options:
@@ -430,7 +434,10 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
     stage, problems = stage_file(path, fmt, options, progress)
     try:
         report = validation_report(stage, problems, options)
-        check_validation(stage, problems, options)
+        try:
+            check_validation(stage, problems, options)
+        except IngestRejected as exc:
+            raise IngestRejected(str(exc), report) from None
         keys, near_pairs, clusters, units, dedup_report = find_duplicates(stage, progress)
         assigned, how = choose_splits(stage, units, options, progress)
         leak = leakage(stage, assigned, keys, near_pairs)
@@ -439,7 +446,8 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
         pii_found = stage.pii.rows_with_pii > 0
         if pii_found and dataset.pii_policy == Dataset.PiiPolicy.BLOCK:
             raise IngestRejected(f"PII found in {stage.pii.rows_with_pii:,} rows ({_kinds(stage.pii)}) and this "
-                                 "dataset's policy is to block: clean the file, or change the policy to redact")
+                                 "dataset's policy is to block: clean the file, or change the policy to redact",
+                                 report | {"pii": reports["pii"]})
         label_set = sorted(stage.labels) if not options.label_set else list(options.label_set)
         progress("writing", 0, stage.rows)
         version = _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress)

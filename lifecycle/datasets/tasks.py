@@ -31,7 +31,7 @@ def ingest_upload(job, *, upload_id):
         versions = ingest.ingest_file(upload.dataset, path, upload.format, options, user=upload.created_by,
                                       source_sha256=upload.source_sha256, progress=_progress(job))
     except ingest.IngestRejected as exc:
-        _record_refusal(upload, str(exc))
+        _record_refusal(upload, str(exc), exc.report)
         raise
     finally:
         os.unlink(path)
@@ -39,9 +39,9 @@ def ingest_upload(job, *, upload_id):
     return {"versions": [v.number for v in versions], "rows": versions[-1].row_count}
 
 
-def _record_refusal(upload, message):
+def _record_refusal(upload, message, report):
     with transaction.atomic():
-        Upload.objects.filter(pk=upload.pk).update(report={"refused": message})
+        Upload.objects.filter(pk=upload.pk).update(report={**report, "refused": message})
         AuditEvent.record(upload.created_by, "upload.refused", upload, {"reason": message})
 
 

@@ -141,6 +141,7 @@ def test_refused_ingest_keeps_its_report_and_makes_no_version(eng_client, engine
     upload.refresh_from_db()
     assert upload.job.status == "failed" and "rows are invalid" in upload.job.error
     assert "line 2: invalid JSON" in upload.report["refused"]
+    assert upload.report["errors"][0]["line"] == 2 and upload.report["rows_read"] == 3
     assert not DatasetVersion.objects.exists()
     assert "rows are invalid" in eng_client.get(f"/datasets/uploads/{upload.pk}/").content.decode()
 

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from lifecycle.core.charts import grouped_bars
 from lifecycle.core.jobs import enqueue
+from lifecycle.core.models import Job
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER, has_role, role_required
 from lifecycle.datasets import diff, tasks, uploads
@@ -207,13 +208,22 @@ def version_action(request, slug, number, operation):
         seed = form.cleaned_data["seed"]
     try:
         with transaction.atomic():
-            job = enqueue(tasks.derive_version, user=request.user, key=f"derive:{version.pk}:{operation}:{seed}",
+            job = enqueue(tasks.derive_version, user=request.user, key=_derive_key(version, operation, seed),
                           version_id=version.pk, operation=operation, user_id=request.user.pk, seed=seed)
     except QueueUnavailable as exc:
         messages.error(request, str(exc))
         return redirect(version)
     messages.success(request, f"Making a child version ({operation}) as job {job.pk}.")
     return redirect("job_detail", job_id=job.pk)
+
+
+def _derive_key(version, operation, seed):
+    """One job per child version asked for: a second click finds the first job; after a job
+    that ended without a result (failed, cancelled, interrupted) the next click is a new try."""
+    prefix = f"derive:{version.pk}:{operation}:{seed}:"
+    ended = Job.objects.filter(key__startswith=prefix, status__in=[
+        Job.Status.FAILED, Job.Status.CANCELLED, Job.Status.INTERRUPTED]).count()
+    return f"{prefix}{ended}"
 
 
 @role_required(APPROVER)

@@ -260,9 +260,14 @@ def test_child_version_actions_through_the_page(eng_client, engineer, tmp_path, 
         assert response.status_code == 302
     eng_client.post("/datasets/support/v1/dedup")  # a second click is the same job
     assert Job.objects.filter(task="lifecycle.datasets.tasks.derive_version").count() == 2
+    failed = Job.objects.get(key__startswith=f"derive:{DatasetVersion.objects.get(number=1).pk}:redact:")
+    failed.claim("test-worker") and failed.mark_failed("the worker lost its disk")
+    eng_client.post("/datasets/support/v1/redact")  # after a failure, a click is a new try
+    assert Job.objects.filter(task="lifecycle.datasets.tasks.derive_version").count() == 3
     perform_queued_jobs()
     ops = dict(DatasetVersion.objects.filter(dataset=dataset).values_list("operation", "number"))
     assert set(ops) == {"upload", "redact", "dedup"}
+    assert DatasetVersion.objects.filter(dataset=dataset, operation="redact").count() == 1
     assert eng_client.post("/datasets/support/v1/explode").status_code == 404
     diff = eng_client.get("/datasets/support/diff", {"a": 1, "b": ops["dedup"]})
     assert diff.status_code == 200 and diff.context["diff"]["removed_count"] > 0

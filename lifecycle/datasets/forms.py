@@ -55,15 +55,22 @@ class MappingForm(forms.Form):
         for target, label in OPTIONAL_TARGETS:
             self.fields[target] = forms.ChoiceField(choices=choices, required=False, initial=initial_mapping.get(target, ""), label=label)
 
+        self.fields["split_by_time"] = forms.BooleanField(
+            required=False, label="Split by time: train before validation before test (needs the timestamp column)")
+
     def clean(self):
         data = super().clean()
-        chosen = [value for value in data.values() if value]
+        chosen = [value for key, value in data.items() if value and key != "split_by_time"]
         if len(chosen) != len(set(chosen)):
             raise ValidationError("Each column can feed only one field.")
+        if data.get("split_by_time") and not data.get("timestamp"):
+            raise ValidationError("Splitting by time needs the timestamp column.")
+        if data.get("split_by_time") and data.get("split"):
+            raise ValidationError("The file gives its own splits: splitting by time would ignore them.")
         return data
 
     def mapping(self):
-        return {target: column for target, column in self.cleaned_data.items() if column}
+        return {target: column for target, column in self.cleaned_data.items() if column and target != "split_by_time"}
 
 
 class BrowseForm(forms.Form):

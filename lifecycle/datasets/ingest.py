@@ -108,10 +108,13 @@ class Validator:
         text = self._text(mapped, "text" if self.options.task == Dataset.Task.CLASSIFICATION else "prompt")
         response = self._text(mapped, "response") if self.options.task == Dataset.Task.SFT else ""
         label = self._label(line, mapped)
+        timestamp = _parse_timestamp(mapped.get("timestamp"))
+        if timestamp is None and self.options.by_time:
+            raise RowInvalid("timestamp is empty, and the split is by time")
         return {
             "text": text, "response": response, "label": label,
             "group": clean_cell(mapped.get("group")) or "",
-            "timestamp": _parse_timestamp(mapped.get("timestamp")),
+            "timestamp": timestamp,
             "split": self._split(mapped),
             "metadata": metadata_json(mapped.get("metadata")),
         }
@@ -408,6 +411,7 @@ def choose_splits(stage, units, options, progress):
     given = np.asarray(stage.given_splits, dtype=np.int8)
     if (given >= 0).all():
         return given, "given"
+    how = "by time" if options.by_time else f"seeded (seed {options.seed})"
     groups = np.asarray(stage.group_ids, dtype=np.int64)
     times = np.asarray(stage.times, dtype=np.float64)
     assigned = splits.assign_splits(
@@ -416,13 +420,15 @@ def choose_splits(stage, units, options, progress):
         timestamps=times if options.by_time else None,
         units=units, fractions=options.fractions, seed=options.seed, by_time=options.by_time,
     )
-    return assigned, "seeded"
+    return assigned, how
 
 
 def leakage(stage, assigned, keys, near_pairs):
     groups = np.asarray(stage.group_ids, dtype=np.int64)
+    times = np.asarray(stage.times, dtype=np.float64)
     return splits.leakage_report(assigned, exact_keys=keys, near_pairs=near_pairs,
-                                 groups=groups if (groups >= 0).any() else None)
+                                 groups=groups if (groups >= 0).any() else None,
+                                 timestamps=times if len(times) and not np.isnan(times).any() else None)
 
 
 # --- the whole thing --------------------------------------------------------------------------------

@@ -262,6 +262,8 @@ class Upload(models.Model):
     columns = models.JSONField(default=list)
     mapping = models.JSONField(default=dict)
     on_error = models.CharField(max_length=10, choices=OnError.choices, default=OnError.REJECT)
+    # Train before validation before test by the timestamp column, instead of a seeded shuffle.
+    split_by_time = models.BooleanField(default=False)
     job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.PROTECT, related_name="upload")
     version = models.ForeignKey(DatasetVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="uploads")
     report = models.JSONField(default=dict)

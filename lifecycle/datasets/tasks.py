@@ -23,7 +23,8 @@ def _progress(job):
 def ingest_upload(job, *, upload_id):
     """Turn an upload into a version. A refusal keeps its report on the upload and makes nothing else."""
     upload = Upload.objects.select_related("dataset", "created_by").get(pk=upload_id)
-    options = ingest.Options.for_dataset(upload.dataset, ColumnMapping(upload.mapping), upload.on_error)
+    options = ingest.Options.for_dataset(upload.dataset, ColumnMapping(upload.mapping), upload.on_error,
+                                         by_time=upload.split_by_time)
     fd, path = tempfile.mkstemp(prefix="lifecycle-upload-")
     os.close(fd)
     try:

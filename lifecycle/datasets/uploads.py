@@ -61,7 +61,7 @@ def suggested_mapping(upload):
     return guess_mapping(upload.columns, upload.dataset.task)
 
 
-def start_ingest(upload, mapping, user):
+def start_ingest(upload, mapping, user, *, split_by_time=False):
     """Fix the mapping and enqueue the ingest (once: the job key makes a second click a no-op).
     Raises QueueUnavailable, with nothing changed, when Redis does not answer."""
     ColumnMapping(mapping)  # refuses a malformed mapping before anything is written
@@ -70,8 +70,8 @@ def start_ingest(upload, mapping, user):
         if locked.job_id:
             return locked.job
         job = enqueue(ingest_upload, user=user, key=f"ingest:upload:{upload.pk}", upload_id=upload.pk)
-        Upload.objects.filter(pk=upload.pk).update(mapping=mapping, job=job)
-        AuditEvent.record(user, "upload.mapped", upload, {"mapping": mapping})
+        Upload.objects.filter(pk=upload.pk).update(mapping=mapping, split_by_time=split_by_time, job=job)
+        AuditEvent.record(user, "upload.mapped", upload, {"mapping": mapping, "split_by_time": split_by_time})
     return job
 
 

@@ -142,7 +142,7 @@ def _start_ingest(request, upload, form):
     if not form.is_valid():
         return render(request, "datasets/upload_detail.html", {"upload": upload, "form": form}, status=400)
     try:
-        uploads.start_ingest(upload, form.mapping(), request.user)
+        uploads.start_ingest(upload, form.mapping(), request.user, split_by_time=form.cleaned_data["split_by_time"])
     except QueueUnavailable as exc:
         messages.error(request, str(exc))
     return redirect(upload)
@@ -280,7 +280,8 @@ def _api_error(status, message, **extra):
 @require_POST
 def api_version_create(request, slug):
     """POST a file (multipart, field `file`) → 202 with the upload and job to poll.
-    Optional fields: `mapping` ("text=body,label=intent"), `on_error` (reject|drop)."""
+    Optional fields: `mapping` ("text=body,label=intent"), `on_error` (reject|drop),
+    `split_by_time` (true: train before validation before test by the timestamp column)."""
     dataset = Dataset.objects.filter(slug=slug).first()
     if dataset is None:
         return _api_error(404, f"no dataset {slug!r}")
@@ -297,7 +298,8 @@ def api_version_create(request, slug):
         mapping = uploads.parse_mapping_arg(request.POST.get("mapping", ""))
         with uploads.local_path(uploaded) as path:
             upload = uploads.receive(dataset, path, uploaded.name, user=request.user, on_error=on_error)
-        job = uploads.start_ingest(upload, mapping or uploads.suggested_mapping(upload), request.user)
+        by_time = request.POST.get("split_by_time", "").lower() in ("1", "true", "yes", "on")
+        job = uploads.start_ingest(upload, mapping or uploads.suggested_mapping(upload), request.user, split_by_time=by_time)
     except (uploads.FileFormatError, ValueError) as exc:
         return _api_error(400, str(exc))
     except QueueUnavailable as exc:

@@ -373,3 +373,18 @@ def test_diff_reports_added_removed_and_relabeled(tmp_path):
     assert (result["added_count"], result["removed_count"], result["relabeled_count"]) == (4, 2, 1)
     assert result["relabeled"][0].old_label == base[2]["label"]
     assert sum(result["new_counts"]) - sum(result["old_counts"]) == 2
+
+
+@pytest.mark.django_db
+def test_split_by_time_puts_train_before_validation_before_test(tmp_path):
+    data = [dict(r, when=f"2026-03-{1 + i % 28:02d}T{i % 24:02d}:00:00Z") for i, r in enumerate(rows(300))]
+    data.append({"text": "no time on this one", "label": "billing"})
+    dataset = make_dataset()
+    options = ingest.Options.for_dataset(dataset, ColumnMapping({"timestamp": "when"}), "drop", by_time=True)
+    [version] = ingest.ingest_file(dataset, str(write_jsonl(tmp_path / "d.jsonl", data)), "jsonl", options)
+    assert version.validation_report["errors"] == [{"line": 301, "reason": "timestamp is empty, and the split is by time"}]
+    newest = {split: max(version.examples.filter(split=split).values_list("timestamp", flat=True)) for split in (0, 1)}
+    oldest = {split: min(version.examples.filter(split=split).values_list("timestamp", flat=True)) for split in (1, 2)}
+    assert newest[0] <= oldest[1] and newest[1] <= oldest[2]
+    assert version.leakage_report["splits_from"] == "by time"
+    assert version.leakage_report["time_overlap"]["overlap"] is False

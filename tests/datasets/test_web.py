@@ -77,6 +77,17 @@ def test_create_dataset_and_upload_map_ingest(eng_client, django_capture_on_comm
     assert version_page.status_code == 200 and len(version_page.context["examples"]) == 50
 
 
+def test_split_by_time_needs_the_timestamp_column(eng_client, engineer):
+    dataset = make_dataset(engineer)
+    upload_file(eng_client, dataset.slug, jsonl(30))
+    upload = Upload.objects.get()
+    response = eng_client.post(f"/datasets/uploads/{upload.pk}/", {"text": "text", "label": "label", "split_by_time": "on"})
+    assert response.status_code == 400 and "Splitting by time needs the timestamp column" in response.content.decode()
+    eng_client.post(f"/datasets/uploads/{upload.pk}/", {"text": "text", "label": "label", "timestamp": "created_at", "split_by_time": "on"})
+    upload.refresh_from_db()
+    assert upload.split_by_time and upload.job is not None
+
+
 def test_mapping_post_twice_starts_one_job(eng_client, engineer):
     dataset = make_dataset(engineer)
     upload_file(eng_client, dataset.slug, jsonl(30))

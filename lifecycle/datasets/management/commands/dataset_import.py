@@ -24,6 +24,8 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from the name and contents")
         parser.add_argument("--map", default="", help="column mapping, e.g. text=body,label=intent")
         parser.add_argument("--on-error", choices=("reject", "drop"), default="reject")
+        parser.add_argument("--split-by-time", action="store_true",
+                            help="train before validation before test by the timestamp column")
         parser.add_argument("--user", default="", help="the username recorded as the uploader")
 
     def handle(self, *args, **options):
@@ -40,7 +42,7 @@ class Command(BaseCommand):
                                      fmt=options["format"])
         except (FileFormatError, ValueError) as exc:
             raise CommandError(str(exc)) from None
-        job = self.run_ingest(upload, mapping or uploads.suggested_mapping(upload), user)
+        job = self.run_ingest(upload, mapping or uploads.suggested_mapping(upload), user, options["split_by_time"])
         upload.refresh_from_db()
         self.stdout.write(json.dumps(self.report(upload, job), indent=2, cls=DjangoJSONEncoder))
         if job.status != Job.Status.SUCCEEDED:
@@ -56,13 +58,13 @@ class Command(BaseCommand):
         return user
 
     @staticmethod
-    def run_ingest(upload, mapping, user):
+    def run_ingest(upload, mapping, user, split_by_time):
         # The job row is created but never sent to RQ: this process claims and runs it, so the
         # record (state, progress, audit) is the same as for an upload through a worker.
         with transaction.atomic():
             job = Job.create_queued(ingest_upload.task_name, "default", {"upload_id": upload.pk}, user=user,
                                     key=f"ingest:upload:{upload.pk}")
-            upload.__class__.objects.filter(pk=upload.pk).update(mapping=mapping, job=job)
+            upload.__class__.objects.filter(pk=upload.pk).update(mapping=mapping, split_by_time=split_by_time, job=job)
         perform(job.pk)
         job.refresh_from_db()
         return job

@@ -219,7 +219,7 @@ class Example(models.Model):
     group = models.CharField(max_length=200, blank=True)
     timestamp = models.DateTimeField(null=True, blank=True)
     row_sha256 = models.CharField(max_length=64)
-    # First 8 bytes of the normalized text's hash: exact duplicates and diffs join on it.
+    # First 8 bytes of the normalized text's hash: exact duplicates and diffs match on it.
     content_key = models.BigIntegerField()
     has_pii = models.BooleanField()
     pii_kinds = models.CharField(max_length=200, blank=True)
@@ -235,7 +235,9 @@ class Example(models.Model):
             models.Index(fields=["version", "split", "label", "row"], name="example_split_label_idx"),
             models.Index(fields=["version", "label", "row"], name="example_label_idx"),
             models.Index(fields=["version", "has_pii", "row"], name="example_pii_idx"),
-            models.Index(fields=["version", "content_key"], name="example_content_idx"),
+            # No index on content_key: the diff compares whole versions, which PostgreSQL does
+            # with a hash anti-join, and a randomly ordered index costs seconds per million rows
+            # on every import.
         ]
 
     def __str__(self):

@@ -169,6 +169,8 @@ FILE_UPLOAD_HANDLERS = [
 ]
 # Largest dataset file accepted, in bytes (refused while it streams in).
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 2 * 1024**3)
+# Files at least this big are analysed by helper processes during ingest (both cores busy).
+DATASET_PARALLEL_MIN_BYTES = env_int("DATASET_PARALLEL_MIN_BYTES", 16 * 1024**2)
 
 # --- Queues ---
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -337,8 +337,11 @@ class NearDuplicateIndex:
 
     def add(self, texts, start_index):
         """Add texts that are rows start_index, start_index + 1, ... of the dataset."""
-        keys = self.hasher.band_keys(self.hasher.signatures(texts))
-        self._chunks.append((int(start_index), np.ascontiguousarray(keys.T)))
+        self.add_band_keys(self.hasher.band_keys(self.hasher.signatures(texts)), start_index)
+
+    def add_band_keys(self, keys, start_index):
+        """Add (rows, bands) keys made elsewhere with this index's hasher (e.g. in a helper process)."""
+        self._chunks.append((int(start_index), np.ascontiguousarray(np.asarray(keys, dtype=np.uint64).T)))
 
     def candidate_pairs(self):
         """(k, 2) int64 pairs of dataset row indices i < j sharing a band key."""

@@ -9,10 +9,12 @@ few numbers per row (label id, group id, time, content key, LSH band keys) stay 
 import logging
 import math
 import os
+import multiprocessing
 import tempfile
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
@@ -21,7 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from django.conf import settings
+
 from lifecycle.datasets import dedup, pii, splits
+from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
 from lifecycle.datasets.versions import READ_BATCH, VersionWriter, metadata_json, row_sha256
@@ -167,7 +172,11 @@ class Validator:
 class Stage:
     """Everything the later phases need, with only small arrays per row in memory."""
 
-    def __init__(self):
+    def __init__(self, pool=None):
+        self.pool = pool
+        self.pending = deque()
+        # Batches handed to the helpers and not yet finished: enough to keep every helper busy.
+        self.in_flight = pool._max_workers + 1 if pool else 0
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-stage-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, STAGE_SCHEMA)
@@ -204,22 +213,39 @@ class Stage:
             self.flush()
 
     def flush(self):
-        if not self.buffer:
-            return
-        rows, self.buffer = self.buffer, []
-        texts = [row["text"] + ("\n" + row["response"] if row["response"] else "") for row in rows]
-        with self.timer("pii"):
-            matches = pii.scan_many(texts)
+        """Hand the buffered rows to the analysis (here, or in a helper process), then finish
+        the oldest batches while more than `in_flight` wait, so rows keep their order."""
+        if self.buffer:
+            rows, self.buffer = self.buffer, []
+            if self.pool is None:
+                with self.timer("analysis"):
+                    work = rows_analysis.analyse(rows, self.near.hasher)
+            else:
+                work = self.pool.submit(rows_analysis.analyse, rows, self.near.hasher)
+            self.pending.append((rows, work))
+        while len(self.pending) > self.in_flight:
+            self._finish_oldest()
+
+    def drain(self):
+        while self.pending:
+            self._finish_oldest()
+
+    def _finish_oldest(self):
+        rows, work = self.pending.popleft()
+        with self.timer("waiting for helpers"):
+            result = work.result() if self.pool is not None else work
+        self._complete(rows, result)
+
+    def _complete(self, rows, result):
+        matches, keys, hashes, band_keys = result
         start = self.rows
-        with self.timer("hashing"):
+        with self.timer("bookkeeping"):
             for offset, (row, found) in enumerate(zip(rows, matches)):
                 self.pii.add(start + offset, found)
                 row["pii_kinds"] = ",".join(sorted({m.kind for m in found}))
-                row["content_key"] = dedup.exact_key(texts[offset])
-                row["row_sha256"] = row_sha256(row["text"], row["response"], row["label"], row["group"], row["timestamp"], row["metadata"])
+                row["content_key"], row["row_sha256"] = keys[offset], hashes[offset]
                 self._remember(row)
-        with self.timer("minhash"):
-            self.near.add(texts, start)
+            self.near.add_band_keys(band_keys, start)
         with self.timer("staging"):
             self._write(rows)
 
@@ -244,13 +270,32 @@ class Stage:
 
     def close(self):
         self.flush()
+        self.drain()
         self.writer.close()
         self.writer = None
 
 
+def analysis_pool(path):
+    """Helper processes for files big enough to repay their start-up (about a second): the
+    per-row analysis (PII, hashes, MinHash) is most of the streaming pass's CPU, and the
+    reading and validation stay here, so both cores work."""
+    if os.path.getsize(path) < settings.DATASET_PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2:
+        return None
+    return ProcessPoolExecutor(max_workers=min(2, os.cpu_count()), mp_context=multiprocessing.get_context("spawn"))
+
+
 def stage_file(path, fmt, options, progress):
     """Stream the file once: validate, scan and stage every good row; collect bad ones."""
-    stage, validator = Stage(), Validator(options)
+    pool = analysis_pool(path)
+    try:
+        return _stage_file(path, fmt, options, progress, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _stage_file(path, fmt, options, progress, pool):
+    stage, validator = Stage(pool), Validator(options)
     try:
         reader = open_rows(path, fmt, max_bytes=options.max_bytes, max_cell_chars=options.max_text_chars)
         _check_columns(reader.columns, options, validator)

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from collections import Counter, defaultdict
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,7 @@ from django.utils import timezone
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.models import AuditEvent
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example
+from lifecycle.datasets.rows import metadata_json, row_sha256  # noqa: F401 (re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +48,6 @@ SCHEMA = pa.schema([
 EXAMPLE_COLUMNS = ("version_id", "row", "text", "response", "label", "split", "group", "timestamp",
                    "row_sha256", "content_key", "has_pii", "pii_kinds", "duplicate_cluster", "metadata")
 READ_BATCH = 20_000
-
-
-def _plain(value):
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def metadata_json(metadata):
-    """The one text form of a row's metadata: sorted keys, no spaces, dates as ISO 8601."""
-    if isinstance(metadata, str):
-        return metadata
-    return json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
-
-
-def row_sha256(text, response, label, group, timestamp, metadata):
-    """The content hash of one row: sha256 of the JSON array [text, response, label, group,
-    timestamp (UTC, ISO 8601), metadata as its canonical JSON text]. The split is the version's
-    choice, not the row's content, so it is hashed into the version instead."""
-    when = timestamp.astimezone(dt_timezone.utc).isoformat() if timestamp else None
-    fields = [text, response, label, group, when, metadata_json(metadata)]
-    return hashlib.sha256(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
 
 
 class VersionWriter:

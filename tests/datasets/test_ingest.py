@@ -388,3 +388,16 @@ def test_split_by_time_puts_train_before_validation_before_test(tmp_path):
     assert newest[0] <= oldest[1] and newest[1] <= oldest[2]
     assert version.leakage_report["splits_from"] == "by time"
     assert version.leakage_report["time_overlap"]["overlap"] is False
+
+
+@pytest.mark.django_db
+def test_helper_processes_give_the_same_version_as_one_process(tmp_path, settings):
+    write_synthetic(tmp_path / "s.jsonl", 12_000, seed=5, pii_rate=0.1)
+    mapping = {"group": "customer_id", "timestamp": "created_at"}
+    settings.DATASET_PARALLEL_MIN_BYTES = 10**12
+    [alone] = run(make_dataset("alone", pii_policy="allow"), tmp_path / "s.jsonl", "jsonl", mapping)
+    settings.DATASET_PARALLEL_MIN_BYTES = 0  # every file goes to the helpers
+    [helped] = run(make_dataset("helped", pii_policy="allow"), tmp_path / "s.jsonl", "jsonl", mapping)
+    assert helped.content_sha256 == alone.content_sha256
+    assert helped.pii_report == alone.pii_report and helped.dedup_report == alone.dedup_report
+    assert verify_version(helped) == []

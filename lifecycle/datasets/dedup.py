@@ -472,9 +472,13 @@ def keep_first(n, pairs):
     """
     reps = np.arange(n, dtype=np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    for i, j in pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))].tolist():
-        if reps[i] == i and reps[j] == j:
-            reps[j] = i
+    order = np.lexsort((pairs[:, 0], pairs[:, 1]))
+    # Python ints a chunk at a time: a list of millions of pairs would cost more memory
+    # than everything else in the ingest.
+    for start in range(0, len(order), 100_000):
+        for i, j in pairs[order[start:start + 100_000]].tolist():
+            if reps[i] == i and reps[j] == j:
+                reps[j] = i
     return reps
 
 

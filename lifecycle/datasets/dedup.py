@@ -316,11 +316,18 @@ def _bucket_pairs(keys, max_partners):
 
 
 def _unique_pairs(pair_arrays):
-    pairs = np.concatenate([np.zeros((0, 2), np.int64), *pair_arrays]).astype(np.int64)
-    if not len(pairs):
-        return pairs
+    packed = np.concatenate([np.zeros(0, np.uint64)] + [_pack(pairs) for pairs in pair_arrays])
+    return _unpack(sorted_unique(packed))
+
+
+def _pack(pairs):
+    """(k, 2) row pairs as one uint64 each, low row in the high half: 8 bytes a pair, not 16."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     low, high = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    packed = sorted_unique((low.astype(np.uint64) << np.uint64(32)) | high.astype(np.uint64))
+    return (low.astype(np.uint64) << np.uint64(32)) | high.astype(np.uint64)
+
+
+def _unpack(packed):
     return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
 
 
@@ -346,12 +353,15 @@ class NearDuplicateIndex:
     def candidate_pairs(self):
         """(k, 2) int64 pairs of dataset row indices i < j sharing a band key."""
         rows = self._row_indices()
-        found = []
-        # One band at a time: the full (rows, bands) matrix is never copied.
+        packed = np.zeros(0, np.uint64)
+        # One band at a time, merged into the unique pairs so far: neither the full (rows,
+        # bands) matrix nor every band's pairs at once are ever held.
         for band in range(self.hasher.bands):
             column = np.concatenate([np.zeros(0, np.uint64)] + [keys[band] for _, keys in self._chunks])
-            found.append(rows[_bucket_pairs(column, self.max_partners)])
-        return _unique_pairs(found)
+            found = _pack(rows[_bucket_pairs(column, self.max_partners)])
+            del column
+            packed = sorted_unique(np.concatenate([packed, found]))
+        return _unpack(packed)
 
     def _row_indices(self):
         spans = [np.arange(start, start + keys.shape[1]) for start, keys in self._chunks]

@@ -150,7 +150,9 @@ def report(results):
                      f"{r['dedup']['removable_rows']:,} | {r['pii_rows']:,} |")
     for r in results:
         lines += [f"\nPhases at {r['rows']:,} rows:\n", "| phase | seconds | rows/s | peak RSS so far |", "| --- | --- | --- | --- |"]
-        for name, p in list(r["phases"].items()) + [(f"  of which {k}", v) for k, v in r["inside_stage"].items()]:
+        phases = list(r["phases"].items())
+        inside = [(f"  streaming pass, of which {k}", v) for k, v in r["inside_stage"].items()]
+        for name, p in phases[:1] + inside + phases[1:]:
             peak = r["peak_after_phase_mb"].get(name)
             lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} |")
     last = results[-1]

@@ -34,6 +34,7 @@ from lifecycle.datasets.versions import READ_BATCH, VersionWriter, metadata_json
 log = logging.getLogger(__name__)
 
 BATCH = 5_000
+HELPERS = 2  # helper processes for big files: with the main process, both cores stay busy
 MAX_REPORTED_ERRORS = 200
 SPLIT_ALIASES = {"train": 0, "training": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2, "testing": 2}
 STAGE_SCHEMA = pa.schema([
@@ -176,7 +177,7 @@ class Stage:
         self.pool = pool
         self.pending = deque()
         # Batches handed to the helpers and not yet finished: enough to keep every helper busy.
-        self.in_flight = pool._max_workers + 1 if pool else 0
+        self.in_flight = HELPERS + 1 if pool else 0
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-stage-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, STAGE_SCHEMA)
@@ -281,7 +282,8 @@ def analysis_pool(path):
     reading and validation stay here, so both cores work."""
     if os.path.getsize(path) < settings.DATASET_PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2:
         return None
-    return ProcessPoolExecutor(max_workers=min(2, os.cpu_count()), mp_context=multiprocessing.get_context("spawn"))
+    # spawn, not fork: the helpers must not inherit this process's database connections.
+    return ProcessPoolExecutor(max_workers=HELPERS, mp_context=multiprocessing.get_context("spawn"))
 
 
 def stage_file(path, fmt, options, progress):

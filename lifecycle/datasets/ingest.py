@@ -282,6 +282,7 @@ def analysis_pool(path):
     reading and validation stay here, so both cores work."""
     if os.path.getsize(path) < settings.DATASET_PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2:
         return None
+    log.info("ingest of %s: %d helper processes analyse the rows", os.path.basename(path), HELPERS)
     # spawn, not fork: the helpers must not inherit this process's database connections.
     return ProcessPoolExecutor(max_workers=HELPERS, mp_context=multiprocessing.get_context("spawn"))
 

@@ -181,6 +181,10 @@ class Stage:
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-stage-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, STAGE_SCHEMA)
+        # 16-bit MinHash signatures, row after row, on disk: near-duplicate candidates are
+        # confirmed from here instead of hashing their texts a second time.
+        fd, self.signatures_path = tempfile.mkstemp(prefix="lifecycle-signatures-")
+        self.signatures = os.fdopen(fd, "wb")
         self.labels = {}
         # Compact typed arrays, a few bytes per row: a million rows cost tens of MB, not hundreds.
         self.label_ids, self.group_ids = array("i"), array("q")
@@ -196,8 +200,10 @@ class Stage:
     def cleanup(self):
         if self.writer is not None:
             self.writer.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        self.signatures.close()
+        for path in (self.path, self.signatures_path):
+            if os.path.exists(path):
+                os.unlink(path)
 
     @property
     def rows(self):
@@ -238,7 +244,8 @@ class Stage:
         self._complete(rows, result)
 
     def _complete(self, rows, result):
-        matches, keys, hashes, band_keys = result
+        matches, keys, hashes, band_keys, signatures = result
+        self.signatures.write(signatures.tobytes())
         start = self.rows
         with self.timer("bookkeeping"):
             for offset, (row, found) in enumerate(zip(rows, matches)):
@@ -274,6 +281,7 @@ class Stage:
         self.drain()
         self.writer.close()
         self.writer = None
+        self.signatures.close()
 
 
 def analysis_pool(path):
@@ -418,20 +426,18 @@ def _texts_for_rows(path, rows):
     return found
 
 
-def _signatures_for_rows(stage, rows):
-    hasher = stage.near.hasher
-    # The low 16 bits of each MinHash value: two different values agree by chance once in
-    # 65,536, which moves an estimate by nothing that matters, for half the memory.
-    signatures = np.zeros((len(rows), hasher.num_perm), dtype=np.uint16)
-    offset = 0
-    for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
-        texts, responses = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-        lo, hi = np.searchsorted(rows, [offset, offset + len(texts)])
-        if hi > lo:
-            wanted = (rows[lo:hi] - offset).tolist()
-            signatures[lo:hi] = hasher.signatures([texts[i] + ("\n" + responses[i] if responses[i] else "") for i in wanted]) & 0xFFFF
-        offset += len(texts)
-    return signatures
+def _signatures_for_rows(stage, rows, chunk=65_536):
+    """The spilled signatures of the given rows (sorted), read in row-range chunks."""
+    perms = stage.near.hasher.num_perm
+    found = np.zeros((len(rows), perms), dtype=np.uint16)
+    with open(stage.signatures_path, "rb") as spilled:
+        for start in range(0, stage.rows, chunk):
+            lo, hi = np.searchsorted(rows, [start, start + chunk])
+            if hi > lo:
+                spilled.seek(start * perms * 2)
+                block = np.fromfile(spilled, dtype=np.uint16, count=min(chunk, stage.rows - start) * perms).reshape(-1, perms)
+                found[lo:hi] = block[rows[lo:hi] - start]
+    return found
 
 
 def split_units(n, pairs, reps):

@@ -6,6 +6,7 @@
 It streams: rows pass through in batches and are staged in a temporary Parquet file; only a
 few numbers per row (label id, group id, time, content key, LSH band keys) stay in memory.
 """
+import hashlib
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ from lifecycle.datasets import dedup, pii, splits
 from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
-from lifecycle.datasets.versions import READ_BATCH, VersionWriter, metadata_json, row_sha256
+from lifecycle.datasets.versions import READ_BATCH, VersionWriter, row_sha256
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Validator:
             "group": clean_cell(mapped.get("group")) or "",
             "timestamp": timestamp,
             "split": self._split(mapped),
-            "metadata": metadata_json(mapped.get("metadata")),
+            "metadata": mapped.get("metadata") or {},  # made canonical JSON text by the analysis
         }
 
     def _text(self, mapped, name):
@@ -168,6 +169,12 @@ class Validator:
 
 
 # --- staging: the streaming pass ----------------------------------------------------------------
+
+
+def _group_id(group):
+    """A stable 63-bit id for a group name. Not Python's hash(): that is salted per process,
+    and the seeded split must come out the same in every process."""
+    return int.from_bytes(hashlib.blake2b(group.encode(), digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
 
 
 class Stage:
@@ -244,14 +251,14 @@ class Stage:
         self._complete(rows, result)
 
     def _complete(self, rows, result):
-        matches, keys, hashes, band_keys, signatures = result
+        matches, keys, hashes, metadata, band_keys, signatures = result
         self.signatures.write(signatures.tobytes())
         start = self.rows
         with self.timer("bookkeeping"):
             for offset, (row, found) in enumerate(zip(rows, matches)):
                 self.pii.add(start + offset, found)
                 row["pii_kinds"] = ",".join(sorted({m.kind for m in found}))
-                row["content_key"], row["row_sha256"] = keys[offset], hashes[offset]
+                row["content_key"], row["row_sha256"], row["metadata"] = keys[offset], hashes[offset], metadata[offset]
                 self._remember(row)
             self.near.add_band_keys(band_keys, start)
         with self.timer("staging"):
@@ -267,7 +274,7 @@ class Stage:
         self.label_ids.append(self.labels.setdefault(row["label"], len(self.labels)) if row["label"] else -1)
         # Groups are kept as 63-bit hashes, not a dict of every group name (collisions are
         # astronomically unlikely and would only keep two groups together).
-        self.group_ids.append(dedup.exact_key(row["group"]) & 0x7FFFFFFFFFFFFFFF if row["group"] else -1)
+        self.group_ids.append(_group_id(row["group"]) if row["group"] else -1)
         self.times.append(row["timestamp"].timestamp() if row["timestamp"] else math.nan)
         self.keys.append(row["content_key"])
         self.given_splits.append(row["split"])

@@ -33,12 +33,14 @@ def joined_text(text, response):
 
 
 def analyse(rows, hasher):
-    """For a batch of clean rows: PII matches, content keys, row hashes, LSH band keys, and the
+    """For a batch of clean rows: PII matches, content keys, row hashes, metadata as canonical
+    JSON text, LSH band keys, and the
     low 16 bits of the MinHash signatures (kept to confirm near-duplicate candidates later:
     two different values agree by chance once in 65,536, for half the bytes)."""
     texts = [joined_text(row["text"], row["response"]) for row in rows]
     matches = pii.scan_many(texts)
     keys = [dedup.exact_key(text) for text in texts]
-    hashes = [row_sha256(r["text"], r["response"], r["label"], r["group"], r["timestamp"], r["metadata"]) for r in rows]
+    metadata = [metadata_json(row["metadata"]) for row in rows]
+    hashes = [row_sha256(r["text"], r["response"], r["label"], r["group"], r["timestamp"], m) for r, m in zip(rows, metadata)]
     signatures = hasher.signatures(texts)
-    return matches, keys, hashes, hasher.band_keys(signatures), (signatures & 0xFFFF).astype("uint16")
+    return matches, keys, hashes, metadata, hasher.band_keys(signatures), (signatures & 0xFFFF).astype("uint16")

@@ -115,7 +115,7 @@ class VersionWriter:
                 created_by=self.user, created_at=datetime.fromisoformat(manifest["created_at"]),
             )
             version.save(force_insert=True)
-            insert_examples(version)
+            insert_examples(version, self.path)
             if not dataset.label_set and label_set and dataset.task == Dataset.Task.CLASSIFICATION:
                 # The first version's labels become the dataset's label set; later uploads must fit it.
                 Dataset.objects.filter(pk=dataset.pk).update(label_set=label_set)
@@ -163,48 +163,41 @@ def _remove_if_unreferenced(sha256):
 # --- examples ---------------------------------------------------------------------------------
 
 
-def iter_row_batches(version, columns=None, batch_size=READ_BATCH, arrow=False):
-    """The version's rows from its (verified) Parquet artifact, batch by batch: dicts of
-    column lists, or Arrow record batches with `arrow=True`."""
+def iter_row_batches(version, columns=None, batch_size=READ_BATCH):
+    """The version's rows from its (verified) Parquet artifact, batch by batch, as dicts of
+    column lists."""
     with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
         get_store().copy_to(version.rows_sha256, tmp.name)
         parquet = pq.ParquetFile(tmp.name)
         for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-            yield batch if arrow else batch.to_pydict()
+            yield batch.to_pydict()
 
 
-def insert_examples(version):
-    """Copy the version's rows into `Example`: COPY on PostgreSQL, bulk inserts elsewhere."""
+def insert_examples(version, path):
+    """Copy the version's rows from its Parquet file at `path` (the local file just stored,
+    not a second read through the store) into `Example`: COPY on PostgreSQL, bulk inserts
+    elsewhere."""
+    batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH)
     if connection.vendor == "postgresql":
-        _copy_examples(version)
+        _copy_examples(version, batches)
         # Fresh statistics, so the planner knows this version's size at once (autovacuum may
         # take minutes) and picks the text index for searches instead of scanning every row.
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {Example._meta.db_table}")
         return
-    for batch in iter_row_batches(version):
-        rows = _example_tuples(version.pk, batch)
-        Example.objects.bulk_create([Example(**dict(zip(EXAMPLE_COLUMNS, row))) for row in rows], batch_size=2000)
+    for batch in batches:
+        rows = _example_table(version.pk, batch).to_pylist()
+        Example.objects.bulk_create([Example(**row | {"metadata": json.loads(row["metadata"])}) for row in rows], batch_size=2000)
 
 
-def _example_tuples(version_id, batch):
-    split_ids = {name: index for index, name in enumerate(SPLIT_NAMES)}
-    for i in range(len(batch["row"])):
-        kinds = batch["pii_kinds"][i] or ""
-        yield (version_id, batch["row"][i], batch["text"][i], batch["response"][i] or "", batch["label"][i] or "",
-               split_ids[batch["split"][i]], batch["group"][i] or "", batch["timestamp"][i], batch["row_sha256"][i],
-               batch["content_key"][i], bool(kinds), kinds, batch["duplicate_cluster"][i],
-               json.loads(batch["metadata"][i] or "{}"))
-
-
-def _copy_examples(version):
+def _copy_examples(version, batches):
     """COPY … FROM STDIN in CSV made by Arrow's C++ writer: a Python call per row (write_row)
     cost more than the rest of the ingest's write phase together."""
     columns = ", ".join(f'"{name}"' for name in EXAMPLE_COLUMNS)
     options = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
     with connection.cursor() as cursor:
         with cursor.cursor.copy(f"COPY {Example._meta.db_table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            for batch in iter_row_batches(version, arrow=True):
+            for batch in batches:
                 buffer = io.BytesIO()
                 pa_csv.write_csv(_example_table(version.pk, batch), buffer, options)
                 copy.write(buffer.getvalue())

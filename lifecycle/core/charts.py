@@ -25,8 +25,3 @@ def grouped_bars(categories, series, *, title="", height=320):
     fig.update_layout(barmode="group", title=title, height=height, **LAYOUT)
     return chart_json(fig)
 
-
-def lines(x, series, *, title="", height=320, x_title="", y_title=""):
-    fig = go.Figure([go.Scatter(name=name, x=list(x), y=list(values), mode="lines") for name, values in series.items()])
-    fig.update_layout(title=title, height=height, xaxis_title=x_title, yaxis_title=y_title, **LAYOUT)
-    return chart_json(fig)

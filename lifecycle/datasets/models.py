@@ -60,9 +60,6 @@ class Dataset(models.Model):
     def required_columns(self):
         return ("text", "label") if self.task == self.Task.CLASSIFICATION else ("prompt", "response")
 
-    def latest_version(self):
-        return self.versions.order_by("-number").first()
-
     @classmethod
     def create(cls, user, **fields):
         with transaction.atomic():

@@ -655,20 +655,19 @@ def resplit_version(parent, *, seed, fractions=(0.8, 0.1, 0.1), by_time=False, u
     """A child with the same rows and a new seeded split (groups and duplicates kept together)."""
     from lifecycle.datasets.versions import iter_row_batches
 
-    labels, groups, times, units, keys = {}, {}, [], [], []
-    label_ids, group_ids = [], []
+    labels, groups, times, units, keys = [], [], [], [], []
     columns = ["label", "group", "timestamp", "duplicate_cluster", "content_key"]
     for batch in iter_row_batches(parent, columns=columns):
         for label, group, when, cluster, key in zip(*(batch[c] for c in columns)):
-            label_ids.append(labels.setdefault(label, len(labels)) if label else -1)
-            group_ids.append(groups.setdefault(group, len(groups)) if group else -1)
+            labels.append(label)
+            groups.append(group)
             times.append(when.timestamp() if when else math.nan)
             units.append(cluster if cluster is not None else -1 - len(units))
             keys.append(key)
-    group_array = np.asarray(group_ids, dtype=np.int64)
+    group_array = _codes(groups)
     _, unit_ids = np.unique(np.asarray(units, dtype=np.int64), return_inverse=True)
     assigned = splits.assign_splits(
-        np.asarray(label_ids, dtype=np.int64), groups=group_array if (group_array >= 0).any() else None,
+        _codes(labels), groups=group_array if (group_array >= 0).any() else None,
         timestamps=np.asarray(times) if by_time else None, units=unit_ids, fractions=fractions, seed=seed, by_time=by_time)
     leak = splits.leakage_report(assigned, exact_keys=np.asarray(keys, dtype=np.int64),
                                  groups=group_array if (group_array >= 0).any() else None)

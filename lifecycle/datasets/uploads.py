@@ -9,7 +9,13 @@ from lifecycle.core.artifacts import get_store
 from lifecycle.core.jobs import enqueue
 from lifecycle.core.models import AuditEvent
 from lifecycle.datasets.models import Upload
-from lifecycle.datasets.readers import ColumnMapping, FileFormatError, detect_format, guess_mapping, open_rows
+from lifecycle.datasets.readers import (  # noqa: F401 (FileFormatError: callers catch it from here)
+    ColumnMapping,
+    FileFormatError,
+    detect_format,
+    guess_mapping,
+    open_rows,
+)
 from lifecycle.datasets.tasks import ingest_upload
 
 HEAD_BYTES = 64 * 1024
@@ -74,5 +80,3 @@ def start_ingest(upload, mapping, user, *, split_by_time=False):
         AuditEvent.record(user, "upload.mapped", upload, {"mapping": mapping, "split_by_time": split_by_time})
     return job
 
-
-__all__ = ["FileFormatError", "receive", "start_ingest", "suggested_mapping", "local_path"]

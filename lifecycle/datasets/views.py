@@ -99,8 +99,8 @@ def dataset_policy(request, slug):
 
 
 def _upload_refused(request):
-    message = getattr(request, "upload_refused", None)
-    return message
+    """The size-limit handler's message, when it stopped this request's upload."""
+    return getattr(request, "upload_refused", None)
 
 
 @role_required(ML_ENGINEER)

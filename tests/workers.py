@@ -26,11 +26,11 @@ def worker_env(**extra):
     )
 
 
-def start_manage(log_dir, *args):
+def start_manage(log_dir, *args, env=None):
     log = open(Path(log_dir) / f"{args[0]}-{time.monotonic_ns()}.log", "w+")
     # A session of its own: its process group can be killed without touching pytest.
     process = subprocess.Popen(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=worker_env(),
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=worker_env(**(env or {})),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     process.log = log

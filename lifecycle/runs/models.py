@@ -103,7 +103,7 @@ class Run(models.Model):
         from lifecycle.runs.tasks import train_run
 
         with transaction.atomic():
-            run = Run.objects.select_for_update().select_related("job").get(pk=self.pk)
+            run = Run.objects.select_for_update(of=("self",)).select_related("job").get(pk=self.pk)
             if run.status not in self.RESUMABLE:
                 raise RunError(f"the run is {run.status}; only an interrupted, failed or cancelled run can resume")
             checkpoint = run.checkpoints.order_by("-step").first()

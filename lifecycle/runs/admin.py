@@ -1,0 +1,35 @@
+from django.contrib import admin
+
+from lifecycle.runs.models import Checkpoint, EvalReport, Run
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Runs change through their model methods (start, cancel, resume) and the worker,
+    which write the audit trail; the admin only shows them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "name", "dataset_version", "base_model", "method", "attempt", "created_at")
+    list_filter = ("task", "method")
+    list_select_related = ("dataset_version__dataset",)
+    search_fields = ("name", "base_model")
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(ReadOnlyAdmin):
+    list_display = ("run", "step", "size", "created_at")
+
+
+@admin.register(EvalReport)
+class EvalReportAdmin(ReadOnlyAdmin):
+    list_display = ("run", "split", "created_at")

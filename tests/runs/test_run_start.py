@@ -87,36 +87,7 @@ def test_a_bad_config_lists_every_problem(tmp_path, version):
     assert not Run.objects.exists() and not Job.objects.filter(queue="training").exists()
 
 
-def finish_on_sleep(monkeypatch, outcome):
-    """Stand in for the worker: on the command's first wait, end the run's job."""
-
-    def sleep(seconds):
-        run = Run.objects.select_related("job").get()
-        assert run.job.claim("test-worker")
-        if outcome == "succeeded":
-            run.record_output("c" * 64, {"accuracy": 0.9})
-            run.job.mark_succeeded({"run": run.pk})
-        else:
-            run.job.mark_failed("RuntimeError: the loss is NaN")
-
-    monkeypatch.setattr(run_start.time, "sleep", sleep)
-
-
-def test_wait_prints_the_outcome(tmp_path, version, monkeypatch):
-    finish_on_sleep(monkeypatch, "succeeded")
-    lines = start("--config", write_config(tmp_path, good_config(version)), "--wait")
-    run = Run.objects.get()
-    assert lines[0] == str(run.pk)
-    assert json.loads(lines[1]) == {"run": run.pk, "status": "succeeded", "test_metrics": {"accuracy": 0.9}, "error": ""}
-
-
-def test_wait_fails_when_the_run_fails(tmp_path, version, monkeypatch):
-    finish_on_sleep(monkeypatch, "failed")
-    out = io.StringIO()
-    with pytest.raises(CommandError, match="failed: RuntimeError: the loss is NaN"):
-        call_command("run_start", "--config", write_config(tmp_path, good_config(version)), "--wait", stdout=out)
-    result = json.loads(out.getvalue().splitlines()[1])
-    assert result["status"] == "failed" and result["error"] == "RuntimeError: the loss is NaN"
+# --wait against a real worker is in tests/runs/test_worker.py.
 
 
 def test_wait_gives_up_after_the_timeout(tmp_path, version, monkeypatch):

@@ -1,17 +1,25 @@
 """Real training through real RQ workers: MiniLM with LoRA beats the majority class, every
 method trains and reloads, causal-LM SFT on a tiny model, kill-and-resume, cancel."""
+import json
+import os
+import shutil
+import signal
+import time
 from collections import Counter
 
 import numpy as np
+import psutil
 import pytest
 
+from lifecycle.core.jobs import reap_interrupted
 from lifecycle.datasets.models import Example
 from lifecycle.runs import launch
 from lifecycle.runs.models import Run
 from lifecycle.runs.outputs import Predictor
 from tests.conftest import make_user
-from tests.runs.conftest import run_training_burst
+from tests.runs.conftest import run_training_burst, worker_extra_env
 from tests.runs.factories import MINILM, TINY, intent_version, sft_version
+from tests.workers import output, start_manage, stop
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -87,3 +95,119 @@ def test_causal_lm_sft_on_a_tiny_model_trains_packed_and_generates(tmp_path, art
     assert run.test_metrics["perplexity"] > 1 and 0 <= run.test_metrics["exact_match"] <= 1
     [answer] = Predictor(run.output_sha256).generate(["question: what do bees make ?"], max_new_tokens=3)
     assert isinstance(answer, str)
+
+
+# --- Lost workers, resume, cancel, failures
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill_worker_and_horse(worker):
+    """SIGKILL the worker and its work horse, which leads a process group of its own."""
+    for child in psutil.Process(worker.pid).children(recursive=True):
+        os.killpg(child.pid, signal.SIGKILL)
+    os.killpg(worker.pid, signal.SIGKILL)
+
+
+RESUME_CONFIG = {"base_model": MINILM, "method": "lora", "max_steps": 60, "batch_size": 8, "max_length": 48,
+                 "eval_every": 10, "checkpoint_every": 10, "seed": 7}
+
+
+def test_a_killed_run_resumes_and_ends_exactly_like_an_uninterrupted_one(tmp_path, artifacts, redis, model_roots):
+    engineer = make_user("erin", "ml_engineer")
+    version = intent_version(tmp_path, engineer, n=240)
+    config = {**RESUME_CONFIG, "dataset_version": version.pk}
+    whole = launch.start(engineer, config)
+    run_training_burst(tmp_path)
+    whole = finished(whole)
+    assert whole.status == "succeeded", whole.job.error
+
+    broken = launch.start(engineer, config)
+    worker = start_manage(tmp_path, "lifecycle_worker", "training", env=worker_extra_env())
+    try:
+        wait_for(lambda: broken.checkpoints.filter(step__gte=20).exists(), 120, "a checkpoint at step 20")
+        kill_worker_and_horse(worker)
+    finally:
+        stop(worker)
+    assert finished(broken).status == "running"
+    wait_for(lambda: reap_interrupted() or finished(broken).status == "interrupted", 30, "the reaper")
+    broken = finished(broken)
+    assert broken.status == "interrupted" and broken.can_resume
+    reached = broken.progress["step"]
+    assert reached < 60
+
+    checkpoint = broken.resume(engineer)
+    log = run_training_burst(tmp_path)
+    broken = finished(broken)
+    assert broken.status == "succeeded", (broken.job.error, log[-2000:])
+    assert broken.attempt == 2 and checkpoint.step >= 20
+    assert broken.progress["step"] == whole.progress["step"] == 60
+    assert broken.test_metrics == whole.test_metrics
+    assert train_losses(broken) == train_losses(whole)  # step for step, after the resume too
+    assert broken.curves("eval") == whole.curves("eval")
+
+
+def test_cancel_stops_a_running_run_within_five_seconds(tmp_path, artifacts, redis, model_roots):
+    engineer = make_user("erin", "ml_engineer")
+    version = intent_version(tmp_path, engineer, n=240)
+    run = launch.start(engineer, {**RESUME_CONFIG, "dataset_version": version.pk, "max_steps": 100_000})
+    worker = start_manage(tmp_path, "lifecycle_worker", "training", env=worker_extra_env())
+    try:
+        wait_for(lambda: (finished(run).progress.get("step") or 0) > 0, 120, "training to start")
+        asked = time.monotonic()
+        assert run.cancel(engineer)
+        wait_for(lambda: finished(run).status == "cancelled", 5, "the run to stop")
+        took = time.monotonic() - asked
+    finally:
+        stop(worker)
+    assert took < 5
+    assert finished(run).progress["step"] < 100_000
+
+
+def test_a_missing_model_directory_fails_the_run_with_its_cause(tmp_path, artifacts, redis, model_roots, settings, tiny_model_dir):
+    engineer = make_user("erin", "ml_engineer")
+    version = sft_version(tmp_path, engineer, n=40)
+    doomed = tmp_path / "doomed-model"
+    shutil.copytree(tiny_model_dir, doomed)
+    settings.MODEL_ROOTS = {**settings.MODEL_ROOTS, "doomed": str(doomed)}
+    run = launch.start(engineer, {"dataset_version": version.pk, "base_model": "doomed", "task": "causal_lm",
+                                  "max_steps": 2, "max_length": 32})
+    shutil.rmtree(doomed)  # gone before a worker picks the run up
+    run_training_burst(tmp_path)
+    run = finished(run)
+    assert run.status == "failed"
+    assert run.job.error.startswith("ModelUnavailable: no base model called 'doomed'")
+    assert not run.output_sha256 and not run.reports.exists()
+
+
+def test_run_start_wait_prints_the_final_state_from_a_real_worker(tmp_path, artifacts, redis, model_roots):
+    engineer = make_user("erin", "ml_engineer")
+    version = sft_version(tmp_path, engineer, n=40)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"dataset_version": version.pk, "base_model": TINY, "task": "causal_lm",
+                                "max_steps": 3, "max_length": 32, "generate_limit": 2}))
+    command = start_manage(tmp_path, "run_start", "--config", str(path), "--wait", "--user", "erin",
+                           env=worker_extra_env())
+    try:
+        wait_for(lambda: Run.objects.exists(), 60, "run_start to queue the run")
+        worker = start_manage(tmp_path, "lifecycle_worker", "training", "--burst", env=worker_extra_env())
+        command.wait(timeout=300)
+        lines = output(command).strip().splitlines()
+    finally:
+        stop(command)
+        if "worker" in locals():
+            stop(worker)
+    run = Run.objects.get()
+    assert command.returncode == 0, lines
+    assert lines[0] == str(run.pk)
+    result = json.loads(lines[-1])
+    assert result["run"] == run.pk and result["status"] == "succeeded"
+    assert result["test_metrics"]["perplexity"] == run.test_metrics["perplexity"]

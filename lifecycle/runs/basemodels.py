@@ -169,13 +169,28 @@ def module_names(entry):
     return names
 
 
+def linear_names(entry):
+    """Short names of the layers with 2-D weights (what LoRA and IA3 can target), for messages."""
+    names = set()
+    for path in sorted(Path(entry.path).glob("*.safetensors")):
+        for key, info in safetensors_header(path).items():
+            if key.endswith(".weight") and len(info.get("shape", [])) == 2 and "embed" not in key:
+                names.add(key.rsplit(".", 2)[-2])
+    return sorted(names)
+
+
 def _safetensors_keys(path):
+    return list(safetensors_header(path))
+
+
+def safetensors_header(path):
+    """{tensor name: {dtype, shape, offsets}} from a safetensors file's JSON header."""
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         if not 0 < size < 100 * 1024**2:
             raise ModelDirError(f"{path.name} is not a safetensors file")
         header = json.loads(f.read(size))
-    return [key for key in header if key != "__metadata__"]
+    return {key: value for key, value in header.items() if key != "__metadata__"}
 
 
 def has_module(names, target):

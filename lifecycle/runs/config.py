@@ -128,7 +128,7 @@ class RunConfig:
 
     @property
     def lr(self):
-        return DEFAULT_LR[self.method] if self.learning_rate is None else self.learning_rate
+        return DEFAULT_LR.get(self.method, 1e-3) if self.learning_rate is None else self.learning_rate
 
     @property
     def peft(self):

@@ -4,7 +4,6 @@ queued (the form, the API, the CLI) and again by the worker before it loads anyt
 Every check here is cheap: the model is known from its config.json and safetensors headers,
 the data from the version's manifest. Django-free: callers pass a `DataSummary`.
 """
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +94,8 @@ def _check_model(config, model, refuse):
         names = basemodels.module_names(model)
         missing = [t for t in config.target_modules if not basemodels.has_module(names, t)]
         if missing:
-            linear = sorted({n.rsplit(".", 1)[-1] for n in names if ".layer" in n or ".layers" in n})[:12]
             refuse("target_modules", f"{model.name} has no module called {', '.join(missing)} "
-                                     f"(it has, for example: {', '.join(linear)})")
+                                     f"(its linear layers: {', '.join(basemodels.linear_names(model))})")
 
 
 def estimate_memory_gb(config, model):
@@ -120,12 +118,5 @@ def estimate_memory_gb(config, model):
 
 def parameter_count(model):
     """Parameters, from the safetensors headers' shapes (no weights read)."""
-    total = 0
-    for path in sorted(Path(model.path).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        for key, info in header.items():
-            if key != "__metadata__":
-                total += math.prod(info.get("shape", []))
-    return total
+    return sum(math.prod(info.get("shape", [])) for path in sorted(Path(model.path).glob("*.safetensors"))
+               for info in basemodels.safetensors_header(path).values())

@@ -69,8 +69,8 @@ class Reporter:
 # --- Setup
 
 
-def pick_device(precision="auto"):
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(precision="auto", device=None):
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return device, bf16
 
@@ -99,7 +99,7 @@ class Trainer:
         self.config = config
         self.data = data
         self.reporter = reporter or Reporter()
-        self.device, self.bf16 = pick_device(config.precision) if device is None else (device, config.precision == "bf16")
+        self.device, self.bf16 = pick_device(config.precision, device)
         self.tokenizer = tokenizer
         self.model = methods.for_config(config).wrap(model).to(self.device)
         if config.gradient_checkpointing:
@@ -167,6 +167,10 @@ class Trainer:
     def fit(self):
         """Train from self.step to the end (or early stop); returns the test evaluation."""
         self.reporter.phase("training", step=self.step, total_steps=self.total_steps)
+        if self.step == 0:
+            # Dropout's random stream starts from the seed whatever ran before in this
+            # process; a resumed run gets the checkpoint's stream from restore() instead.
+            torch.manual_seed(self.config.seed)
         self.model.train()
         while self.step < self.total_steps and not self.early["stopped"]:
             if self.reporter.stop_requested():
@@ -278,7 +282,10 @@ class Trainer:
         the full (tokens × vocabulary) fp32 logits never exist, and prompt positions never
         reach the head at all."""
         backbone, head = self._backbone_and_head()
-        hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).last_hidden_state
+        # use_cache=False: with a cache, transformers builds one causal mask over the whole
+        # packed row instead of one block per example, and examples would see each other.
+        hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                          use_cache=False).last_hidden_state
         targets = batch["labels"][:, 1:]
         keep = targets != D.IGNORE
         hidden, targets = hidden[:, :-1][keep], targets[keep]

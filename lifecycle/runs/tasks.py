@@ -7,3 +7,21 @@ def train_run(job, *, run_id, resume=False):
     from lifecycle.runs import worker
 
     return worker.train(job, run_id=run_id, resume=resume)
+
+
+@task(queue="default")
+def start_demo_run(job):
+    """Start the demo's run on the newest usable version of the demo dataset (runs/demo.py)."""
+    from django.contrib.auth import get_user_model
+
+    from lifecycle.datasets.demo import SLUG
+    from lifecycle.datasets.models import DatasetVersion
+    from lifecycle.runs import demo, launch
+
+    versions = DatasetVersion.objects.filter(dataset__slug=SLUG).select_related("dataset").order_by("-number")
+    version = next((v for v in versions if v.usable_for_training), None)
+    if version is None:
+        raise RuntimeError(f"the demo dataset {SLUG} has no version usable for training yet")
+    engineer = get_user_model().objects.filter(username="demo-ml-engineer").first()
+    run = launch.start(engineer, {**demo.CONFIG, "dataset_version": version.pk}, name=demo.NAME)
+    return {"run": run.pk}

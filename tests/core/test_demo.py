@@ -36,6 +36,9 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         assert db.execute("SELECT slug FROM datasets_dataset").fetchall() == [("support-intents",)]
         jobs = db.execute("SELECT j.task, j.status FROM datasets_upload u JOIN core_job j ON u.job_id = j.id").fetchall()
         assert jobs == [("lifecycle.datasets.tasks.ingest_upload", "queued")]
+        # Then the demo run's starter, queued once, after the ingest (the worker takes them in order).
+        starters = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.runs.tasks.start_demo_run'").fetchall()
+        assert starters == [("queued",)]
     assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
 
 

@@ -53,7 +53,6 @@ def settings(args):
             "epochs": args.epochs or 1, "batch": args.batch or 8, "threads": args.threads or os.cpu_count(),
             "seed": args.seed, "max_length": 128 if args.tiny else 1024, "median_length": 40 if args.tiny else 300,
             "lr": 2e-4, "warmup": 0.06, "weight_decay": 0.01, "r": 16, "alpha": 32, "dropout": 0.05,
-            "isolate_packed": args.isolate_packed,
         }
     return {
         "mode": "classification", "rows": args.rows or (400 if args.quick else 4000),
@@ -330,8 +329,6 @@ def ours_causal(s):
 
     start_child(s)
     model, _ = causal_model(s)
-    if s["isolate_packed"]:
-        model.config.use_cache = False  # what training.py should do itself: see isolation_check
     tok = causal_tokenizer()
     splits = causal_sequences(s, model.config.vocab_size)
     examples = {name: D.Examples(range(len(ids)), ids, labels) for name, (ids, labels) in splits.items()}
@@ -524,8 +521,7 @@ def describe(s, ours, plain, peak):
             f"N_frozen = {ours['frozen']:,} (linear weights incl. the LM head, forward + input gradients only), "
             f"N_lora = {ours['trainable_params']:,}, T = Σlen²/Σlen = {ours['context']:.0f} (attention within each sequence) "
             f"→ {ours['flops_per_token'] / 1e9:.3g} GFLOP/token; peak {peak['flops'] / 1e12:.1f} TFLOP/s measured "
-            f"({peak['what']}, same run)." + ("" if not s["isolate_packed"] else
-                                              " Ours ran with model.config.use_cache=False (--isolate-packed).")]
+            f"({peak['what']}, same run)."]
 
 
 def write_results(s, lines, gpu):
@@ -550,8 +546,6 @@ def main():
     parser.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md (not with --quick/--tiny)")
     parser.add_argument("--causal", action="store_true", help="causal-LM LoRA on a Llama-3.2-1B-shaped model (GPU)")
     parser.add_argument("--tiny", action="store_true", help="with --causal: a tiny model on CPU, to test the code path")
-    parser.add_argument("--isolate-packed", action="store_true",
-                        help="with --causal: set use_cache=False on our model (the fix for packed examples seeing each other)")
     parser.add_argument("--side", choices=["ours", "plain", "peak"], help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()

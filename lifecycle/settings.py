@@ -189,6 +189,9 @@ MODEL_ROOTS.update({Path(root).name: str(Path(root).resolve()) for root in env_l
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(DATA_DIR / "model-cache"))).resolve()
 # Threads a training job uses (0: one per core).
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0)
+# Processes per training job: above 1 the job runs under torchrun with DistributedDataParallel
+# (one process per GPU; gloo on CPU). 0: one per visible GPU when there are several, else 1.
+TRAIN_PROCESSES = env_int("TRAIN_PROCESSES", 0)
 # Checkpoints kept per run (older ones' artifacts are deleted as new ones land).
 RUN_KEEP_CHECKPOINTS = env_int("RUN_KEEP_CHECKPOINTS", 3)
 # Nothing in the product may reach a model hub or send telemetry.

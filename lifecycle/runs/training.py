@@ -7,6 +7,7 @@ consumes the micro-batches s·accum … s·accum+accum-1 of that stream, and a c
 trainable weights, optimizer, scheduler, torch RNG and early-stopping state. A run resumed
 from step k therefore computes the same steps k+1… as one that never stopped.
 """
+import contextlib
 import io
 import math
 import resource
@@ -95,19 +96,26 @@ def load_model(config, path, num_labels=None, labels=None):
 
 
 class Trainer:
-    def __init__(self, config, model, tokenizer, data, reporter=None, device=None):
+    def __init__(self, config, model, tokenizer, data, reporter=None, device=None, rank=0, world=1):
         self.config = config
         self.data = data
         self.reporter = reporter or Reporter()
         self.device, self.bf16 = pick_device(config.precision, device)
         self.tokenizer = tokenizer
+        self.rank, self.world = rank, world
         self.model = methods.for_config(config).wrap(model).to(self.device)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(self.model, "enable_input_require_grads"):
                 self.model.enable_input_require_grads()
         self.packed = config.task == "causal_lm" and config.method != "prompt_tuning"
-        self.micro_per_epoch = max(1, math.ceil(len(data.train) / config.batch_size))
+        self.loss_module = LossModule(self.model, self.packed)
+        # Several processes (torchrun / accelerate launch, one per GPU): DistributedDataParallel
+        # around the module that computes the loss, so every forward goes through DDP's hooks.
+        self.forward = self.loss_module if world == 1 else torch.nn.parallel.DistributedDataParallel(
+            self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # Each process takes every world-th batch: an epoch is this many micro-batches per process.
+        self.micro_per_epoch = max(1, math.ceil(math.ceil(len(data.train) / config.batch_size) / world))
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.eval_every = config.eval_every or self.steps_per_epoch
@@ -170,27 +178,36 @@ class Trainer:
         if self.step == 0:
             # Dropout's random stream starts from the seed whatever ran before in this
             # process; a resumed run gets the checkpoint's stream from restore() instead.
-            torch.manual_seed(self.config.seed)
+            torch.manual_seed(self.config.seed + self.rank)
         self.model.train()
         while self.step < self.total_steps and not self.early["stopped"]:
-            if self.reporter.stop_requested():
+            if self._agree(self.reporter.stop_requested()):
                 raise Stopped(f"stopped at step {self.step}")
             values = self._train_step()
             self.step += 1
             self.reporter.step(self.step, values)
             if self.step % self.eval_every == 0 or self.step == self.total_steps:
-                self._evaluate_and_maybe_stop()
-            if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
+                if self.rank == 0:
+                    self._evaluate_and_maybe_stop()
+                self.early["stopped"] = self._agree(self.early["stopped"])
+            if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps and self.rank == 0:
                 self.reporter.checkpoint(self.step, self._weights(), self.state())
         self.reporter.phase("testing", step=self.step, total_steps=self.total_steps)
-        return self.test()
+        return self.test() if self.rank == 0 else None
+
+    def _agree(self, flag):
+        """Rank 0's answer, for every process (stop now? early-stopped?)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([1 if flag else 0], device=self.device)
+        torch.distributed.broadcast(value, src=0)
+        return bool(value.item())
 
     def _micro_batches(self, step):
         for m in range(step * self.config.grad_accum, (step + 1) * self.config.grad_accum):
             epoch, position = divmod(m, self.micro_per_epoch)
             batches = self._batches_for(epoch)
-            if position < len(batches):
-                yield self._collate(self.data.train, batches[position])
+            yield self._collate(self.data.train, batches[(position * self.world + self.rank) % len(batches)])
 
     def _batches_for(self, epoch):
         if epoch not in self._epoch_batches:
@@ -212,13 +229,15 @@ class Trainer:
         weights = self._loss_weights(batches)
         loss_total, examples, tokens = 0.0, 0, 0
         try:
-            for batch, weight in zip(batches, weights):
-                with self._autocast():
-                    loss = self._loss(batch)
-                (loss * weight).backward()
-                loss_total += loss.item() * weight
+            for i, (batch, weight) in enumerate(zip(batches, weights)):
+                with self._sync(last=i == len(batches) - 1):
+                    with self._autocast():
+                        loss = self.forward(batch)
+                    (loss * weight).backward()
+                loss_total += loss.item() * weight / self.world
                 examples += self._example_count(batch)
                 tokens += D.real_tokens(batch)
+            loss_total = self._sum(loss_total)
             norm = torch.nn.utils.clip_grad_norm_(self.trainable().values(), self.config.max_grad_norm or float("inf"))
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
@@ -244,8 +263,23 @@ class Trainer:
             sizes = [len(b["labels"]) for b in batches]
         else:
             sizes = [int((b["labels"][..., 1:] != D.IGNORE).sum()) for b in batches]
-        total = sum(sizes) or 1
-        return [s / total for s in sizes]
+        total = self._sum(sum(sizes)) or 1
+        # DDP averages gradients over the processes: scale up so the step's gradient is the
+        # sum over every process's examples divided by their global count.
+        return [s / total * self.world for s in sizes]
+
+    def _sum(self, number):
+        if self.world == 1:
+            return number
+        value = torch.tensor([float(number)], device=self.device, dtype=torch.float64)
+        torch.distributed.all_reduce(value)
+        return value.item()
+
+    def _sync(self, last):
+        """Gradient accumulation under DDP: all-reduce only on a step's last micro-batch."""
+        if self.world == 1 or last:
+            return contextlib.nullcontext()
+        return self.forward.no_sync()
 
     def _example_count(self, batch):
         if "position_ids" in batch:
@@ -266,39 +300,13 @@ class Trainer:
 
     # --- Losses
 
-    def _loss(self, batch):
-        if self.config.task == "classification":
-            return self.model(**batch).loss
-        if not self.packed:
-            return self.model(**batch).loss
-        return self._chunked_lm_loss(batch)
-
-    def _backbone_and_head(self):
-        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return model.get_decoder(), model.get_output_embeddings()
-
     def _chunked_lm_loss(self, batch, reduction="mean"):
-        """Cross-entropy on response tokens only, through the LM head a chunk at a time:
-        the full (tokens × vocabulary) fp32 logits never exist, and prompt positions never
-        reach the head at all."""
-        backbone, head = self._backbone_and_head()
-        # use_cache=False: with a cache, transformers builds one causal mask over the whole
-        # packed row instead of one block per example, and examples would see each other.
-        hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                          use_cache=False).last_hidden_state
-        targets = batch["labels"][:, 1:]
-        keep = targets != D.IGNORE
-        hidden, targets = hidden[:, :-1][keep], targets[keep]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, len(targets), LOSS_CHUNK_TOKENS):
-            h, t = hidden[start:start + LOSS_CHUNK_TOKENS], targets[start:start + LOSS_CHUNK_TOKENS]
-            total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, h, t, head.weight, head.bias,
-                                                              use_reentrant=False)
-        if reduction == "sum":
-            return total, len(targets)
-        return total / max(1, len(targets))
+        return chunked_lm_loss(self.model, batch, reduction)
 
     # --- Evaluation
+
+        # use_cache=False: with a cache, transformers builds one causal mask over the whole
+        # packed row instead of one block per example, and examples would see each other.
 
     @torch.no_grad()
     def _evaluate(self, examples):
@@ -407,6 +415,39 @@ class Trainer:
         """Adapter (peft) or full weights, and the tokenizer, as safetensors."""
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
+
+
+class LossModule(torch.nn.Module):
+    """The training loss as a module, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model, chunked):
+        super().__init__()
+        self.model, self.chunked = model, chunked
+
+    def forward(self, batch):
+        if self.chunked:
+            return chunked_lm_loss(self.model, batch)
+        return self.model(**batch).loss
+
+
+def chunked_lm_loss(model, batch, reduction="mean"):
+    """Cross-entropy on response tokens only, through the LM head a chunk at a time: the full
+    (tokens × vocabulary) fp32 logits never exist, and prompt positions never reach the head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone, head = base.get_decoder(), base.get_output_embeddings()
+    # use_cache=False: with a cache, transformers builds one causal mask over the whole packed
+    # row instead of one block per example, and examples would see each other.
+    hidden = backbone(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != D.IGNORE
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), LOSS_CHUNK_TOKENS):
+        h, t = hidden[start:start + LOSS_CHUNK_TOKENS], targets[start:start + LOSS_CHUNK_TOKENS]
+        total = total + torch.utils.checkpoint.checkpoint(_chunk_loss, h, t, head.weight, head.bias, use_reentrant=False)
+    if reduction == "sum":
+        return total, len(targets)
+    return total / max(1, len(targets))
 
 
 def _chunk_loss(hidden, targets, weight, bias):

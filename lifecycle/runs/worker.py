@@ -43,35 +43,59 @@ class BadDataset(Exception):
 
 
 def train(job, *, run_id, resume=False):
+    """The job: in this process, or with several processes (one per GPU) under torchrun."""
+    processes = training_processes()
+    if processes > 1:
+        from lifecycle.runs import distributed
+
+        return distributed.launch(job, run_id=run_id, resume=resume, processes=processes)
+    return train_here(job, run_id=run_id, resume=resume)
+
+
+def training_processes():
+    """TRAIN_PROCESSES, or one per visible GPU when there are several."""
+    if settings.TRAIN_PROCESSES:
+        return settings.TRAIN_PROCESSES
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.device_count() > 1 else 1
+
+
+def train_here(job, *, run_id, resume=False, rank=0, world=1, device=None):
     import torch
 
     from lifecycle.runs import training
 
     run = Run.objects.select_related("dataset_version__dataset").get(pk=run_id)
     config = RunConfig.parse(run.config)
-    torch.set_num_threads(settings.TRAIN_THREADS or os.cpu_count() or 1)
-    device, bf16 = training.pick_device(config.precision)
-    reporter = DbReporter(run, job)
+    torch.set_num_threads(settings.TRAIN_THREADS or max(1, (os.cpu_count() or 1) // world))
+    device, bf16 = training.pick_device(config.precision, device)
+    # Only the first process writes telemetry, checkpoints and results; the others compute.
+    reporter = DbReporter(run, job) if rank == 0 else training.Reporter()
     reporter.phase("checking")
     plan, version = _plan(config, device)
     base_sha = basemodels.directory_sha256(plan.model.path)
-    run.record_start(environment(device, bf16, version, base_sha, config), base_sha)
+    if rank == 0:
+        run.record_start(environment(device, bf16, version, base_sha, config, world), base_sha)
 
     reporter.phase("loading")
     labels, all_labels = _labels(version, config)
     torch.manual_seed(config.seed)  # the new head's (and adapters') initial weights
     model, tokenizer = training.load_model(config, str(plan.model.path), len(labels), labels)
     data = load_data(version, config, tokenizer, labels, all_labels)
-    trainer = training.Trainer(config, model, tokenizer, data, reporter, device)
+    trainer = training.Trainer(config, model, tokenizer, data, reporter, device, rank=rank, world=world)
     reporter.total_steps = trainer.total_steps
     if resume:
-        _restore(run, trainer)
+        _restore(run, trainer, delete_later_points=rank == 0)
     try:
         report = trainer.fit()
     except training.Stopped as exc:
         raise JobCancelled(str(exc)) from None
     finally:
-        reporter.flush()
+        if rank == 0:
+            reporter.flush()
+    if rank != 0:
+        return None
     reporter.phase("writing output", step=trainer.step, total_steps=trainer.total_steps)
     summary = _record_evaluation(run, config, report)
     key = _write_output(run, trainer, plan, version, base_sha, labels, summary)
@@ -96,7 +120,7 @@ def device_memory_gb(device):
     return None  # CPU: only a stated memory_limit_gb is checked
 
 
-def environment(device, bf16, version, base_sha, config):
+def environment(device, bf16, version, base_sha, config, world=1):
     import peft
     import torch
     import transformers
@@ -104,7 +128,8 @@ def environment(device, bf16, version, base_sha, config):
     return {
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "peft": peft.__version__, "device": _device_name(device), "precision": "bf16" if bf16 else "fp32",
-        "threads": torch.get_num_threads(), "host": socket.gethostname(), "lifecycle_revision": revision(),
+        "threads": torch.get_num_threads(), "processes": world, "host": socket.gethostname(),
+        "lifecycle_revision": revision(),
         "dataset_version": {"id": version.pk, "name": str(version), "content_sha256": version.content_sha256,
                             "manifest_sha256": version.manifest_sha256},
         "base_model": {"name": config.base_model, "sha256": base_sha}, "seed": config.seed,
@@ -194,7 +219,7 @@ def _encoder(config, tokenizer, label_index):
 # --- Checkpoints
 
 
-def _restore(run, trainer):
+def _restore(run, trainer, delete_later_points=True):
     from safetensors.torch import load as load_safetensors
 
     from lifecycle.runs import training
@@ -206,7 +231,8 @@ def _restore(run, trainer):
     weights = load_safetensors(store.read_bytes(checkpoint.weights_sha256))
     trainer.restore(weights, training.load_state(store.read_bytes(checkpoint.state_sha256)))
     # The interrupted attempt's telemetry after the checkpoint is replaced by this attempt's.
-    run.points.filter(step__gt=checkpoint.step).delete()
+    if delete_later_points:
+        run.points.filter(step__gt=checkpoint.step).delete()
     log.info("run %s resumes at step %s", run.pk, checkpoint.step)
 
 

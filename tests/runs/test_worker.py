@@ -211,3 +211,26 @@ def test_run_start_wait_prints_the_final_state_from_a_real_worker(tmp_path, arti
     result = json.loads(lines[-1])
     assert result["run"] == run.pk and result["status"] == "succeeded"
     assert result["test_metrics"]["perplexity"] == run.test_metrics["perplexity"]
+
+
+def test_a_run_with_two_processes_trains_under_torchrun_with_ddp(tmp_path, artifacts, redis, model_roots):
+    """What a multi-GPU host does (one process per GPU, NCCL), here with two CPU processes and gloo."""
+    engineer = make_user("erin", "ml_engineer")
+    version = intent_version(tmp_path, engineer, n=240)
+    run = launch.start(engineer, {"dataset_version": version.pk, "base_model": MINILM, "method": "lora",
+                                  "max_steps": 16, "batch_size": 8, "max_length": 48, "learning_rate": 2e-3,
+                                  "eval_every": 8, "checkpoint_every": 8})
+    worker = start_manage(tmp_path, "lifecycle_worker", "training", "--burst",
+                          env={**worker_extra_env(), "TRAIN_PROCESSES": "2"})
+    try:
+        worker.wait(timeout=600)
+        log = output(worker)
+    finally:
+        stop(worker)
+    run = finished(run)
+    assert run.status == "succeeded", (run.job.error, log[-3000:])
+    assert run.environment["processes"] == 2
+    losses = train_losses(run)
+    assert len(losses) == 16 and np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert run.checkpoints.filter(step=8).exists() and run.reports.filter(split="test").exists()
+    assert Predictor(run.output_sha256).predict(["I want a refund for my last invoice"])

@@ -134,10 +134,14 @@ class Run(models.Model):
 
     # --- Reading
 
-    def curves(self, kind="train"):
-        """{metric: ([steps], [values])} for every metric this run logged of that kind."""
+    def curves(self, kind="train", since=None):
+        """{metric: ([steps], [values])} for every metric this run logged of that kind; only
+        the points after step `since` when given (a page polling for what is new)."""
         series = {}
-        for step, values in self.points.filter(kind=kind).order_by("step").values_list("step", "values"):
+        points = self.points.filter(kind=kind)
+        if since is not None:
+            points = points.filter(step__gt=since)
+        for step, values in points.order_by("step").values_list("step", "values"):
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     steps, ys = series.setdefault(key, ([], []))

@@ -76,11 +76,15 @@ def pick_device(precision="auto", device=None):
     return device, bf16
 
 
-def load_model(config, path, num_labels=None, labels=None):
+def load_model(config, path, num_labels=None, labels=None, device=None):
     """The base model from a local directory: offline, safetensors only, no remote code."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     common = dict(trust_remote_code=False, local_files_only=True, use_safetensors=True)
+    if pick_device(config.precision, device)[0].type == "cpu":
+        # On CPU the plain attention trains short sequences a few per cent faster than SDPA
+        # (measured for MiniLM, bench/RESULTS.md); on a GPU, SDPA's fused kernels win by far.
+        common["attn_implementation"] = "eager"
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     if config.task == "classification":
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -94,18 +94,7 @@ def _config_keys(configs):
 
 def _curves(run, kind, since=None):
     """{metric: {"steps": [...], "values": [...]}}, only points after `since` when given."""
-    if since is None:
-        series = run.curves(kind)
-    else:
-        # Run.curves reads every point; a poll every two seconds wants only the new ones.
-        series = {}
-        points = run.points.filter(kind=kind, step__gt=since).order_by("step").values_list("step", "values")
-        for step, values in points:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    steps, ys = series.setdefault(key, ([], []))
-                    steps.append(step)
-                    ys.append(value)
+    series = run.curves(kind, since)
     return {key: {"steps": steps, "values": values} for key, (steps, values) in series.items()}
 
 

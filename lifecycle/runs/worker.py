@@ -81,7 +81,7 @@ def train_here(job, *, run_id, resume=False, rank=0, world=1, device=None):
     reporter.phase("loading")
     labels, all_labels = _labels(version, config)
     torch.manual_seed(config.seed)  # the new head's (and adapters') initial weights
-    model, tokenizer = training.load_model(config, str(plan.model.path), len(labels), labels)
+    model, tokenizer = training.load_model(config, str(plan.model.path), len(labels), labels, device)
     data = load_data(version, config, tokenizer, labels, all_labels)
     trainer = training.Trainer(config, model, tokenizer, data, reporter, device, rank=rank, world=world)
     reporter.total_steps = trainer.total_steps

@@ -1,4 +1,5 @@
 """The README's run command prepares a working demo on embedded defaults."""
+import json
 import os
 import sqlite3
 import subprocess
@@ -49,3 +50,28 @@ def _redis_alive(socket_path):
         return redis.Redis(unix_socket_path=str(socket_path), socket_connect_timeout=0.5).ping()
     except (redis.RedisError, OSError):
         return False
+
+
+@pytest.mark.slow
+def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
+    """What `scripts/demo` leaves to its worker: the ingest, then a LoRA fine-tune of MiniLM."""
+    import redis as redis_lib
+
+    url = os.environ["REDIS_URL"]  # the test Redis (db 15), emptied first: the demo's jobs only
+    assert url.endswith("/15")
+    redis_lib.Redis.from_url(url).flushdb()
+    env = {"PATH": os.environ["PATH"], "DEBUG": "true", "LIFECYCLE_DATA_DIR": str(tmp_path), "REDIS_URL": url}
+    subprocess.run([sys.executable, "manage.py", "demo", "--no-server"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    worker = subprocess.run([sys.executable, "manage.py", "rqworker", "default", "monitoring", "training", "--burst",
+                             "--worker-class", "lifecycle.core.worker.LifecycleWorker"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "lifecycle.sqlite3") as db:
+        statuses = dict(db.execute("SELECT task, status FROM core_job").fetchall())
+        assert statuses == {"lifecycle.datasets.tasks.ingest_upload": "succeeded",
+                            "lifecycle.runs.tasks.start_demo_run": "succeeded",
+                            "lifecycle.runs.tasks.train_run": "succeeded"}, worker.stderr[-3000:]
+        [(name, metrics, output)] = db.execute("SELECT name, test_metrics, output_sha256 FROM runs_run").fetchall()
+    assert name.startswith("Demo: LoRA") and output
+    assert json.loads(metrics)["accuracy"] > 0.8  # twelve intents: the majority class is far below

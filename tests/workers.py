@@ -47,3 +47,14 @@ def stop(process):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
     process.log.close()
+
+
+def wait_for(predicate, timeout, what):
+    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -26,7 +26,7 @@ from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.tasks import verify_audit_chain
 from lifecycle.core.worker import LifecycleWorker
 from tests.core import jobtasks
-from tests.workers import WINDOW, output, start_manage, stop
+from tests.workers import WINDOW, output, start_manage, stop, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,16 +43,6 @@ def redis():
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def reload(job):

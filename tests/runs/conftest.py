@@ -17,7 +17,7 @@ def model_roots(settings, tiny_model_dir):
     return settings.MODEL_ROOTS
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def artifacts(settings, tmp_path):
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     settings.MODEL_CACHE_DIR = tmp_path / "model-cache"

@@ -14,12 +14,6 @@ from tests.runs.test_web import MINILM, make_version
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def artifacts(settings, tmp_path):
-    settings.ARTIFACT_DIR = tmp_path / "artifacts"
-    return settings.ARTIFACT_DIR
-
-
 @pytest.fixture
 def version(tmp_path):
     return make_version(tmp_path)

@@ -19,7 +19,7 @@ from lifecycle.runs.outputs import Predictor
 from tests.conftest import make_user
 from tests.runs.conftest import run_training_burst, worker_extra_env
 from tests.runs.factories import MINILM, TINY, intent_version, sft_version
-from tests.workers import output, start_manage, stop
+from tests.workers import output, start_manage, stop, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -98,16 +98,6 @@ def test_causal_lm_sft_on_a_tiny_model_trains_packed_and_generates(tmp_path, art
 
 
 # --- Lost workers, resume, cancel, failures
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill_worker_and_horse(worker):

@@ -1,7 +1,6 @@
 import json
 from pathlib import Path
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -12,6 +11,7 @@ from lifecycle.datasets import uploads
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import FileFormatError
 from lifecycle.datasets.tasks import ingest_upload
+from lifecycle.lib.commands import user_named
 
 
 class Command(BaseCommand):
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         dataset = Dataset.objects.filter(slug=options["dataset"]).first()
         if dataset is None:
             raise CommandError(f"no dataset {options['dataset']!r}; create it in the web UI first")
-        user = self.user(options["user"])
+        user = user_named(options["user"])
         try:
             mapping = uploads.parse_mapping_arg(options["map"])
             upload = uploads.receive(dataset, str(path), path.name, user=user, on_error=options["on_error"],
@@ -47,15 +47,6 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(self.report(upload, job), indent=2, cls=DjangoJSONEncoder))
         if job.status != Job.Status.SUCCEEDED:
             raise CommandError(f"import failed: {job.error}")
-
-    @staticmethod
-    def user(username):
-        if not username:
-            return None
-        user = get_user_model().objects.filter(username=username).first()
-        if user is None:
-            raise CommandError(f"no user {username!r}")
-        return user
 
     @staticmethod
     def run_ingest(upload, mapping, user, split_by_time):

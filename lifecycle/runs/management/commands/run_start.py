@@ -1,12 +1,12 @@
 import json
 import time
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.core.serializers.json import DjangoJSONEncoder
 
 from lifecycle.core.models import Job
 from lifecycle.core.queues import QueueUnavailable
+from lifecycle.lib.commands import user_named
 from lifecycle.runs import launch
 from lifecycle.runs.config import ConfigError
 from lifecycle.runs.models import Run
@@ -27,7 +27,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         data = self.read_config(options["config"])
-        user = self.user(options["user"])
+        user = user_named(options["user"])
         name = data.pop("name", "") or ""
         if not isinstance(name, str):
             raise CommandError("\"name\" must be text")
@@ -53,15 +53,6 @@ class Command(BaseCommand):
         if not isinstance(data, dict):
             raise CommandError(f"{path} must hold a JSON object of run settings, not {type(data).__name__}")
         return data
-
-    @staticmethod
-    def user(username):
-        if not username:
-            return None
-        user = get_user_model().objects.filter(username=username).first()
-        if user is None:
-            raise CommandError(f"no user {username!r}")
-        return user
 
     @staticmethod
     def describe(errors):

@@ -3,13 +3,10 @@ from django.contrib import admin
 from lifecycle.core.models import ApiToken, AuditEvent, Job
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("seq", "created_at", "actor", "action", "object_type", "object_id")
-    list_filter = ("action",)
-    search_fields = ("actor", "object_id")
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """For rows that change only through model methods that write the audit trail (or never
+    change at all): the admin shows them and nothing more."""
 
-    # The trail is append-only everywhere, the admin included.
     def has_add_permission(self, request):
         return False
 
@@ -18,6 +15,13 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):  # the trail is append-only everywhere, the admin included
+    list_display = ("seq", "created_at", "actor", "action", "object_type", "object_id")
+    list_filter = ("action",)
+    search_fields = ("actor", "object_id")
 
 
 @admin.register(Job)

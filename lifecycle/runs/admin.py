@@ -1,20 +1,11 @@
 from django.contrib import admin
 
+from lifecycle.core.admin import ReadOnlyAdmin
 from lifecycle.runs.models import Checkpoint, EvalReport, Run
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Runs change through their model methods (start, cancel, resume) and the worker,
-    which write the audit trail; the admin only shows them."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+# Runs change through their model methods (start, cancel, resume) and the worker, which
+# write the audit trail; the admin only shows them.
 
 
 @admin.register(Run)

@@ -103,7 +103,10 @@ class Run(models.Model):
         from lifecycle.runs.tasks import train_run
 
         with transaction.atomic():
-            run = Run.objects.select_for_update(of=("self",)).select_related("job").get(pk=self.pk)
+            # Lock the run alone, then read its job in a new statement: a join in the locking
+            # query would be re-checked against the old snapshot after waiting, and miss a job
+            # the other resume has just created.
+            run = Run.objects.select_for_update().get(pk=self.pk)
             if run.status not in self.RESUMABLE:
                 raise RunError(f"the run is {run.status}; only an interrupted, failed or cancelled run can resume")
             checkpoint = run.checkpoints.order_by("-step").first()

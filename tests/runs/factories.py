@@ -2,12 +2,14 @@
 causal LM built from a config with a tokenizer trained on the spot."""
 import json
 import random
+from pathlib import Path
 
 from lifecycle.datasets import ingest
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.synthetic import generate
 
+ROOT_DIR = Path(__file__).resolve().parents[2]
 MINILM = "all-MiniLM-L6-v2"
 TINY = "tiny-llama"
 

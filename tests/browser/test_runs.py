@@ -3,11 +3,12 @@ until it succeeds and shows its evaluation."""
 import pytest
 from playwright.sync_api import expect
 
+from lifecycle.runs import launch
 from lifecycle.runs.models import Run
 from tests.browser.conftest import log_in
 from tests.conftest import make_user
 from tests.runs.factories import MINILM, intent_version
-from tests.workers import start_manage, stop
+from tests.workers import start_manage, stop, wait_for
 
 
 @pytest.fixture
@@ -62,3 +63,39 @@ def test_start_a_run_from_the_form_and_watch_it_train(page, live_server, trainin
     run = Run.objects.get(name="browser LoRA")
     assert run.status == "succeeded" and run.test_metrics["accuracy"] > 0
     expect(page.locator("[data-chart='run-confusion']")).to_be_visible()
+
+
+def test_cancel_resume_and_compare_in_the_browser(page, live_server, training_worker, tmp_path):
+    engineer = make_user("erin-engineer", "ml_engineer")
+    version = intent_version(tmp_path, engineer, n=240)
+    base = {"dataset_version": version.pk, "base_model": MINILM, "method": "lora", "batch_size": 8,
+            "max_length": 48, "eval_every": 10}
+    long_run = launch.start(engineer, {**base, "max_steps": 5000, "checkpoint_every": 10}, name="long run")
+    log_in(page, live_server, engineer)
+    page.goto(f"{live_server.url}{long_run.get_absolute_url()}")
+    expect(page.locator("#run-status")).to_have_text("running", timeout=60_000)
+    wait_for(lambda: long_run.checkpoints.exists(), 120, "a first checkpoint")
+
+    page.click("button:has-text('Cancel')")
+    expect(page.locator(".messages")).to_contain_text("Cancel requested")
+    expect(page.locator("#run-status")).to_have_text("cancelled", timeout=15_000)
+    page.reload()  # the finished page offers Resume now that a checkpoint exists
+    page.click("button:has-text('Resume from the last checkpoint')")
+    expect(page.locator(".messages")).to_contain_text("Resuming from the checkpoint at step")
+    expect(page.locator("#run-status")).to_have_text("running", timeout=60_000)
+    page.click("button:has-text('Cancel')")
+    expect(page.locator("#run-status")).to_have_text("cancelled", timeout=15_000)
+    assert Run.objects.get(pk=long_run.pk).attempt == 2
+
+    short = launch.start(engineer, {**base, "max_steps": 20, "learning_rate": 3e-3}, name="short run")
+    wait_for(lambda: Run.objects.get(pk=short.pk).status == "succeeded", 180, "the short run")
+    page.click(".mainnav >> text=Runs")
+    page.check(f"input[name=runs][value='{long_run.pk}']")
+    page.check(f"input[name=runs][value='{short.pk}']")
+    page.click("button:has-text('Compare the chosen runs')")
+    expect(page.locator("h1")).to_have_text("Compare 2 runs")
+    expect(page.locator("[data-chart='compare-loss']")).to_be_visible()
+    differing = page.locator("tr.differs th")
+    expect(differing.filter(has_text="max_steps")).to_have_count(1)
+    expect(differing.filter(has_text="learning_rate")).to_have_count(1)
+    expect(page.locator("tr:not(.differs) th", has_text="batch_size")).to_have_count(1)

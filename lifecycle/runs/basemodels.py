@@ -51,10 +51,6 @@ class BaseModel:
             return False
         return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in self.architectures) or not self.architectures
 
-    def as_dict(self):
-        return {"name": self.name, "model_type": self.model_type, "max_positions": self.max_positions,
-                "architectures": self.architectures}
-
 
 def roots():
     """The configured model roots as {label: path} (settings.MODEL_ROOTS: the bundled MiniLM
@@ -163,7 +159,7 @@ def module_names(entry):
     which peft matches by name suffix and which always hold weights."""
     names = set()
     for path in sorted(Path(entry.path).glob("*.safetensors")):
-        for key in _safetensors_keys(path):
+        for key in safetensors_header(path):
             parts = key.split(".")[:-1]  # drop "weight" / "bias"
             names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return names
@@ -177,10 +173,6 @@ def linear_names(entry):
             if key.endswith(".weight") and len(info.get("shape", [])) == 2 and "embed" not in key:
                 names.add(key.rsplit(".", 2)[-2])
     return sorted(names)
-
-
-def _safetensors_keys(path):
-    return list(safetensors_header(path))
 
 
 def safetensors_header(path):

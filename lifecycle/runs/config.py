@@ -130,10 +130,6 @@ class RunConfig:
     def lr(self):
         return DEFAULT_LR.get(self.method, 1e-3) if self.learning_rate is None else self.learning_rate
 
-    @property
-    def peft(self):
-        return self.method != "full"
-
     def as_dict(self):
         data = asdict(self)
         data["learning_rate"] = self.lr  # what the run really used, not "default"

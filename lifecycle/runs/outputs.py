@@ -7,7 +7,6 @@ what the registry will sign and deploy. Loading re-checks every file's hash (the
 verifies on read) and the base model's directory hash before anything is deserialized.
 """
 import json
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -122,10 +121,3 @@ class Predictor:
                                           pad_token_id=self.tokenizer.pad_token_id)
                 answers.append(self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
         return answers
-
-
-def save_to(trainer, directory=None):
-    """Save a trainer's model into a fresh temporary directory (the caller removes it)."""
-    directory = directory or tempfile.mkdtemp(prefix="lifecycle-output-")
-    trainer.save(directory)
-    return directory

@@ -26,6 +26,13 @@ class DataSummary:
     def labels(self, split):
         return {label for label, n in self.counts.get(split, {}).items() if n and label != ""}
 
+    def class_labels(self, config):
+        """(the classes a classifier learns: the training split's, sorted; the same followed by
+        any label only the validation or test split has, which the evaluation counts as errors)."""
+        train = sorted(self.labels(config.train_split))
+        other = self.labels(config.eval_split) | self.labels(config.test_split)
+        return train, train + sorted(other - set(train))
+
 
 @dataclass
 class Plan:
@@ -67,11 +74,11 @@ def _check_data(config, data, refuse, warnings):
             refuse("dataset_version", f"the {split} split of this version is empty")
     if config.task != "classification":
         return
-    train_labels = data.labels(config.train_split)
+    train_labels, all_labels = data.class_labels(config)
     if len(train_labels) < 2:
         refuse("dataset_version", f"the training split has {len(train_labels)} class"
                                   f"{'' if len(train_labels) == 1 else 'es'}: a classifier needs at least two")
-    unseen = sorted((data.labels(config.test_split) | data.labels(config.eval_split)) - train_labels)
+    unseen = all_labels[len(train_labels):]
     if unseen and len(train_labels) >= 2:
         warnings.append(f"labels in the validation/test splits never seen in training: {', '.join(unseen)} — "
                         "the model cannot predict them; they count as errors in the evaluation")

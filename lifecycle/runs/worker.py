@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def train_here(job, *, run_id, resume=False, rank=0, world=1, device=None):
         run.record_start(environment(device, bf16, version, base_sha, config, world), base_sha)
 
     reporter.phase("loading")
-    labels, all_labels = _labels(version, config)
+    classify = config.task == "classification"
+    labels, all_labels = launch.data_summary(version).class_labels(config) if classify else ([], [])
     torch.manual_seed(config.seed)  # the new head's (and adapters') initial weights
     model, tokenizer = training.load_model(config, str(plan.model.path), len(labels), labels, device)
     data = load_data(version, config, tokenizer, labels, all_labels)
@@ -159,17 +161,6 @@ def revision():
 
 
 # --- Data
-
-
-def _labels(version, config):
-    """(the classes the model learns: the training split's, sorted; and those plus any label
-    only the validation or test split has, which the evaluation counts as errors)."""
-    if config.task != "classification":
-        return [], []
-    counts = version.split_counts()
-    train = sorted(label for label, n in counts.get(config.train_split, {}).items() if n)
-    other = {label for split in (config.eval_split, config.test_split) for label, n in counts.get(split, {}).items() if n}
-    return train, train + sorted(other - set(train))
 
 
 def load_data(version, config, tokenizer, labels, all_labels):
@@ -277,18 +268,14 @@ def _record_evaluation(run, config, report):
 
 
 def _write_output(run, trainer, plan, version, base_sha, labels, summary):
-    import shutil
-
-    directory = outputs.save_to(trainer)
-    try:
+    with tempfile.TemporaryDirectory(prefix="lifecycle-output-") as directory:
+        trainer.save(directory)
         key = outputs.write(directory, {
             "run": run.pk, "task": run.task, "method": run.method, "labels": labels,
             "base_model": {"name": plan.model.name, "sha256": base_sha},
             "dataset_version": {"id": version.pk, "name": str(version), "content_sha256": version.content_sha256},
             "config": run.config, "metrics": summary, "environment": run.environment, "steps": trainer.step,
         })
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     run.record_output(key, summary)
     return key
 

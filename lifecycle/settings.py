@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "lifecycle.core",
     "lifecycle.datasets",
     "lifecycle.runs",
+    "lifecycle.labeling",
     "lifecycle.registry",
     "lifecycle.deployments",
     "lifecycle.monitoring",
@@ -194,6 +195,10 @@ TRAIN_THREADS = env_int("TRAIN_THREADS", 0)
 TRAIN_PROCESSES = env_int("TRAIN_PROCESSES", 0)
 # Checkpoints kept per run (older ones' artifacts are deleted as new ones land).
 RUN_KEEP_CHECKPOINTS = env_int("RUN_KEEP_CHECKPOINTS", 3)
+# --- Labeling ---
+# Answers queue a QC job on the monitoring queue at most this often per project (seconds);
+# the QC page's Recompute button queues one at once.
+LABELING_QC_INTERVAL = env_int("LABELING_QC_INTERVAL", 30)
 # Nothing in the product may reach a model hub or send telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

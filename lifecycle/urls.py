@@ -8,5 +8,6 @@ urlpatterns = [
     path("", include("lifecycle.core.urls")),
     path("", include("lifecycle.datasets.urls")),
     path("", include("lifecycle.runs.urls")),
+    path("", include("lifecycle.labeling.urls")),
     path("admin/", admin.site.urls),
 ]

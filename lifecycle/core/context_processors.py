@@ -5,6 +5,7 @@ from lifecycle.core.roles import user_roles
 # Sections appear in the navigation as soon as their app defines the named URL.
 NAVIGATION = (
     ("Datasets", "datasets:list"),
+    ("Labeling", "labeling:list"),
     ("Runs", "runs:list"),
     ("Registry", "registry:list"),
     ("Deployments", "deployments:list"),

@@ -26,10 +26,10 @@ ROLE_DESCRIPTIONS = {
 # Model permissions each role gets in the admin, by app label and action.
 ROLE_PERMISSIONS = {
     LABELER: {"datasets": ("view",)},
-    ML_ENGINEER: {app: ("view", "add", "change") for app in ("datasets", "runs", "registry", "deployments")},
-    APPROVER: {app: ("view",) for app in ("core", "datasets", "runs", "registry", "deployments")},
+    ML_ENGINEER: {app: ("view", "add", "change") for app in ("datasets", "runs", "labeling", "registry", "deployments")},
+    APPROVER: {app: ("view",) for app in ("core", "datasets", "runs", "labeling", "registry", "deployments")},
     ONCALL: {app: ("view",) for app in ("deployments", "monitoring")},
-    VIEWER: {app: ("view",) for app in ("datasets", "runs", "registry", "deployments", "monitoring")},
+    VIEWER: {app: ("view",) for app in ("datasets", "runs", "labeling", "registry", "deployments", "monitoring")},
 }
 
 

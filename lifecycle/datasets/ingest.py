@@ -574,7 +574,7 @@ def derive_version(parent, operation, transform, *, user=None, reports=None, pii
     except BaseException:
         writer.discard()
         raise
-    reports = reports if reports is not None else _inherited_reports(parent)
+    reports = reports if reports is not None else inherited_reports(parent)
     if late_reports:
         reports = reports | late_reports()
         has_leakage = bool(reports["leakage"]["has_leakage"])
@@ -586,12 +586,12 @@ def derive_version(parent, operation, transform, *, user=None, reports=None, pii
     )
 
 
-def _inherited_reports(parent):
+def inherited_reports(parent):
     return {"validation": parent.validation_report, "pii": parent.pii_report, "dedup": parent.dedup_report,
             "leakage": parent.leakage_report}
 
 
-def _rehash(batch, i):
+def rehash_row(batch, i):
     return row_sha256(batch["text"][i], batch["response"][i] or "", batch["label"][i] or "", batch["group"][i] or "",
                       batch["timestamp"][i], batch["metadata"][i] or "{}")
 
@@ -609,10 +609,10 @@ def redact_version(parent, *, user=None):
             after.add(i, found)
             batch["pii_kinds"][i] = ",".join(sorted({m.kind for m in found}))
             batch["content_key"][i] = dedup.exact_key(both)
-            batch["row_sha256"][i] = _rehash(batch, i)
+            batch["row_sha256"][i] = rehash_row(batch, i)
         return batch
 
-    reports = _inherited_reports(parent) | {"pii": {"redacted_from": parent.pii_report.get("counts", {}), **after.to_dict()}}
+    reports = inherited_reports(parent) | {"pii": {"redacted_from": parent.pii_report.get("counts", {}), **after.to_dict()}}
     status = DatasetVersion.PiiStatus.REDACTED if after.rows_with_pii == 0 else DatasetVersion.PiiStatus.FOUND
     return derive_version(parent, DatasetVersion.Operation.REDACT, transform, user=user, reports=reports, pii_status=status)
 
@@ -640,7 +640,7 @@ def remove_duplicates(parent, *, user=None):
         return leak | {"splits_from": parent.leakage_report.get("splits_from", "")}
 
     removed = parent.dedup_report.get("removable_rows", 0)
-    reports = _inherited_reports(parent) | {"dedup": {"removed_rows": removed, "from_version": parent.number,
+    reports = inherited_reports(parent) | {"dedup": {"removed_rows": removed, "from_version": parent.number,
                                                       "exact_duplicate_rows": 0, "near_duplicate_pairs": 0}}
     return derive_version(parent, DatasetVersion.Operation.DEDUP, transform, user=user, reports=reports,
                           late_reports=lambda: {"leakage": leakage_after()})
@@ -681,6 +681,6 @@ def resplit_version(parent, *, seed, fractions=(0.8, 0.1, 0.1), by_time=False, u
         offset += n
         return batch
 
-    reports = _inherited_reports(parent) | {"leakage": leak}
+    reports = inherited_reports(parent) | {"leakage": leak}
     return derive_version(parent, DatasetVersion.Operation.RESPLIT, transform, user=user, reports=reports,
                           has_leakage=bool(leak["has_leakage"]))

@@ -1,0 +1,567 @@
+"""Labeling projects over a dataset version: queues, answers, consensus, adjudication, QC.
+
+A project holds one `Item` per example of its version, in a seeded random order (`position`).
+Labelers pull work: each pull claims a *slot* on an item (at most `overlap` per item, gold items
+excepted: every labeler meets each gold item once), under `SELECT … FOR UPDATE SKIP LOCKED` so
+two labelers pulling at the same moment never take the same slot. A labeler's claims only move
+forward through the positions, so "the first open item after my last one" is never an item
+they already saw — one index probe, whatever the project's size (docs/labeling.md).
+"""
+from collections import Counter
+
+import numpy as np
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import IntegrityError, models, transaction
+from django.db.models import F, Max, Q
+from django.urls import reverse
+from django.utils import timezone
+
+from lifecycle.core.jobs import enqueue
+from lifecycle.core.models import AuditEvent, Job
+from lifecycle.core.roles import APPROVER, has_role
+from lifecycle.datasets.models import DatasetVersion, Example
+
+# Keys 1–9 and 0 pick the first ten labels, then letters (s, f and u are the skip, flag and
+# undo keys; `?` shows them all).
+LABEL_KEYS = "1234567890abcdeghijklmnopqrtvwxyz"
+MAX_LABELS = len(LABEL_KEYS)
+
+
+class LabelingError(Exception):
+    """A request the state of the project refuses; the message is shown to the user."""
+
+
+class NotInQueue(LabelingError):
+    pass
+
+
+class FreezeRefused(LabelingError):
+    def __init__(self, reasons):
+        super().__init__(" ".join(reasons))
+        self.reasons = reasons
+
+
+class ProjectQuerySet(models.QuerySet):
+    def for_listing(self):
+        return self.select_related("version__dataset", "created_by", "frozen_version")
+
+
+class LabelingProject(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"
+        FREEZING = "freezing"
+        FROZEN = "frozen"
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="labeling_projects")
+    name = models.CharField(max_length=200)
+    instructions = models.TextField(blank=True)
+    label_set = models.JSONField()
+    overlap = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1), MaxValueValidator(5)])
+    gold_share = models.FloatField(default=0.05, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)])
+    seed = models.IntegerField(default=0)
+    # QC thresholds. 0.667 is Krippendorff's own lowest acceptable alpha for tentative
+    # conclusions; 0.6 is the usual floor of "substantial" kappa.
+    min_gold_accuracy = models.FloatField(default=0.8, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    min_kappa = models.FloatField(default=0.6, validators=[MinValueValidator(-1.0), MaxValueValidator(1.0)])
+    min_alpha = models.FloatField(default=0.667, validators=[MinValueValidator(-1.0), MaxValueValidator(1.0)])
+    min_label_agreement = models.FloatField(default=0.6, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    # Fewer gold answers than this and an annotator's gold accuracy is not yet judged.
+    min_gold_answers = models.PositiveIntegerField(default=5)
+    low_confidence = models.FloatField(default=0.6, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    item_count = models.PositiveIntegerField(default=0)
+    gold_count = models.PositiveIntegerField(default=0)
+    frozen_version = models.OneToOneField(DatasetVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # The newest QC job: answers schedule one unless it is still queued (or started very recently).
+    qc_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    freeze_job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    freeze_override = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ProjectQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("labeling:detail", args=[self.pk])
+
+    @property
+    def label_keys(self):
+        return list(zip(LABEL_KEYS, self.label_set))
+
+    @property
+    def is_open(self):
+        return self.status == self.Status.OPEN
+
+    def required_answers(self):
+        return (self.item_count - self.gold_count) * self.overlap
+
+    # --- creation ---------------------------------------------------------------------------
+
+    @staticmethod
+    def problems_with(version, label_set):
+        problems = []
+        if version.dataset.task != version.dataset.Task.CLASSIFICATION:
+            problems.append("Labeling projects label text-classification versions; this one holds instruction pairs.")
+        unknown = [label for label in label_set if label not in version.label_set]
+        if unknown:
+            problems.append(f"Not in the version's label set: {', '.join(map(str, unknown))}.")
+        if not 2 <= len(label_set) <= MAX_LABELS:
+            problems.append(f"A project needs between 2 and {MAX_LABELS} labels.")
+        return problems
+
+    @classmethod
+    def create(cls, user, version, **fields):
+        """A project with one item per example of `version`, in a seeded random order; a
+        `gold_share` of the examples whose label is in the label set become gold, their
+        version label the known answer."""
+        problems = cls.problems_with(version, fields.get("label_set") or [])
+        if problems:
+            raise LabelingError(" ".join(problems))
+        with transaction.atomic():
+            project = cls.objects.create(version=version, created_by=user, **fields)
+            n, gold = _insert_items(project)
+            cls.objects.filter(pk=project.pk).update(item_count=n, gold_count=gold)
+            project.item_count, project.gold_count = n, gold
+            AuditEvent.record(user, "labeling.project_created", project, {
+                "version": version.pk, "dataset": version.dataset.slug, "labels": project.label_set,
+                "overlap": project.overlap, "gold_share": project.gold_share, "items": n, "gold": gold,
+                "seed": project.seed})
+        return project
+
+    # --- queues ---------------------------------------------------------------------------
+
+    def next_for(self, user):
+        """The labeler's current item: their oldest pending claim, or a newly claimed slot."""
+        self.check_open()
+        pending = self.pending_for(user)
+        if pending is not None:
+            return pending
+        for _ in range(3):
+            try:
+                return self._claim(user)
+            except IntegrityError:
+                # The same labeler pulling in two tabs at once: the other pull won; use its claim.
+                pending = self.pending_for(user)
+                if pending is not None:
+                    return pending
+        return None
+
+    def pending_for(self, user):
+        return (Assignment.objects.filter(project=self, annotator=user, state=Assignment.State.PENDING)
+                .select_related("item__example").order_by("served_at", "pk").first())
+
+    def _claim(self, user):
+        with transaction.atomic():
+            item = self._open_item(user)
+            if item is None:
+                return None
+            item.slots_taken += 1
+            item.is_open = item.is_gold or item.slots_taken < self.overlap
+            Item.objects.filter(pk=item.pk).update(slots_taken=item.slots_taken, is_open=item.is_open)
+            return Assignment.objects.create(project=self, item=item, annotator=user, position=item.position,
+                                             served_at=timezone.now())
+
+    def _open_item(self, user):
+        # Items past the labeler's last claim are new to them (claims only move forward).
+        # SKIP LOCKED: an item another labeler is claiming right now is passed over, not waited on.
+        mine = Assignment.objects.filter(project=self, annotator=user)
+        last = mine.aggregate(last=Max("position"))["last"]
+        open_items = Item.objects.select_for_update(skip_locked=True, of=("self",)).select_related("example")
+        open_items = open_items.filter(project=self, is_open=True).order_by("position")
+        item = open_items.filter(position__gt=-1 if last is None else last).first()
+        if item is None and last is not None:
+            # Slots freed behind the labeler by other people's skips: the rare, slower path.
+            item = open_items.exclude(pk__in=mine.values("item_id")).first()
+        return item
+
+    def assignment_for(self, user, item_id):
+        assignment = (Assignment.objects.filter(project=self, annotator=user, item_id=item_id)
+                      .select_related("item").first())
+        if assignment is None or assignment.state == Assignment.State.SKIPPED:
+            raise NotInQueue("This example is not in your queue.")
+        return assignment
+
+    def check_open(self):
+        if self.status != self.Status.OPEN:
+            raise LabelingError(f"This project is {self.status}: it takes no more answers.")
+
+    def last_answer_of(self, user):
+        return (Assignment.objects.filter(project=self, annotator=user, state=Assignment.State.ANSWERED)
+                .order_by("-answered_at", "-pk").first())
+
+    def undo_last(self, user):
+        """Take back the labeler's most recent answer; its item comes back to them first."""
+        self.check_open()
+        last = self.last_answer_of(user)
+        if last is None:
+            raise LabelingError("There is no answer to undo.")
+        last.undo()
+        return last
+
+    # --- progress and statistics ------------------------------------------------------------
+
+    def state_counts(self):
+        counts = dict(self.items.values_list("state").annotate(n=models.Count("pk")).order_by())
+        return {state: counts.get(state, 0) for state in Item.State.values}
+
+    def label_counts(self):
+        """Items per final label (consensus, decision or gold), in label-set order."""
+        final = (Item.State.AGREED, Item.State.DECIDED, Item.State.GOLD)
+        rows = dict(self.items.filter(state__in=final).values_list("consensus_label").annotate(n=models.Count("pk"))
+                    .order_by())
+        return [(label, rows.get(label, 0)) for label in self.label_set]
+
+    def answer_count(self):
+        return self.assignments.filter(state=Assignment.State.ANSWERED).count()
+
+    def progress(self):
+        states = self.state_counts()
+        done = states[Item.State.AGREED] + states[Item.State.DECIDED]
+        to_label = self.item_count - self.gold_count
+        return {"states": states, "done": done, "to_label": to_label,
+                "percent": 100.0 * done / to_label if to_label else 100.0,
+                "waiting": states[Item.State.TIE] + states[Item.State.FLAGGED]}
+
+    def latest_qc(self):
+        return self.qc_reports.order_by("-started_at", "-pk").first()
+
+    # --- QC and freezing -----------------------------------------------------------------------
+
+    def schedule_qc(self, user=None, *, min_interval=None):
+        """Queue a QC computation unless one is already waiting (it will see every answer so far).
+        With `min_interval` (seconds; automatic scheduling after answers), not within that long
+        of the previous one."""
+        from lifecycle.labeling.tasks import compute_qc
+
+        def recent(job):
+            if job is None or job.status == Job.Status.QUEUED:
+                return job is not None
+            return min_interval is not None and (timezone.now() - job.created_at).total_seconds() < min_interval
+
+        if recent(Job.objects.filter(pk=self.qc_job_id).first()):
+            return None
+        with transaction.atomic():
+            project = LabelingProject.objects.select_for_update(no_key=True).get(pk=self.pk)
+            if recent(Job.objects.filter(pk=project.qc_job_id).first()):
+                return None
+            job = enqueue(compute_qc, user=user, project_id=self.pk)
+            LabelingProject.objects.filter(pk=self.pk).update(qc_job=job)
+        self.qc_job = job
+        return job
+
+    def qc_is_current(self, report):
+        return report is not None and not self.changes_since(report.started_at)
+
+    def request_freeze(self, user, *, override_reason=""):
+        """Queue the job that writes the labels into a child version. Refused with QC's reasons
+        unless QC passes, or an approver overrides them in writing (audited)."""
+        from lifecycle.labeling.tasks import freeze_project
+
+        report = self.latest_qc()
+        if not self.qc_is_current(report):
+            self.schedule_qc(user)
+            raise FreezeRefused(["QC is older than the latest answers: it is being recomputed now; "
+                                 "try again when the QC page shows the new figures."])
+        override = {}
+        if not report.passes:
+            if not override_reason.strip():
+                raise FreezeRefused(report.reasons)
+            if not has_role(user, APPROVER):
+                raise FreezeRefused(report.reasons + ["Only an approver can override QC."])
+            override = {"approver": user.username, "reason": override_reason.strip(), "reasons": report.reasons}
+        with transaction.atomic():
+            project = LabelingProject.objects.select_for_update(no_key=True).get(pk=self.pk)
+            project.check_open()
+            job = enqueue(freeze_project, user=user, project_id=self.pk, qc_report_id=report.pk)
+            LabelingProject.objects.filter(pk=self.pk).update(status=self.Status.FREEZING, freeze_job=job,
+                                                              freeze_override=override)
+            AuditEvent.record(user, "labeling.freeze_requested", self, {"qc_report": report.pk, "passes": report.passes})
+            if override:
+                AuditEvent.record(user, "labeling.qc_overridden", self, override)
+        self.status, self.freeze_job, self.freeze_override = self.Status.FREEZING, job, override
+        return job
+
+    def changes_since(self, moment):
+        """Answers or decisions changed after `moment` (a QC report is stale if any)."""
+        return (self.assignments.filter(changed_at__gt=moment).count()
+                + Decision.objects.filter(item__project=self, created_at__gt=moment).count())
+
+
+class ItemQuerySet(models.QuerySet):
+    def for_table(self):
+        return self.select_related("example").prefetch_related(
+            models.Prefetch("assignments", queryset=Assignment.objects.filter(state=Assignment.State.ANSWERED)
+                            .select_related("annotator").order_by("answered_at")),
+            "decisions__reviewer")
+
+    def filtered(self, project, *, show="", annotator=None):
+        qs = self
+        if show == "disagreements":
+            qs = qs.filter(disagreement=True)
+        elif show == "flagged":
+            qs = qs.filter(state=Item.State.FLAGGED)
+        elif show == "ties":
+            qs = qs.filter(state=Item.State.TIE)
+        elif show == "gold_failures":
+            qs = qs.filter(gold_misses__gt=0)
+        elif show == "low_confidence":
+            qs = qs.filter(suggested_confidence__lt=project.low_confidence)
+        elif show == "decided":
+            qs = qs.filter(state=Item.State.DECIDED)
+        if annotator is not None:
+            qs = qs.filter(pk__in=Assignment.objects.filter(project=project, annotator=annotator,
+                                                            state=Assignment.State.ANSWERED).values("item_id"))
+        return qs
+
+
+class Item(models.Model):
+    """One example of the project's version, with its consensus kept up to date by every answer."""
+
+    class State(models.TextChoices):
+        OPEN = "open", "waiting for answers"
+        AGREED = "agreed", "majority agreed"
+        TIE = "tie", "tie: needs adjudication"
+        FLAGGED = "flagged", "flagged: needs adjudication"
+        DECIDED = "decided", "adjudicated"
+        GOLD = "gold", "gold (known answer)"
+
+    ADJUDICATION = (State.TIE, State.FLAGGED)
+
+    project = models.ForeignKey(LabelingProject, on_delete=models.CASCADE, related_name="items", db_index=False)
+    example = models.ForeignKey(Example, on_delete=models.PROTECT, related_name="+", db_index=False)
+    position = models.PositiveIntegerField()
+    is_gold = models.BooleanField(default=False)
+    gold_label = models.CharField(max_length=200, blank=True)
+    suggested_label = models.CharField(max_length=200, blank=True)
+    suggested_confidence = models.FloatField(null=True, blank=True)
+    # Slots claimed by pending or answered assignments (a skip gives its slot back).
+    slots_taken = models.PositiveSmallIntegerField(default=0)
+    is_open = models.BooleanField(default=True)
+    answer_count = models.PositiveSmallIntegerField(default=0)
+    consensus_label = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN)
+    disagreement = models.BooleanField(default=False)
+    gold_misses = models.PositiveSmallIntegerField(default=0)
+
+    objects = ItemQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["project", "position"]
+        constraints = [models.UniqueConstraint(fields=["project", "position"], name="item_position_unique")]
+        indexes = [
+            # The pull: the first open item after a position, one probe of a small index.
+            models.Index(fields=["project", "position"], condition=Q(is_open=True), name="item_open_idx"),
+            models.Index(fields=["project", "state", "position"], name="item_state_idx"),
+            models.Index(fields=["project", "position"], condition=Q(disagreement=True), name="item_disagreement_idx"),
+            models.Index(fields=["project", "position"], condition=Q(gold_misses__gt=0), name="item_gold_miss_idx"),
+            models.Index(fields=["project", "suggested_confidence"], name="item_confidence_idx"),
+            models.Index(fields=["example"], name="item_example_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.project} item {self.position}"
+
+    @property
+    def needs_adjudication(self):
+        return self.state in self.ADJUDICATION
+
+    def refresh_consensus(self, overlap):
+        """Recompute state and consensus from the answers; the caller holds the item's row lock."""
+        answers = list(self.assignments.filter(state=Assignment.State.ANSWERED).values_list("label", "flagged"))
+        labels = [label for label, _ in answers if label]
+        self.answer_count = len(answers)
+        self.disagreement = len(set(labels)) > 1
+        if self.is_gold:
+            self.gold_misses = sum(label != self.gold_label for label in labels)
+            self.state, self.consensus_label = self.State.GOLD, self.gold_label
+        elif self.state != self.State.DECIDED:
+            self.state, self.consensus_label = self._consensus(answers, labels, overlap)
+        Item.objects.filter(pk=self.pk).update(answer_count=self.answer_count, disagreement=self.disagreement,
+                                               gold_misses=self.gold_misses, state=self.state,
+                                               consensus_label=self.consensus_label)
+
+    def _consensus(self, answers, labels, overlap):
+        if any(flagged for _, flagged in answers):
+            return self.State.FLAGGED, ""
+        if len(answers) < overlap:
+            return self.State.OPEN, ""
+        ranked = Counter(labels).most_common(2)
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            return self.State.TIE, ""
+        return self.State.AGREED, ranked[0][0]
+
+    def decide(self, reviewer, label, note=""):
+        """A reviewer's final word on a tie or a flagged item; every answer stays, the decision is audited."""
+        with transaction.atomic():
+            item = Item.objects.select_for_update(of=("self",)).select_related("project").get(pk=self.pk)
+            item.project.check_open()
+            if item.state == self.State.DECIDED:
+                raise LabelingError("This example has already been adjudicated.")
+            if item.state not in self.ADJUDICATION:
+                raise LabelingError("Only ties and flagged examples go to adjudication.")
+            if label not in item.project.label_set:
+                raise LabelingError(f"{label!r} is not in this project's label set.")
+            answers = [{"annotator": a.annotator.username, "label": a.label, "flagged": a.flagged, "note": a.note}
+                       for a in item.assignments.filter(state=Assignment.State.ANSWERED).select_related("annotator")]
+            decision = Decision.objects.create(item=item, reviewer=reviewer, label=label, note=note,
+                                               previous_state=item.state, answers=answers)
+            Item.objects.filter(pk=item.pk).update(state=self.State.DECIDED, consensus_label=label)
+            AuditEvent.record(reviewer, "labeling.adjudicated", item, {
+                "project": item.project_id, "example_row": item.example.row, "label": label, "note": note,
+                "was": item.state, "overruled": [a for a in answers if a["label"] != label]})
+        self.state, self.consensus_label = self.State.DECIDED, label
+        return decision
+
+
+class Assignment(models.Model):
+    """A labeler's slot on an item: pending while shown to them, then their answer (or a skip)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        ANSWERED = "answered"
+        SKIPPED = "skipped"
+
+    project = models.ForeignKey(LabelingProject, on_delete=models.CASCADE, related_name="assignments", db_index=False)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments", db_index=False)
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # The item's position, copied so a labeler's last claim is one index probe.
+    position = models.PositiveIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    label = models.CharField(max_length=200, blank=True)
+    flagged = models.BooleanField(default=False)
+    note = models.TextField(blank=True)
+    served_at = models.DateTimeField()
+    answered_at = models.DateTimeField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["item", "annotator"], name="assignment_once_per_item")]
+        indexes = [
+            models.Index(fields=["project", "annotator", "position"], name="assignment_queue_idx"),
+            models.Index(fields=["project", "annotator", "state", "served_at"], name="assignment_state_idx"),
+            models.Index(fields=["project", "annotator", "answered_at"], name="assignment_answered_idx"),
+            models.Index(fields=["project", "changed_at"], name="assignment_changed_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.annotator} on {self.item}"
+
+    def answer(self, *, label="", flagged=False, note=""):
+        """Record the answer. Sending the same answer again changes nothing (idempotent)."""
+        with transaction.atomic():
+            me = Assignment.objects.select_for_update(of=("self",)).select_related("project").get(pk=self.pk)
+            me.project.check_open()
+            if label and label not in me.project.label_set:
+                raise ValueError(f"{label!r} is not in this project's label set.")
+            if me.state == self.State.ANSWERED:
+                if (me.label, me.flagged) == (label, flagged):
+                    return me
+                raise LabelingError("You already answered this example; press u to undo your last answer first.")
+            if me.state == self.State.SKIPPED:
+                raise NotInQueue("You skipped this example; it is no longer in your queue.")
+            item = Item.objects.select_for_update().get(pk=me.item_id)
+            if item.state == Item.State.DECIDED:
+                raise LabelingError("This example has already been adjudicated.")
+            now = timezone.now()
+            Assignment.objects.filter(pk=me.pk).update(
+                state=self.State.ANSWERED, label=label, flagged=flagged, note=note, answered_at=now,
+                seconds=max(0.0, (now - me.served_at).total_seconds()), changed_at=now)
+            item.refresh_consensus(me.project.overlap)
+        return me
+
+    def skip(self):
+        """Pass on the item: its slot goes back to the pool, and it never comes back to this labeler."""
+        with transaction.atomic():
+            me = Assignment.objects.select_for_update(of=("self",)).select_related("project").get(pk=self.pk)
+            me.project.check_open()
+            if me.state != self.State.PENDING:
+                raise LabelingError("Only the example in front of you can be skipped.")
+            Assignment.objects.filter(pk=me.pk).update(state=self.State.SKIPPED, changed_at=timezone.now())
+            Item.objects.filter(pk=me.item_id).update(slots_taken=F("slots_taken") - 1, is_open=True)
+
+    def undo(self):
+        with transaction.atomic():
+            me = Assignment.objects.select_for_update().get(pk=self.pk)
+            item = Item.objects.select_for_update(of=("self",)).select_related("project").get(pk=me.item_id)
+            if item.state == Item.State.DECIDED:
+                raise LabelingError("That example has already been adjudicated: your answer is final.")
+            if me.state != self.State.ANSWERED:
+                raise LabelingError("There is no answer to undo.")
+            # Served again now: it is the labeler's current item, before anything else pending.
+            Assignment.objects.filter(pk=me.pk).update(
+                state=self.State.PENDING, label="", flagged=False, note="", answered_at=None, seconds=None,
+                served_at=_before_pending(me), changed_at=timezone.now())
+            item.refresh_consensus(item.project.overlap)
+
+
+def _insert_items(project):
+    rows = list(project.version.examples.order_by("row").values_list("pk", "label"))
+    rng = np.random.default_rng(project.seed)
+    positions = rng.permutation(len(rows))
+    labels = set(project.label_set)
+    eligible = np.asarray([i for i, (_, label) in enumerate(rows) if label in labels], dtype=np.int64)
+    n_gold = min(len(eligible), round(project.gold_share * len(rows)))
+    gold = set(rng.choice(eligible, size=n_gold, replace=False).tolist()) if n_gold else set()
+    items = [Item(project=project, example_id=pk, position=int(positions[i]), is_gold=i in gold,
+                  gold_label=label if i in gold else "", state=Item.State.GOLD if i in gold else Item.State.OPEN,
+                  consensus_label=label if i in gold else "")
+             for i, (pk, label) in enumerate(rows)]
+    Item.objects.bulk_create(items, batch_size=5000)
+    return len(items), len(gold)
+
+
+def _before_pending(assignment):
+    """A serve time that puts the undone item ahead of the labeler's other pending one."""
+    first = (Assignment.objects.filter(project_id=assignment.project_id, annotator_id=assignment.annotator_id,
+                                       state=Assignment.State.PENDING).order_by("served_at")
+             .values_list("served_at", flat=True).first())
+    now = timezone.now()
+    return min(now, first - timezone.timedelta(microseconds=1)) if first else now
+
+
+class Decision(models.Model):
+    """A reviewer's adjudication: final. The answers it overruled are kept here as they were."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="decisions")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    label = models.CharField(max_length=200)
+    note = models.TextField(blank=True)
+    previous_state = models.CharField(max_length=10)
+    answers = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self):
+        return f"{self.item}: {self.label} by {self.reviewer}"
+
+
+class QCReport(models.Model):
+    """One QC computation (labeling/qc.py): agreement statistics and threshold verdicts."""
+
+    project = models.ForeignKey(LabelingProject, on_delete=models.CASCADE, related_name="qc_reports")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The moment the answers were read: anything changed later makes this report stale.
+    started_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    answers = models.PositiveIntegerField()
+    passes = models.BooleanField()
+    data = models.JSONField()
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["project", "started_at"], name="qc_project_idx")]
+
+    def __str__(self):
+        return f"QC of {self.project} at {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def reasons(self):
+        return self.data.get("reasons", [])

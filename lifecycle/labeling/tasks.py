@@ -1,0 +1,31 @@
+from lifecycle.core.jobs import task
+
+
+@task(queue="monitoring")
+def compute_qc(job, *, project_id):
+    """Agreement statistics and threshold verdicts of a project (labeling/qc.py)."""
+    from lifecycle.labeling import qc
+    from lifecycle.labeling.models import LabelingProject
+
+    project = LabelingProject.objects.select_related("version").get(pk=project_id)
+    job.set_progress(phase="computing")
+    report = qc.compute(project, job=job.row)
+    return {"report": report.pk, "passes": report.passes, "answers": report.answers, "alpha": report.data["alpha"]}
+
+
+@task(queue="default")
+def freeze_project(job, *, project_id, qc_report_id):
+    """Write the project's final labels into a child version of its dataset version."""
+    from lifecycle.labeling import freezing
+
+    version = freezing.freeze(project_id, qc_report_id)
+    return {"version": version.pk, "number": version.number}
+
+
+@task(queue="default")
+def seed_demo_project(job):
+    """The demo's labeling project, once the demo dataset's first version is in (labeling/demo.py)."""
+    from lifecycle.labeling import demo
+
+    project = demo.build()
+    return {"project": project.pk}

@@ -88,6 +88,19 @@ class DecisionForm(forms.Form):
     note = forms.CharField(required=False, max_length=NOTE_MAX)
 
 
+class SuggestForm(forms.Form):
+    run = forms.ModelChoiceField(queryset=None, label="Suggest labels from run")
+
+    def __init__(self, *args, project, **kwargs):
+        from lifecycle.runs.models import Run
+
+        super().__init__(*args, **kwargs)
+        runs = (Run.objects.filter(dataset_version__dataset=project.version.dataset_id, task="classification")
+                .exclude(output_sha256="").select_related("dataset_version__dataset").order_by("-pk")[:50])
+        self.fields["run"].queryset = Run.objects.filter(pk__in=[r.pk for r in runs]).select_related("dataset_version__dataset")
+        self.fields["run"].label_from_instance = lambda r: f"#{r.pk} {r.name} ({r.dataset_version})"
+
+
 class FreezeForm(forms.Form):
     override_reason = forms.CharField(required=False, max_length=NOTE_MAX, widget=forms.Textarea(attrs={"rows": 3}),
                                       label="Override reason (approvers only)")

@@ -257,6 +257,20 @@ class LabelingProject(models.Model):
         self.qc_job = job
         return job
 
+    def request_suggestions(self, user, run, *, wait_for_run=False):
+        """Queue the job that asks `run`'s trained model for a label on every item. With
+        `wait_for_run`, the run may still be training (the demo's, queued before it)."""
+        from lifecycle.labeling.suggestions import check_run
+        from lifecycle.labeling.tasks import suggest_labels
+
+        problems = check_run(self, run, wait_for_run=wait_for_run)
+        if problems:
+            raise LabelingError(" ".join(problems))
+        with transaction.atomic():
+            job = enqueue(suggest_labels, user=user, project_id=self.pk, run_id=run.pk)
+            AuditEvent.record(user, "labeling.suggestions_requested", self, {"run": run.pk, "job": job.pk})
+        return job
+
     def qc_is_current(self, report):
         return report is not None and not self.changes_since(report.started_at)
 

@@ -29,3 +29,16 @@ def seed_demo_project(job):
 
     project = demo.build()
     return {"project": project.pk}
+
+
+@task(queue="training")
+def suggest_labels(job, *, project_id, run_id):
+    """Model suggestions for every item of a project, from a trained run (labeling/suggestions.py)."""
+    from lifecycle.labeling import suggestions
+    from lifecycle.labeling.models import LabelingProject
+    from lifecycle.runs.models import Run
+
+    project = LabelingProject.objects.get(pk=project_id)
+    run = Run.objects.get(pk=run_id)
+    done = suggestions.suggest(project, run, lambda n, total: job.set_progress("predicting", n, total))
+    return {"items": done, "run": run.pk}

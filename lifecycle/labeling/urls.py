@@ -18,5 +18,6 @@ urlpatterns = [
     path("labeling/<int:project_id>/items/<int:item_id>/decide", views.decide, name="decide"),
     path("labeling/<int:project_id>/qc", views.qc_page, name="qc"),
     path("labeling/<int:project_id>/qc/run", views.qc_run, name="qc_run"),
+    path("labeling/<int:project_id>/suggest", views.suggest, name="suggest"),
     path("labeling/<int:project_id>/freeze", views.freeze, name="freeze"),
 ]

@@ -10,7 +10,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.roles import APPROVER, LABELER, ML_ENGINEER, VIEWER, has_role, role_required
 from lifecycle.labeling import charts
-from lifecycle.labeling.forms import AnswerForm, DecisionForm, FreezeForm, ItemForm, ProjectForm, TableFilterForm
+from lifecycle.labeling.forms import (AnswerForm, DecisionForm, FreezeForm, ItemForm, ProjectForm, SuggestForm,
+                                      TableFilterForm)
 from lifecycle.labeling.models import (FreezeRefused, Item, LabelingError, LabelingProject, NotInQueue)
 
 # Labelers see the list, their project's progress and their own queue; statistics are for
@@ -66,6 +67,8 @@ def project_detail(request, project_id):
         report = project.latest_qc()
         context.update(report=report, stale=report is not None and not project.qc_is_current(report),
                        freeze_form=FreezeForm())
+    if has_role(request.user, ML_ENGINEER) and project.is_open:
+        context["suggest_form"] = SuggestForm(project=project)
     if has_role(request.user, LABELER):
         context["my_answers"] = project.assignments.filter(annotator=request.user, state="answered").count()
     return render(request, "labeling/project_detail.html", context)
@@ -207,6 +210,23 @@ def decide(request, project_id, item_id):
             messages.success(request, f"Example {item.position}: decided {form.cleaned_data['label']!r}.")
             _schedule_qc(project)
     return redirect("labeling:adjudication", project.pk)
+
+
+@role_required(ML_ENGINEER)
+@require_POST
+def suggest(request, project_id):
+    project = _get_project(project_id)
+    form = SuggestForm(request.POST, project=project)
+    if not form.is_valid():
+        messages.error(request, "Pick a trained classification run of this dataset.")
+        return redirect(project)
+    try:
+        job = project.request_suggestions(request.user, form.cleaned_data["run"])
+    except (LabelingError, QueueUnavailable) as exc:
+        messages.error(request, f"No suggestions: {exc}")
+    else:
+        messages.success(request, f"Run #{form.cleaned_data['run'].pk} is predicting every example (job {job.pk}).")
+    return redirect(project)
 
 
 # --- QC and freezing ----------------------------------------------------------------------------

@@ -25,14 +25,15 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         assert result.returncode == 0, result.stderr
     assert "Lifecycle demo is ready at http://127.0.0.1:8000/" in result.stdout
     logins = dict(line.split() for line in (tmp_path / "demo-logins.txt").read_text().splitlines())
-    assert set(logins) == {"admin", "demo-labeler", "demo-ml-engineer", "demo-approver", "demo-oncall", "demo-viewer"}
+    assert set(logins) == {"admin", "demo-labeler", "demo-ml-engineer", "demo-approver", "demo-oncall", "demo-viewer",
+                           "demo-labeler-2", "demo-labeler-3"}
     assert (tmp_path / "demo-logins.txt").stat().st_mode & 0o077 == 0
     for username, password in logins.items():
         assert f"{username:<20} {password}" in result.stdout  # the printed logins are the stored ones
     with sqlite3.connect(tmp_path / "lifecycle.sqlite3") as db:
         groups = {name for (name,) in db.execute("SELECT g.name FROM auth_group g")}
         assert groups == {"labeler", "ml_engineer", "approver", "oncall", "viewer"}
-        assert db.execute("SELECT count(*) FROM auth_user").fetchone()[0] == 6
+        assert db.execute("SELECT count(*) FROM auth_user").fetchone()[0] == 8
         # The demo dataset went in through the real path: an upload and its ingest job, queued once.
         assert db.execute("SELECT slug FROM datasets_dataset").fetchall() == [("support-intents",)]
         jobs = db.execute("SELECT j.task, j.status FROM datasets_upload u JOIN core_job j ON u.job_id = j.id").fetchall()
@@ -40,6 +41,9 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         # Then the demo run's starter, queued once, after the ingest (the worker takes them in order).
         starters = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.runs.tasks.start_demo_run'").fetchall()
         assert starters == [("queued",)]
+        # And the labeling project's, after both.
+        seeds = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.labeling.tasks.seed_demo_project'").fetchall()
+        assert seeds == [("queued",)]
     assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
 
 
@@ -71,7 +75,23 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
         statuses = dict(db.execute("SELECT task, status FROM core_job").fetchall())
         assert statuses == {"lifecycle.datasets.tasks.ingest_upload": "succeeded",
                             "lifecycle.runs.tasks.start_demo_run": "succeeded",
-                            "lifecycle.runs.tasks.train_run": "succeeded"}, worker.stderr[-3000:]
+                            "lifecycle.runs.tasks.train_run": "succeeded",
+                            "lifecycle.labeling.tasks.seed_demo_project": "succeeded",
+                            "lifecycle.labeling.tasks.suggest_labels": "succeeded"}, worker.stderr[-3000:]
         [(name, metrics, output)] = db.execute("SELECT name, test_metrics, output_sha256 FROM runs_run").fetchall()
+        [(project_id,)] = db.execute("SELECT id FROM labeling_labelingproject").fetchall()
+        states = dict(db.execute("SELECT state, count(*) FROM labeling_item GROUP BY state").fetchall())
+        reports = db.execute("SELECT passes, data FROM labeling_qcreport").fetchall()
+        suggested = db.execute("SELECT count(*) FROM labeling_item WHERE suggested_label != ''").fetchone()[0]
+        answers = dict(db.execute("SELECT u.username, count(*) FROM labeling_assignment a JOIN auth_user u "
+                                  "ON a.annotator_id = u.id WHERE a.state = 'answered' GROUP BY u.username").fetchall())
     assert name.startswith("Demo: LoRA") and output
     assert json.loads(metrics)["accuracy"] > 0.8  # twelve intents: the majority class is far below
+    # The labeling project: answers by three labelers, one tie and one flag to adjudicate, QC
+    # computed (the careless labeler's gold misses fail it), suggestions from the demo run.
+    assert answers == {"demo-labeler": 40, "demo-labeler-2": 80, "demo-labeler-3": 80}
+    assert states["tie"] == 1 and states["flagged"] == 1 and states["agreed"] > 20 and states["gold"] > 100
+    [(passes, data)] = reports
+    careless = next(a for a in json.loads(data)["annotators"] if a["username"] == "demo-labeler-3")
+    assert not passes and careless["unreliable"] and careless["gold_accuracy"] < 0.8
+    assert suggested == sum(states.values())

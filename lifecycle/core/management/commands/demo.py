@@ -23,6 +23,8 @@ from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import ROLES
 
 DEMO_USERS = [("admin", None)] + [(f"demo-{role.replace('_', '-')}", role) for role in ROLES]
+# Two more labelers, so the demo's labeling project has overlap, agreement and disagreement.
+DEMO_USERS += [("demo-labeler-2", "labeler"), ("demo-labeler-3", "labeler")]
 WORKER_QUEUES = ("default", "monitoring", "training")
 
 

@@ -1,0 +1,94 @@
+"""Demo labeling: a review project over the demo support-intents version, with answers already
+given by the three demo labelers (mostly agreeing, some 2–1 disagreements, a few gold misses by
+the careless one, one three-way tie and one flag waiting for adjudication), and QC computed.
+
+Like the demo run, it is made by a default-queue job queued after the demo dataset's ingest,
+and it asks for model suggestions from the demo run once that run has trained."""
+from django.contrib.auth import get_user_model
+
+from lifecycle.core.jobs import enqueue
+from lifecycle.labeling.models import Item, LabelingProject
+
+NAME = "Demo: support intents review"
+INSTRUCTIONS = ("Pick the customer's main intent. If a message asks two things, pick what they want done first; "
+                "if none fits or the text is unreadable, flag it (f) with a short note.")
+LABELERS = ("demo-labeler", "demo-labeler-2", "demo-labeler-3")
+# Examples each demo labeler has answered at the start (by queue position): demo-labeler has
+# answered fewer, so each answer they give completes an example and moves the QC numbers.
+ANSWERED = {"demo-labeler": 40, "demo-labeler-2": 80, "demo-labeler-3": 80}
+TIE_AT, FLAG_AT = 7, 12  # non-gold examples (by order met) that end in a tie and a flag
+
+
+def seed(stdout):
+    if LabelingProject.objects.filter(name=NAME).exists():
+        return
+    from lifecycle.labeling.tasks import seed_demo_project
+
+    job = enqueue(seed_demo_project, key="demo:labeling")
+    stdout.write(f"Demo labeling project: made once the demo dataset is ingested (job {job.pk})")
+
+
+def _version():
+    from lifecycle.datasets.demo import SLUG
+    from lifecycle.datasets.models import DatasetVersion
+
+    versions = DatasetVersion.objects.filter(dataset__slug=SLUG).select_related("dataset").order_by("-number")
+    version = next((v for v in versions if v.usable_for_training), None)
+    if version is None:
+        raise RuntimeError(f"the demo dataset {SLUG} has no usable version yet")
+    return version
+
+
+def _other(labels, truth, k=1):
+    others = [label for label in labels if label != truth]
+    return others[(k - 1) % len(others)]
+
+
+def _answer_for(username, item, met, gold_met, labels):
+    """A scripted answer: who agrees, who slips, where the tie and the flag are. `met` and
+    `gold_met` count the non-gold and gold examples this labeler answered before this one."""
+    truth = item.example.label
+    if item.is_gold:
+        # demo-labeler-3 is careless on gold: every other one wrong.
+        return {"label": _other(labels, truth)} if username == "demo-labeler-3" and gold_met % 2 == 0 else {"label": truth}
+    if met == TIE_AT:
+        return {"label": {"demo-labeler": truth, "demo-labeler-2": _other(labels, truth, 1),
+                          "demo-labeler-3": _other(labels, truth, 2)}[username]}
+    if met == FLAG_AT and username == "demo-labeler-3":
+        return {"flagged": True, "note": "Two requests in one message: refund or cancel?"}
+    if username == "demo-labeler-3" and met % 5 == 3 or username == "demo-labeler-2" and met % 11 == 4:
+        return {"label": _other(labels, truth)}
+    return {"label": truth}
+
+
+def build():
+    from lifecycle.labeling import qc
+
+    users = get_user_model().objects
+    engineer = users.filter(username="demo-ml-engineer").first()
+    version = _version()
+    project = LabelingProject.create(engineer, version, name=NAME, instructions=INSTRUCTIONS,
+                                     label_set=list(version.label_set), overlap=3, gold_share=0.05, seed=0,
+                                     min_gold_answers=3)
+    for username in LABELERS:
+        user = users.get(username=username)
+        met = gold_met = 0
+        for _ in range(ANSWERED[username]):
+            assignment = project.next_for(user)
+            item = Item.objects.select_related("example").get(pk=assignment.item_id)
+            assignment.answer(**_answer_for(username, item, met, gold_met, project.label_set))
+            gold_met += item.is_gold
+            met += not item.is_gold
+    qc.compute(project)
+    _suggest_from_demo_run(project, engineer)
+    return project
+
+
+def _suggest_from_demo_run(project, engineer):
+    """Queue model suggestions from the demo run: the training queue takes the run first."""
+    from lifecycle.runs.demo import NAME as RUN_NAME
+    from lifecycle.runs.models import Run
+
+    run = Run.objects.filter(name=RUN_NAME).first()
+    if run is not None:
+        project.request_suggestions(engineer, run, wait_for_run=True)

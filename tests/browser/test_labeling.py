@@ -1,0 +1,110 @@
+"""A labeler labels 20 examples with the keyboard only (one undo on the way); a reviewer then
+sees the agreement numbers change and adjudicates the tie the labeler's answers made."""
+import pytest
+from playwright.sync_api import expect
+
+from lifecycle.labeling import qc
+from lifecycle.labeling.models import Assignment, Decision, Item
+from tests.browser.conftest import log_in
+from tests.conftest import make_user
+from tests.labeling.factories import label_queue, labeled_version, make_project
+from tests.workers import start_manage, stop
+
+ANSWERS = 20
+TIE_POSITION = 3
+
+
+@pytest.fixture
+def qc_worker(transactional_db, settings, tmp_path):
+    settings.ARTIFACT_DIR = tmp_path / "artifacts"
+    process = start_manage(tmp_path, "lifecycle_worker", "monitoring")
+    yield process
+    stop(process)
+
+
+@pytest.fixture
+def project(qc_worker, tmp_path):
+    engineer = make_user("erin-engineer", "ml_engineer")
+    version = labeled_version(tmp_path, engineer, n=60)
+    project = make_project(version, engineer, overlap=2, gold_share=0, name="Ticket intents")
+    other = make_user("kim-labeler", "labeler")
+
+    # Kim has answered the first examples already: right, except one (a tie once Lee answers it).
+    def kims_answer(assignment):
+        truth = assignment.item.example.label
+        if assignment.position == TIE_POSITION:
+            return next(label for label in project.label_set if label != truth)
+        return truth
+
+    label_queue(project, other, kims_answer, limit=ANSWERS + 5)
+    qc.compute(project)  # no example has two answers yet: alpha cannot be measured
+    return project
+
+
+def test_a_labeler_labels_twenty_with_the_keyboard_and_a_reviewer_adjudicates_the_tie(page, live_server, project, browser):
+    labeler = make_user("lee-labeler", "labeler")
+    truth = dict(Item.objects.filter(project=project).values_list("example__text", "example__label"))
+    keys = {label: key for key, label in project.label_keys}
+
+    log_in(page, live_server, labeler)
+    page.click(".mainnav >> text=Labeling")
+    page.click("text=Ticket intents")
+    page.click("text=Start labeling")
+    text = page.locator("#text")
+    expect(text).not_to_have_text("Loading…")
+    page.keyboard.press("?")
+    expect(page.locator("#help")).to_be_visible()
+    page.keyboard.press("?")
+    expect(page.locator("#help")).to_be_hidden()
+
+    done, undone = 0, False
+    while done < ANSWERS:
+        shown = text.inner_text()
+        page.keyboard.press(keys[truth[shown]])
+        done += 1
+        expect(page.locator("#done")).to_have_text(str(done))
+        expect(text).not_to_have_text(shown)
+        if done == 5 and not undone:
+            # u: the last answer is taken back and its example comes back on screen.
+            page.keyboard.press("u")
+            done -= 1
+            undone = True
+            expect(page.locator("#done")).to_have_text(str(done))
+            expect(text).to_have_text(shown)
+            expect(page.locator("#status")).to_contain_text("Undone")
+    assert Assignment.objects.filter(annotator=labeler, state="answered").count() == ANSWERS
+    tie = Item.objects.get(project=project, position=TIE_POSITION)
+    assert tie.state == "tie"
+
+    # The reviewer: QC before (computed when nobody overlapped), recompute, QC after.
+    reviewer_page = browser.new_page()
+    engineer = project.created_by
+    log_in(reviewer_page, live_server, engineer)
+    reviewer_page.goto(f"{live_server.url}/labeling/{project.pk}/qc")
+    before = reviewer_page.locator("#qc-answers").inner_text()
+    reviewer_page.click("#recompute")
+    expect(reviewer_page.locator(".messages")).to_contain_text("QC")
+    for _ in range(100):
+        reviewer_page.reload()
+        if reviewer_page.locator("#qc-answers").inner_text() != before and \
+                reviewer_page.locator("#qc-answers").inner_text() == str(ANSWERS * 2 + 5):
+            break
+        reviewer_page.wait_for_timeout(300)
+    expect(reviewer_page.locator("#qc-answers")).to_have_text(str(ANSWERS * 2 + 5))
+    alpha = reviewer_page.locator("#qc-alpha").inner_text()
+    assert alpha != "—" and 0 < float(alpha) < 1  # all agree but the tie
+    expect(reviewer_page.locator("#pairs")).to_contain_text("kim-labeler · lee-labeler")
+
+    reviewer_page.click("text=Ticket intents")
+    reviewer_page.click("text=Adjudication queue")
+    card = reviewer_page.locator(f"#item-{tie.pk}")
+    expect(card).to_contain_text("kim-labeler")
+    expect(card).to_contain_text("lee-labeler")
+    correct = tie.example.label
+    card.locator("input[name=note]").fill("Lee is right: see the order number")
+    card.locator(f"button[value='{correct}']").click()
+    expect(reviewer_page.locator(".messages")).to_contain_text(f"decided '{correct}'")
+    expect(reviewer_page.locator("#queue-empty")).to_be_visible()
+    decision = Decision.objects.get(item=tie)
+    assert (decision.label, decision.reviewer, decision.note) == (correct, engineer, "Lee is right: see the order number")
+    assert Item.objects.get(pk=tie.pk).state == "decided"

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +277,7 @@ def generate_answers(project, labelers, engineer, rng):
     label[flagged & (rng.random(k) < 0.5)] = -1  # half the flags come without a label
     label[skipped] = -1
     answered = ~skipped
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     served, seconds = answer_times(slot_item, slot_annotator, n_annotators, rng, now)
     columns = consensus(items, slot_item, label, flagged, answered, overlap, n_labels)
     slots_taken = np.bincount(slot_item[answered], minlength=n)  # a skip gives its slot back
@@ -300,7 +300,7 @@ def generate_answers(project, labelers, engineer, rng):
     truth = dict(zip(items["pk"].tolist(), items["truth"].tolist()))
     return {"slots": k, "answered": int(answered.sum()), "skipped": int(skipped.sum()),
             "flagged": int(flagged.sum()), "stops": stops.tolist(), "accuracy": accuracy.tolist(),
-            "decided": int(len(decided))}, truth
+            "decided": len(decided)}, truth
 
 
 def suggestions(items, n_labels, rng):
@@ -326,12 +326,11 @@ def copy_assignments(project, items, labelers, slot_item, slot_annotator, label,
 
     label_set, annotator_ids = project.label_set, [u.pk for u in labelers]
     columns = "project_id, item_id, annotator_id, position, state, label, flagged, note, served_at, answered_at, seconds, changed_at"
-    utc = timezone.utc
     with connection.cursor() as cursor, cursor.cursor.copy(f"COPY labeling_assignment ({columns}) FROM STDIN") as copy:
         for i, a, lab, flag, skip, t, s in zip(slot_item.tolist(), slot_annotator.tolist(), label.tolist(),
                                                flagged.tolist(), skipped.tolist(), served.tolist(), seconds.tolist()):
-            served_at = datetime.fromtimestamp(t, utc)
-            done = datetime.fromtimestamp(t + s, utc)
+            served_at = datetime.fromtimestamp(t, UTC)
+            done = datetime.fromtimestamp(t + s, UTC)
             copy.write_row((project.pk, int(items["pk"][i]), annotator_ids[a], int(items["position"][i]),
                             "skipped" if skip else "answered", "" if lab < 0 else label_set[lab], flag,
                             "unclear wording" if flag else "", served_at, None if skip else done,
@@ -452,7 +451,7 @@ def qc_child(project_id, repeats):
 
 def time_qc_in_process(project, repeats=3):
     out = subprocess.run([sys.executable, __file__, "--qc-child", str(project.pk), str(repeats)],
-                         capture_output=True, text=True, cwd=ROOT)
+                         check=False, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         sys.exit(f"the QC child failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -468,7 +467,7 @@ def time_qc_job(project, work):
     log = work / "worker.log"
     with open(log, "w") as out:
         worker = subprocess.run([sys.executable, "manage.py", "lifecycle_worker", "monitoring", "--burst"],
-                                cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT, timeout=900)
+                                check=False, cwd=ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT, timeout=900)
     wall = time.perf_counter() - enqueued
     job = Job.objects.get(pk=job.pk)
     if worker.returncode or job.status != Job.Status.SUCCEEDED:
@@ -621,8 +620,6 @@ def time_endpoints(project, labelers, spare, truth, rng, n_requests):
     """next and answer for a new labeler, one with work left, and one whose queue is empty."""
     from django.urls import reverse
 
-    from lifecycle.labeling.models import Assignment
-
     next_url = reverse("labeling:next", args=[project.pk])
     answer_url = reverse("labeling:answer", args=[project.pk])
     label_set = project.label_set
@@ -662,7 +659,7 @@ def time_endpoints(project, labelers, spare, truth, rng, n_requests):
         item = client.get(next_url).json()["item"]
         samples = []
         while item is not None and len(samples) < n_requests:
-            ms, data = timed(lambda: client.post(answer_url, {"item": item, "label": label_for(item)}))
+            ms, data = timed(lambda item=item: client.post(answer_url, {"item": item, "label": label_for(item)}))
             samples.append(ms)
             item = data["item"]
         if item is not None:
@@ -781,13 +778,13 @@ def report(r):
     g, p = r["generated"], r["project"]
     qc_wall = float(np.median(qc["walls"]))
     lines = [
-        f"\n## Labeling at {a['examples']:,} examples × {a['annotators']} annotators — {date.today().isoformat()}, "
-        f"{m['cores']} cores ({m['cpu']})\n",
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB, Python {m['python']}, PostgreSQL {m['postgres']} "
-        "on the same machine, Redis local. Load average (1/5/15 min) at the start "
-        f"{'/'.join(f'{x:.1f}' for x in r['load_before'])}, at the end {'/'.join(f'{x:.1f}' for x in r['load_after'])}.",
-        f"Command: `.venv/bin/python bench/labeling_bench.py --examples {a['examples']} --annotators {a['annotators']} "
-        f"--labels {a['labels']}`. A database of its own, made and dropped by the script.\n",
+        (f"\n## Labeling at {a['examples']:,} examples × {a['annotators']} annotators — {date.today().isoformat()}, "
+         f"{m['cores']} cores ({m['cpu']})\n"),
+        (f"Machine: {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB, Python {m['python']}, PostgreSQL {m['postgres']} "
+         "on the same machine, Redis local. Load average (1/5/15 min) at the start "
+         f"{'/'.join(f'{x:.1f}' for x in r['load_before'])}, at the end {'/'.join(f'{x:.1f}' for x in r['load_after'])}."),
+        (f"Command: `.venv/bin/python bench/labeling_bench.py --examples {a['examples']} --annotators {a['annotators']} "
+         f"--labels {a['labels']}`. A database of its own, made and dropped by the script.\n"),
         (f"Data: {p['items']:,} synthetic support messages (real ingest: {r['ingest_s']:.1f} s), {p['labels']} labels; "
          f"project overlap 3, gold share 0.05 ({p['gold']:,} gold), seed 0: `LabelingProject.create` {r['create_s']:.1f} s. "
          f"Answers generated into the database ({r['generate_s']:.1f} s, COPY): {g['answered']:,} answers, {g['skipped']:,} "
@@ -800,17 +797,17 @@ def report(r):
          + ", ".join(f"{k} {v:,}" for k, v in r["states"].items()) + "."),
         "\n### QC\n",
         "| measure | figure | target | met |", "| --- | --- | --- | --- |",
-        f"| `qc.compute` in a process of its own, median of {len(qc['walls'])} | {qc_wall:.2f} s "
-        f"({', '.join(f'{w:.2f}' for w in qc['walls'])}) | < {QC_TARGET_S:.0f} s | {met(qc_wall < QC_TARGET_S)} |",
+        (f"| `qc.compute` in a process of its own, median of {len(qc['walls'])} | {qc_wall:.2f} s "
+         f"({', '.join(f'{w:.2f}' for w in qc['walls'])}) | < {QC_TARGET_S:.0f} s | {met(qc_wall < QC_TARGET_S)} |"),
         f"| its peak RSS (process after Django setup: {qc['baseline_rss_mb']:.0f} MB) | {qc['peak_rss_mb']:.0f} MB | | |",
-        f"| QC job (`schedule_qc` + `lifecycle_worker monitoring --burst`), started → finished | {job['job_s']:.2f} s | "
-        f"< {QC_TARGET_S:.0f} s | {met(job['job_s'] < QC_TARGET_S)} |",
+        (f"| QC job (`schedule_qc` + `lifecycle_worker monitoring --burst`), started → finished | {job['job_s']:.2f} s | "
+         f"< {QC_TARGET_S:.0f} s | {met(job['job_s'] < QC_TARGET_S)} |"),
         f"| the same, enqueue → worker exit (worker start-up included) | {job['worker_wall_s']:.1f} s | | |",
-        f"\nPhases of `qc.compute` (one more run): " + "; ".join(f"{k} {v:.2f} s" for k, v in qc["phases"].items())
+        "\nPhases of `qc.compute` (one more run): " + "; ".join(f"{k} {v:.2f} s" for k, v in qc["phases"].items())
         + f". Result: {qc['answers']:,} answers, alpha {qc['alpha']}, passes: {qc['passes']}.",
         "\n### Agreement statistics: ours (lifecycle/labeling/agreement.py) vs the plain library way\n",
-        "Same answers, median of 3. Plain: pandas pivot to items × raters, scikit-learn `cohen_kappa_score` for each pair, "
-        "statsmodels `aggregate_raters` + `fleiss_kappa`, `krippendorff.alpha` (nominal).\n",
+        ("Same answers, median of 3. Plain: pandas pivot to items × raters, scikit-learn `cohen_kappa_score` for each pair, "
+         "statsmodels `aggregate_raters` + `fleiss_kappa`, `krippendorff.alpha` (nominal).\n"),
         "| step | ours | plain | plain / ours |", "| --- | --- | --- | --- |",
     ]
     ours_total, plain_total = sum(plain["ours"].values()), sum(plain["plain"].values())
@@ -821,7 +818,7 @@ def report(r):
     lines += ["\n| statistic | ours | plain | equal (1e-9) |", "| --- | --- | --- | --- |"]
     lines += [f"| {v['pair']} | {v['ours']:.6f} | {v['plain']:.6f} | {met(v['equal'])} |" for v in plain["values"]]
     lines += ["\n### Labeler endpoints (test Client, in process, DEBUG off; server time)\n",
-              f"| request | n | p50 ms | p95 ms | max ms | SQL queries | target | met (p95) |",
+              "| request | n | p50 ms | p95 ms | max ms | SQL queries | target | met (p95) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in r["endpoints"].items():
         lines.append(f"| {name} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {s['max']:.1f} | {s['queries'] or ''} | "

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -620,6 +621,8 @@ def time_endpoints(project, labelers, spare, truth, rng, n_requests):
     """next and answer for a new labeler, one with work left, and one whose queue is empty."""
     from django.urls import reverse
 
+    from lifecycle.labeling.models import Assignment, Item
+
     next_url = reverse("labeling:next", args=[project.pk])
     answer_url = reverse("labeling:answer", args=[project.pk])
     label_set = project.label_set
@@ -628,61 +631,76 @@ def time_endpoints(project, labelers, spare, truth, rng, n_requests):
         t = truth[item_id]
         return label_set[t if rng.random() < 0.85 else (t + rng.integers(1, len(label_set))) % len(label_set)]
 
-    def timed(call):
+    def timed(call, allowed=(200,)):
         started = time.perf_counter()
         response = call()
         ms = (time.perf_counter() - started) * 1000
-        assert response.status_code == 200, (response.status_code, response.content[:300])
-        return ms, response.json()
+        assert response.status_code in allowed, (response.status_code, response.content[:300])
+        return ms, response
+
+    def skip_decided(user, item_id):
+        """The queue can serve an item a reviewer adjudicated while it still had open slots; its
+        answer is refused (409), so the labeler skips it. Counted, reported, not timed."""
+        served_decided[user.username] += 1
+        Assignment.objects.get(project=project, annotator=user, item_id=item_id).skip()
+
+    def answer_pending(user):
+        pending = project.pending_for(user)
+        if pending.item.state == Item.State.DECIDED:
+            skip_decided(user, pending.item_id)
+        else:
+            pending.answer(label=label_for(pending.item_id))
 
     def claiming_gets(user, client):
         """GET next with nothing pending: each one claims a new slot. Answered in between, untimed."""
         samples = []
         for _ in range(n_requests):
-            ms, data = timed(lambda: client.get(next_url))
-            if data["item"] is None:
+            ms, response = timed(lambda: client.get(next_url))
+            if response.json()["item"] is None:
                 break
             samples.append(ms)
             answer_pending(user)
         return samples
 
-    def answer_pending(user):
-        pending = project.pending_for(user)
-        pending.answer(label=label_for(pending.item_id))
-
     def pending_gets(client):
         client.get(next_url)  # claims one; the rest find it pending
         return [timed(lambda: client.get(next_url))[0] for _ in range(n_requests)]
 
-    def posts(client, name):
+    def posts(user, client, name):
         """POST answer: saves, re-derives the item's consensus, schedules QC, claims and returns the next."""
         item = client.get(next_url).json()["item"]
         samples = []
         while item is not None and len(samples) < n_requests:
-            ms, data = timed(lambda item=item: client.post(answer_url, {"item": item, "label": label_for(item)}))
+            ms, response = timed(lambda item=item: client.post(answer_url, {"item": item, "label": label_for(item)}),
+                                 allowed=(200, 409))
+            if response.status_code == 409:
+                skip_decided(user, item)
+                item = client.get(next_url).json()["item"]
+                continue
             samples.append(ms)
-            item = data["item"]
+            item = response.json()["item"]
         if item is not None:
             queries[name] = queries_of(lambda: client.post(answer_url, {"item": item, "label": label_for(item)}))
         cases[name] = samples
 
     behind = labelers[-1]  # stopped earliest: the most work left in front of them
     done = labelers[0]  # answered everything they can: every pull finds nothing
-    cases, queries = {}, {}
+    cases, queries, served_decided = {}, {}, Counter()
     c = logged_in(spare)
     cases["GET next, new labeler, claims a slot"] = claiming_gets(spare, c)
     queries["GET next, new labeler, claims a slot"] = queries_of(lambda: c.get(next_url))
     answer_pending(spare)
     cases["GET next, new labeler, item already pending"] = pending_gets(c)
     queries["GET next, new labeler, item already pending"] = queries_of(lambda: c.get(next_url))
-    posts(c, "POST answer (save + next), new labeler")
+    posts(spare, c, "POST answer (save + next), new labeler")
     c = logged_in(behind)
     cases[f"GET next, {behind.username} (work left), claims a slot"] = claiming_gets(behind, c)
-    posts(c, f"POST answer (save + next), {behind.username} (work left)")
+    posts(behind, c, f"POST answer (save + next), {behind.username} (work left)")
     c = logged_in(done)
     cases[f"GET next, {done.username} (queue empty)"] = [timed(lambda: c.get(next_url))[0] for _ in range(n_requests)]
     queries[f"GET next, {done.username} (queue empty)"] = queries_of(lambda: c.get(next_url))
-    return {name: {**stats_ms(s), "queries": queries.get(name)} for name, s in cases.items() if s}
+    timings = {name: {**stats_ms(s), "queries": queries.get(name)} for name, s in cases.items() if s}
+    return timings, dict(served_decided)
 
 
 def time_pages(project, engineer, labelers, n_requests):
@@ -757,7 +775,7 @@ def run(args, work):
 
     results["explain"] = explain_pull(project, {"new labeler": spare, f"{labelers[-1].username} (work left)": labelers[-1],
                                                 f"{labelers[0].username} (queue empty)": labelers[0]})
-    results["endpoints"] = time_endpoints(project, labelers, spare, truth, rng, args.requests)
+    results["endpoints"], results["served_decided"] = time_endpoints(project, labelers, spare, truth, rng, args.requests)
     print("endpoints:", json.dumps(results["endpoints"]), flush=True)
     results["tables"], results["pages"] = time_pages(project, engineer, labelers, args.page_requests)
     print("pages:", json.dumps(results["pages"]), flush=True)
@@ -823,6 +841,9 @@ def report(r):
     for name, s in r["endpoints"].items():
         lines.append(f"| {name} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | {s['max']:.1f} | {s['queries'] or ''} | "
                      f"< {ENDPOINT_TARGET_MS:.0f} ms | {met(s['p95'] < ENDPOINT_TARGET_MS)} |")
+    if r["served_decided"]:
+        lines.append("\nServed although already adjudicated (answer refused with 409, skipped by the bench, not timed): "
+                     + ", ".join(f"{who} {n}" for who, n in r["served_decided"].items()) + ".")
     lines += ["\nThe pull's SQL alone (`LabelingProject._open_item`, EXPLAIN ANALYZE, before the requests above):\n",
               "| labeler | query | ms |", "| --- | --- | --- |"]
     for who, queries in r["explain"].items():

@@ -5,7 +5,7 @@ import pytest
 from django.test import Client
 
 from lifecycle.labeling.models import Assignment, Decision, Item, LabelingProject
-from tests.conftest import client_for, make_user
+from tests.conftest import client_for
 from tests.labeling.factories import labeled_version, make_labelers, make_project
 
 pytestmark = pytest.mark.django_db

@@ -114,8 +114,26 @@ def machine():
             "postgres": pg}
 
 
+def code_state():
+    """The commit, and any uncommitted changes to the code being measured (read-only git)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+
+    status = git("status", "--porcelain", "--", "lifecycle", "templates", "static")
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "changed": [line[3:] for line in status.splitlines()]}
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def vm_mb(field):
+    """VmHWM (peak) or VmRSS (now) of this process. Unlike ru_maxrss, which Linux carries over
+    from the parent through fork and exec, VmHWM starts afresh in a new program."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return math.nan
 
 
 def stats_ms(samples):
@@ -422,13 +440,13 @@ def qc_child(project_id, repeats):
     from lifecycle.labeling.models import LabelingProject
 
     project = LabelingProject.objects.select_related("version").get(pk=project_id)
-    baseline = peak_rss_mb()
+    baseline = vm_mb("VmHWM")
     walls = []
     for _ in range(repeats):
         started = time.perf_counter()
         report = qc.compute(project)
         walls.append(time.perf_counter() - started)
-    peak = peak_rss_mb()
+    peak, rusage_peak = vm_mb("VmHWM"), peak_rss_mb()
     phases, t = {}, time.perf_counter()
 
     def lap(name):
@@ -445,7 +463,8 @@ def qc_child(project_id, repeats):
     qc.freeze_reasons(project, data, project.progress())
     project.progress()
     lap("progress ×2 + reasons")
-    print(json.dumps({"walls": walls, "baseline_rss_mb": baseline, "peak_rss_mb": peak, "phases": phases,
+    print(json.dumps({"walls": walls, "baseline_rss_mb": baseline, "peak_rss_mb": peak, "rusage_peak_mb": rusage_peak,
+                      "phases": phases,
                       "answers": report.answers, "alpha": report.data["alpha"], "passes": report.passes,
                       "reasons": report.reasons}))
 
@@ -695,6 +714,7 @@ def time_endpoints(project, labelers, spare, truth, rng, n_requests):
     posts(spare, c, "POST answer (save + next), new labeler")
     c = logged_in(behind)
     cases[f"GET next, {behind.username} (work left), claims a slot"] = claiming_gets(behind, c)
+    queries[f"GET next, {behind.username} (work left), claims a slot"] = queries_of(lambda: c.get(next_url))
     posts(behind, c, f"POST answer (save + next), {behind.username} (work left)")
     c = logged_in(done)
     cases[f"GET next, {done.username} (queue empty)"] = [timed(lambda: c.get(next_url))[0] for _ in range(n_requests)]
@@ -728,7 +748,7 @@ def time_pages(project, engineer, labelers, n_requests):
     filters.append(({"annotator": who.username}, f"annotator={who.username}", {"annotator": who}))
     tables = []
     for params, name, filtered in filters:
-        rows = Item.objects.filter(project=project).filtered(project, **filtered).count()
+        rows = Item.objects.table_ids(project, **filtered).count()
         pages = max(1, math.ceil(rows / PAGE_SIZE))
         for page in sorted({1, min(DEEP_PAGE, pages)}):
             tables.append({"filter": name, "rows": rows, "page": page, **sample(table_url, {**params, "page": page})})
@@ -744,7 +764,7 @@ def run(args, work):
     from lifecycle.labeling.models import Item, LabelingProject
 
     rng = np.random.default_rng(args.seed)
-    results = {"args": vars(args), "machine": machine(), "load_before": os.getloadavg()}
+    results = {"args": vars(args), "machine": machine(), "load_before": os.getloadavg(), "code_before": code_state()}
     engineer, labelers, spare = make_users(args.annotators)
 
     version, results["ingest_s"] = ingest(engineer, args.examples, args.labels, work)
@@ -781,6 +801,7 @@ def run(args, work):
     print("pages:", json.dumps(results["pages"]), flush=True)
     results["items_open"] = Item.objects.filter(project=project, is_open=True).count()
     results["load_after"] = os.getloadavg()
+    results["code_after"] = code_state()
     return results
 
 
@@ -795,6 +816,11 @@ def report(r):
     m, a, qc, job, plain = r["machine"], r["args"], r["qc"], r["qc_job"], r["plain"]
     g, p = r["generated"], r["project"]
     qc_wall = float(np.median(qc["walls"]))
+    before, after = r["code_before"], r["code_after"]
+    code = f"Code: commit {before['commit']}" + (
+        f", with uncommitted changes to {', '.join(before['changed'])}" if before["changed"] else ", no uncommitted changes")
+    if after != before:
+        code += f"; **changed during the run**, at the end: {', '.join(after['changed']) or 'none'}"
     lines = [
         (f"\n## Labeling at {a['examples']:,} examples × {a['annotators']} annotators — {date.today().isoformat()}, "
          f"{m['cores']} cores ({m['cpu']})\n"),
@@ -802,7 +828,7 @@ def report(r):
          "on the same machine, Redis local. Load average (1/5/15 min) at the start "
          f"{'/'.join(f'{x:.1f}' for x in r['load_before'])}, at the end {'/'.join(f'{x:.1f}' for x in r['load_after'])}."),
         (f"Command: `.venv/bin/python bench/labeling_bench.py --examples {a['examples']} --annotators {a['annotators']} "
-         f"--labels {a['labels']}`. A database of its own, made and dropped by the script.\n"),
+         f"--labels {a['labels']}`. A database of its own, made and dropped by the script. {code}.\n"),
         (f"Data: {p['items']:,} synthetic support messages (real ingest: {r['ingest_s']:.1f} s), {p['labels']} labels; "
          f"project overlap 3, gold share 0.05 ({p['gold']:,} gold), seed 0: `LabelingProject.create` {r['create_s']:.1f} s. "
          f"Answers generated into the database ({r['generate_s']:.1f} s, COPY): {g['answered']:,} answers, {g['skipped']:,} "
@@ -817,7 +843,8 @@ def report(r):
         "| measure | figure | target | met |", "| --- | --- | --- | --- |",
         (f"| `qc.compute` in a process of its own, median of {len(qc['walls'])} | {qc_wall:.2f} s "
          f"({', '.join(f'{w:.2f}' for w in qc['walls'])}) | < {QC_TARGET_S:.0f} s | {met(qc_wall < QC_TARGET_S)} |"),
-        f"| its peak RSS (process after Django setup: {qc['baseline_rss_mb']:.0f} MB) | {qc['peak_rss_mb']:.0f} MB | | |",
+        (f"| its peak RSS, VmHWM (before the first run: {qc['baseline_rss_mb']:.0f} MB; getrusage's ru_maxrss says "
+         f"{qc['rusage_peak_mb']:.0f} MB, the parent's size inherited through fork + exec) | {qc['peak_rss_mb']:.0f} MB | | |"),
         (f"| QC job (`schedule_qc` + `lifecycle_worker monitoring --burst`), started → finished | {job['job_s']:.2f} s | "
          f"< {QC_TARGET_S:.0f} s | {met(job['job_s'] < QC_TARGET_S)} |"),
         f"| the same, enqueue → worker exit (worker start-up included) | {job['worker_wall_s']:.1f} s | | |",

@@ -1,8 +1,9 @@
 from django import forms
 from django.contrib.auth import get_user_model
+from django.db.models import Exists, OuterRef
 
 from lifecycle.datasets.models import Dataset, DatasetVersion
-from lifecycle.labeling.models import MAX_LABELS, LabelingProject
+from lifecycle.labeling.models import MAX_LABELS, Assignment, LabelingProject
 
 VERSION_CHOICES_CAP = 200
 NOTE_MAX = 2000
@@ -113,5 +114,6 @@ class TableFilterForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
-        ids = project.assignments.values("annotator_id").distinct()
-        self.fields["annotator"].queryset = get_user_model().objects.filter(pk__in=ids).order_by("username")
+        # One index probe per user (EXISTS), not a DISTINCT over every assignment of the project.
+        answered = Assignment.objects.filter(project=project, annotator=OuterRef("pk"))
+        self.fields["annotator"].queryset = get_user_model().objects.filter(Exists(answered)).order_by("username")

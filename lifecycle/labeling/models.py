@@ -14,7 +14,7 @@ import numpy as np
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -171,21 +171,32 @@ class LabelingProject(models.Model):
 
     def _open_item(self, user):
         # Items past the labeler's last claim are new to them (claims only move forward).
-        # SKIP LOCKED: an item another labeler is claiming right now is passed over, not waited on.
+        # SKIP LOCKED: an item another labeler is claiming right now is passed over, not waited
+        # on; a gold item passed over that way is met again on the path below.
         mine = Assignment.objects.filter(project=self, annotator=user)
         last = mine.aggregate(last=Max("position"))["last"]
-        open_items = Item.objects.select_for_update(skip_locked=True, of=("self",)).select_related("example")
-        open_items = open_items.filter(project=self, is_open=True).order_by("position")
-        item = open_items.filter(position__gt=-1 if last is None else last).first()
+        items = Item.objects.select_related("example").filter(project=self, is_open=True).order_by("position")
+        ahead = items.select_for_update(skip_locked=True, of=("self",))
+        item = ahead.filter(position__gt=-1 if last is None else last).first()
         if item is None and last is not None:
-            # Slots freed behind the labeler by other people's skips: the rare, slower path.
-            item = open_items.exclude(pk__in=mine.values("item_id")).first()
+            # Nothing ahead: slots freed behind the labeler by skips, or gold items passed over
+            # while locked. Rare, so this path waits for locks instead of skipping them: "your
+            # queue is empty" must never be an item that was merely busy. NOT EXISTS probes the
+            # (item, annotator) unique index (a NOT IN over every answer of the labeler falls
+            # off a cliff once it no longer fits in work_mem).
+            seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
+            item = items.select_for_update(of=("self",)).filter(~Exists(seen)).first()
         return item
 
     def assignment_for(self, user, item_id):
         assignment = (Assignment.objects.filter(project=self, annotator=user, item_id=item_id)
                       .select_related("item").first())
-        if assignment is None or assignment.state == Assignment.State.SKIPPED:
+        if assignment is None:
+            raise NotInQueue("This example is not in your queue.")
+        if assignment.state == Assignment.State.SKIPPED:
+            if assignment.item.state == Item.State.DECIDED:
+                raise LabelingError("A reviewer adjudicated this example while it was on your screen; "
+                                    "here is the next one.")
             raise NotInQueue("This example is not in your queue.")
         return assignment
 
@@ -316,24 +327,28 @@ class ItemQuerySet(models.QuerySet):
                             .select_related("annotator").order_by("answered_at")),
             "decisions__reviewer")
 
-    def filtered(self, project, *, show="", annotator=None):
-        qs = self
-        if show == "disagreements":
-            qs = qs.filter(disagreement=True)
-        elif show == "flagged":
-            qs = qs.filter(state=Item.State.FLAGGED)
-        elif show == "ties":
-            qs = qs.filter(state=Item.State.TIE)
-        elif show == "gold_failures":
-            qs = qs.filter(gold_misses__gt=0)
-        elif show == "low_confidence":
-            qs = qs.filter(suggested_confidence__lt=project.low_confidence)
-        elif show == "decided":
-            qs = qs.filter(state=Item.State.DECIDED)
+    @staticmethod
+    def show_filter(project, show, prefix=""):
+        """The table's `show` filter as lookups on Item (with `prefix` from a related model)."""
+        lookups = {
+            "disagreements": {"disagreement": True},
+            "flagged": {"state": Item.State.FLAGGED},
+            "ties": {"state": Item.State.TIE},
+            "gold_failures": {"gold_misses__gt": 0},
+            "low_confidence": {"suggested_confidence__lt": project.low_confidence},
+            "decided": {"state": Item.State.DECIDED},
+        }.get(show, {})
+        return {prefix + key: value for key, value in lookups.items()}
+
+    def table_ids(self, project, *, show="", annotator=None):
+        """Item ids for the table, in position order. With an annotator, read from their answers
+        (which carry the position): one index walk instead of an IN over every answer."""
         if annotator is not None:
-            qs = qs.filter(pk__in=Assignment.objects.filter(project=project, annotator=annotator,
-                                                            state=Assignment.State.ANSWERED).values("item_id"))
-        return qs
+            return (Assignment.objects.filter(project=project, annotator=annotator, state=Assignment.State.ANSWERED,
+                                              **self.show_filter(project, show, "item__"))
+                    .order_by("position").values_list("item_id", flat=True))
+        return (self.filter(project=project, **self.show_filter(project, show))
+                .order_by("position").values_list("pk", flat=True))
 
 
 class Item(models.Model):
@@ -427,7 +442,11 @@ class Item(models.Model):
                        for a in item.assignments.filter(state=Assignment.State.ANSWERED).select_related("annotator")]
             decision = Decision.objects.create(item=item, reviewer=reviewer, label=label, note=note,
                                                previous_state=item.state, answers=answers)
-            Item.objects.filter(pk=item.pk).update(state=self.State.DECIDED, consensus_label=label)
+            # Decided is final: no more slots, and whoever has it on screen moves on.
+            released = item.assignments.filter(state=Assignment.State.PENDING).update(
+                state=Assignment.State.SKIPPED, changed_at=timezone.now())
+            Item.objects.filter(pk=item.pk).update(state=self.State.DECIDED, consensus_label=label, is_open=False,
+                                                   slots_taken=F("slots_taken") - released)
             AuditEvent.record(reviewer, "labeling.adjudicated", item, {
                 "project": item.project_id, "example_row": item.example.row, "label": label, "note": note,
                 "was": item.state, "overruled": [a for a in answers if a["label"] != label]})
@@ -500,7 +519,8 @@ class Assignment(models.Model):
             if me.state != self.State.PENDING:
                 raise LabelingError("Only the example in front of you can be skipped.")
             Assignment.objects.filter(pk=me.pk).update(state=self.State.SKIPPED, changed_at=timezone.now())
-            Item.objects.filter(pk=me.item_id).update(slots_taken=F("slots_taken") - 1, is_open=True)
+            item = Item.objects.select_for_update().get(pk=me.item_id)
+            Item.objects.filter(pk=item.pk).update(slots_taken=F("slots_taken") - 1, is_open=item.state != Item.State.DECIDED)
 
     def undo(self):
         with transaction.atomic():

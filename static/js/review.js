@@ -45,16 +45,25 @@
     var options = body === undefined ? {headers: {"Accept": "application/json"}} : {
       method: "POST", body: new URLSearchParams(body),
       headers: {"X-CSRFToken": csrf, "Accept": "application/json"}, credentials: "same-origin"};
+    var refresh = false;
     return fetch(url, options).then(function (response) {
       return response.json().then(function (data) {
-        if (!response.ok) throw new Error(data.error || ("The server answered " + response.status));
+        if (!response.ok) {
+          // 409: the example changed under us (adjudicated, already answered): show why, move on.
+          refresh = response.status === 409 && body !== undefined;
+          throw new Error(data.error || ("The server answered " + response.status));
+        }
         show(data);
         return Math.round(performance.now() - started);
       });
     }).catch(function (error) {
       say(error.message, true);
       return null;
-    }).finally(function () { busy = false; });
+    }).finally(function () {
+      busy = false;
+      if (refresh) fetch(root.dataset.next, {headers: {"Accept": "application/json"}})
+        .then(function (r) { return r.json(); }).then(show);
+    });
   }
 
   function answer(label) {

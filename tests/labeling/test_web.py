@@ -199,7 +199,7 @@ def test_the_table_filters(client, project, engineer):
     def positions(query):
         response = client.get(f"/labeling/{project.pk}/table?{query}")
         assert response.status_code == 200
-        return {item.position for item in response.context["page"].object_list}
+        return {item.position for item in response.context["rows"]}
 
     assert positions("show=disagreements") == {0}
     assert positions("show=ties") == {0}
@@ -244,3 +244,21 @@ def test_adjudicate_through_the_page(client, project, engineer, approver):
     again = client.post(f"/labeling/{project.pk}/items/{item.pk}/decide", {"label": "billing"}, follow=True)
     assert "already been adjudicated" in again.content.decode()
     assert Item.objects.get(pk=item.pk).consensus_label == "shipping"
+
+
+def test_an_example_adjudicated_while_on_a_labelers_screen_leaves_their_queue(client, version, engineer, labeler):
+    project = make_project(version, engineer, overlap=3, gold_share=0)
+    a, b = make_labelers(2)
+    project.next_for(a).answer(flagged=True, note="two questions")
+    client_for(client, labeler)
+    on_screen = next_json(client, project)["item"]
+    item = Item.objects.get(pk=on_screen)
+    assert item.state == "flagged"
+    item.decide(engineer, "refund")
+    item.refresh_from_db()
+    assert (item.is_open, item.slots_taken) == (False, 1)  # the flagger's slot; the labeler's is released
+    response = post(client, f"/labeling/{project.pk}/answer", item=on_screen, label="billing")
+    assert response.status_code == 409 and "adjudicated this example while it was on your screen" in response.json()["error"]
+    assert next_json(client, project)["item"] != on_screen
+    assert project.next_for(b).item_id != on_screen  # nobody else is served a decided example
+    assert Item.objects.get(pk=on_screen).answer_count == 1

@@ -13,7 +13,7 @@ import numpy as np
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -544,13 +544,36 @@ def _insert_items(project):
     labels = set(project.label_set)
     eligible = np.asarray([i for i, (_, label) in enumerate(rows) if label in labels], dtype=np.int64)
     n_gold = min(len(eligible), round(project.gold_share * len(rows)))
-    gold = set(rng.choice(eligible, size=n_gold, replace=False).tolist()) if n_gold else set()
-    items = [Item(project=project, example_id=pk, position=int(positions[i]), is_gold=i in gold,
-                  gold_label=label if i in gold else "", state=Item.State.GOLD if i in gold else Item.State.OPEN,
-                  consensus_label=label if i in gold else "")
-             for i, (pk, label) in enumerate(rows)]
-    Item.objects.bulk_create(items, batch_size=5000)
-    return len(items), len(gold)
+    gold = np.zeros(len(rows), dtype=bool)
+    if n_gold:
+        gold[rng.choice(eligible, size=n_gold, replace=False)] = True
+    columns = {
+        "example_id": [pk for pk, _ in rows], "position": positions.tolist(), "is_gold": gold.tolist(),
+        "gold_label": [label if g else "" for (_, label), g in zip(rows, gold)],
+        "state": [Item.State.GOLD if g else Item.State.OPEN for g in gold],
+    }
+    columns["consensus_label"] = columns["gold_label"]
+    if connection.vendor == "postgresql":
+        _insert_items_unnest(project, columns)
+    else:
+        Item.objects.bulk_create([Item(project=project, **dict(zip(columns, values))) for values in zip(*columns.values())],
+                                 batch_size=5000)
+    return len(rows), n_gold
+
+
+def _insert_items_unnest(project, columns):
+    """One INSERT … SELECT FROM unnest(arrays): 100,000 items in about a second, where
+    bulk_create's row-by-row parameters take several."""
+    types = {"example_id": "bigint", "position": "integer", "is_gold": "boolean", "gold_label": "text",
+             "state": "text", "consensus_label": "text"}
+    names = ", ".join(columns)
+    arrays = ", ".join(f"%s::{types[name]}[]" for name in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Item._meta.db_table} (project_id, {names}, suggested_label, slots_taken, is_open, "
+            f"answer_count, disagreement, gold_misses) "
+            f"SELECT %s, u.*, '', 0, true, 0, false, 0 FROM unnest({arrays}) AS u",
+            [project.pk, *columns.values()])
 
 
 def _before_pending(assignment):

@@ -199,6 +199,9 @@ RUN_KEEP_CHECKPOINTS = env_int("RUN_KEEP_CHECKPOINTS", 3)
 # Answers queue a QC job on the monitoring queue at most this often per project (seconds);
 # the QC page's Recompute button queues one at once.
 LABELING_QC_INTERVAL = env_int("LABELING_QC_INTERVAL", 30)
+# An example shown to a labeler and not answered for this long (seconds) goes back to the pool
+# (by the workers' maintenance pass); 0 keeps claims forever.
+LABELING_CLAIM_TTL = env_int("LABELING_CLAIM_TTL", 30 * 60)
 # Nothing in the product may reach a model hub or send telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

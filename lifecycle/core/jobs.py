@@ -301,12 +301,34 @@ def _resend_if_lost(job, redis):
     return 1
 
 
+# Housekeeping that other apps add to the maintenance pass (name → function returning a count),
+# registered with @maintenance_step from their AppConfig.ready(): core never imports them.
+_maintenance_steps: dict[str, Callable[[], int]] = {}
+
+
+def maintenance_step(name):
+    def register(func):
+        _maintenance_steps[name] = func
+        return func
+
+    return register
+
+
 def run_maintenance():
-    """One pass of the reaper and the reconciler. Safe to run from many processes at once."""
+    """One pass of the reaper, the reconciler and the apps' steps. Safe to run from many
+    processes at once."""
     interrupted = reap_interrupted()
     try:
         resent = reconcile_queued()
     except (RedisError, OSError) as exc:
         log.warning("reconciler skipped: Redis is unavailable (%s)", exc)
         resent = 0
-    return {"interrupted": interrupted, "resent": resent}
+    counts = {"interrupted": interrupted, "resent": resent}
+    for name, step in _maintenance_steps.items():
+        try:
+            counts[name] = step()
+        except DatabaseError:
+            # One app's housekeeping must not stop the reaper's next pass.
+            log.exception("maintenance step %s failed", name)
+            counts[name] = 0
+    return counts

@@ -8,6 +8,7 @@ forward through the positions, so "the first open item after my last one" is nev
 they already saw — one index probe, whatever the project's size (docs/labeling.md).
 """
 from collections import Counter
+from datetime import timedelta
 
 import numpy as np
 
@@ -156,7 +157,7 @@ class LabelingProject(models.Model):
 
     def pending_for(self, user):
         return (Assignment.objects.filter(project=self, annotator=user, state=Assignment.State.PENDING)
-                .select_related("item__example").order_by("served_at", "pk").first())
+                .select_related("item__example").order_by("-served_at", "-pk").first())
 
     def _claim(self, user):
         with transaction.atomic():
@@ -193,6 +194,9 @@ class LabelingProject(models.Model):
                       .select_related("item").first())
         if assignment is None:
             raise NotInQueue("This example is not in your queue.")
+        if assignment.state == Assignment.State.EXPIRED:
+            raise LabelingError("This example waited on your screen too long and went back to the pool; "
+                                "here is the next one.")
         if assignment.state == Assignment.State.SKIPPED:
             if assignment.item.state == Item.State.DECIDED:
                 raise LabelingError("A reviewer adjudicated this example while it was on your screen; "
@@ -461,6 +465,7 @@ class Assignment(models.Model):
         PENDING = "pending"
         ANSWERED = "answered"
         SKIPPED = "skipped"
+        EXPIRED = "expired"  # left unanswered past LABELING_CLAIM_TTL: back to the pool
 
     project = models.ForeignKey(LabelingProject, on_delete=models.CASCADE, related_name="assignments", db_index=False)
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments", db_index=False)
@@ -483,6 +488,7 @@ class Assignment(models.Model):
             models.Index(fields=["project", "annotator", "state", "served_at"], name="assignment_state_idx"),
             models.Index(fields=["project", "annotator", "answered_at"], name="assignment_answered_idx"),
             models.Index(fields=["project", "changed_at"], name="assignment_changed_idx"),
+            models.Index(fields=["served_at"], condition=Q(state="pending"), name="assignment_pending_idx"),
         ]
 
     def __str__(self):
@@ -499,8 +505,8 @@ class Assignment(models.Model):
                 if (me.label, me.flagged) == (label, flagged):
                     return me
                 raise LabelingError("You already answered this example; press u to undo your last answer first.")
-            if me.state == self.State.SKIPPED:
-                raise NotInQueue("You skipped this example; it is no longer in your queue.")
+            if me.state in (self.State.SKIPPED, self.State.EXPIRED):
+                raise NotInQueue("This example is no longer in your queue.")
             item = Item.objects.select_for_update().get(pk=me.item_id)
             if item.state == Item.State.DECIDED:
                 raise LabelingError("This example has already been adjudicated.")
@@ -519,8 +525,32 @@ class Assignment(models.Model):
             if me.state != self.State.PENDING:
                 raise LabelingError("Only the example in front of you can be skipped.")
             Assignment.objects.filter(pk=me.pk).update(state=self.State.SKIPPED, changed_at=timezone.now())
-            item = Item.objects.select_for_update().get(pk=me.item_id)
-            Item.objects.filter(pk=item.pk).update(slots_taken=F("slots_taken") - 1, is_open=item.state != Item.State.DECIDED)
+            me.release_slot()
+
+    @classmethod
+    def expire_stale(cls, ttl_seconds, batch=500):
+        """Give back the slots of claims served longer than `ttl_seconds` ago; returns how many."""
+        if ttl_seconds <= 0:
+            return 0
+        cutoff = timezone.now() - timedelta(seconds=ttl_seconds)
+        stale = list(cls.objects.filter(state=cls.State.PENDING, served_at__lt=cutoff).values_list("pk", flat=True)[:batch])
+        return sum(cls._expire(pk, cutoff) for pk in stale)
+
+    @classmethod
+    def _expire(cls, pk, cutoff):
+        with transaction.atomic():
+            # Re-read under the lock: the labeler may have answered in the meantime.
+            me = cls.objects.select_for_update().filter(pk=pk, state=cls.State.PENDING, served_at__lt=cutoff).first()
+            if me is None:
+                return 0
+            cls.objects.filter(pk=pk).update(state=cls.State.EXPIRED, changed_at=timezone.now())
+            me.release_slot()
+            return 1
+
+    def release_slot(self):
+        """The caller holds this assignment's lock and has just taken it out of the queue."""
+        item = Item.objects.select_for_update().get(pk=self.item_id)
+        Item.objects.filter(pk=item.pk).update(slots_taken=F("slots_taken") - 1, is_open=item.state != Item.State.DECIDED)
 
     def undo(self):
         with transaction.atomic():
@@ -530,10 +560,11 @@ class Assignment(models.Model):
                 raise LabelingError("That example has already been adjudicated: your answer is final.")
             if me.state != self.State.ANSWERED:
                 raise LabelingError("There is no answer to undo.")
-            # Served again now: it is the labeler's current item, before anything else pending.
+            # Served again now: the newest pending claim is the labeler's current item.
+            now = timezone.now()
             Assignment.objects.filter(pk=me.pk).update(
                 state=self.State.PENDING, label="", flagged=False, note="", answered_at=None, seconds=None,
-                served_at=_before_pending(me), changed_at=timezone.now())
+                served_at=now, changed_at=now)
             item.refresh_consensus(item.project.overlap)
 
 
@@ -574,15 +605,6 @@ def _insert_items_unnest(project, columns):
             f"answer_count, disagreement, gold_misses) "
             f"SELECT %s, u.*, '', 0, true, 0, false, 0 FROM unnest({arrays}) AS u",
             [project.pk, *columns.values()])
-
-
-def _before_pending(assignment):
-    """A serve time that puts the undone item ahead of the labeler's other pending one."""
-    first = (Assignment.objects.filter(project_id=assignment.project_id, annotator_id=assignment.annotator_id,
-                                       state=Assignment.State.PENDING).order_by("served_at")
-             .values_list("served_at", flat=True).first())
-    now = timezone.now()
-    return min(now, first - timezone.timedelta(microseconds=1)) if first else now
 
 
 class Decision(models.Model):

@@ -30,7 +30,7 @@ def _number(value, digits=4):
 
 def load_answers(project):
     """The project's answers (not pending ones) as parallel numpy arrays."""
-    rows = (Assignment.objects.filter(project=project).exclude(state=Assignment.State.PENDING)
+    rows = (Assignment.objects.filter(project=project, state__in=[Assignment.State.ANSWERED, Assignment.State.SKIPPED])
             .values_list("item_id", "annotator_id", "state", "label", "flagged", "seconds"))
     items, annotators, states, labels, flagged, seconds = zip(*rows) if rows else ((),) * 6
     label_index = {label: i for i, label in enumerate(project.label_set)}

@@ -1,4 +1,15 @@
-from lifecycle.core.jobs import task
+from lifecycle.core.jobs import maintenance_step, task
+
+
+@maintenance_step("expired_claims")
+def expire_claims():
+    """Examples left on someone's screen past LABELING_CLAIM_TTL go back to the pool (run with
+    the job reaper by every worker's maintenance pass and `manage.py jobs_maintain`)."""
+    from django.conf import settings
+
+    from lifecycle.labeling.models import Assignment
+
+    return Assignment.expire_stale(settings.LABELING_CLAIM_TTL)
 
 
 @task(queue="monitoring")

@@ -194,7 +194,7 @@ def test_jobs_maintain_once_resends_only_rows_older_than_the_window(redis):
     out = io.StringIO()
     call_command("jobs_maintain", "--once", stdout=out)
 
-    assert out.getvalue().strip() == "interrupted 0, resent 1"
+    assert out.getvalue().strip().startswith("interrupted 0, resent 1")  # then the apps' steps (expired claims 0)
     assert RQJob.exists(str(old.rq_id), connection=redis)
     assert not RQJob.exists(str(fresh.rq_id), connection=redis)  # its send may still be on the way
 

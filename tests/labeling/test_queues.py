@@ -233,3 +233,32 @@ def test_labelers_pulling_at_the_same_moment_never_take_a_slot_beyond_the_overla
         assert len(users) == (len(labelers) if item.pk in gold else 2), item
         assert item.slots_taken == len(users)
     assert not Assignment.objects.filter(project=project, state="pending").exists()
+
+
+def test_a_claim_left_on_screen_too_long_goes_back_to_the_pool(version, engineer, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from lifecycle.core.jobs import run_maintenance
+
+    project = make_project(version, engineer, overlap=1, gold_share=0)
+    idle, busy = make_labelers(2)
+    left = project.next_for(idle)
+    answered_meanwhile = project.next_for(busy)
+    answered_meanwhile.answer(label="billing")
+    Assignment.objects.filter(pk__in=[left.pk, answered_meanwhile.pk]).update(served_at=timezone.now() - timedelta(hours=2))
+    assert Item.objects.get(pk=left.item_id).is_open is False
+    settings.LABELING_CLAIM_TTL = 3600
+    counts = run_maintenance()
+    assert counts["expired_claims"] == 1  # an answered claim is never expired
+    assert Assignment.objects.get(pk=left.pk).state == "expired"
+    item = Item.objects.get(pk=left.item_id)
+    assert (item.is_open, item.slots_taken) == (True, 0)
+    newcomer = make_labelers(1, prefix="new")[0]
+    assert project.next_for(newcomer).item_id == left.item_id  # someone else gets it now
+    with pytest.raises(LabelingError, match="went back to the pool"):
+        project.assignment_for(idle, left.item_id)
+    assert project.next_for(idle).item_id != left.item_id
+    settings.LABELING_CLAIM_TTL = 0
+    assert run_maintenance()["expired_claims"] == 0

@@ -48,4 +48,4 @@ class Command(BaseCommand):
 
     @staticmethod
     def describe(counts):
-        return f"interrupted {counts['interrupted']}, resent {counts['resent']}"
+        return ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items())

@@ -56,6 +56,18 @@ def admin_user(db):
     return make_user("ada-admin", superuser=True)
 
 
+@pytest.fixture
+def redis():
+    """The test Redis (db 15 only), emptied before and after: real queues for real workers."""
+    from lifecycle.core import queues
+
+    conn = queues.get_connection("default")
+    assert conn.connection_pool.connection_kwargs.get("db") == 15, "the tests use Redis db 15 only"
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
 def client_for(client, user):
     client.force_login(user)
     return client

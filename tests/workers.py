@@ -49,6 +49,18 @@ def stop(process):
     process.log.close()
 
 
+def run_burst(log_dir, *queue_names, env=None, timeout=120):
+    """A real worker process that runs what is queued on `queue_names`, exits, and leaves its
+    log. A subprocess, not an in-process worker: its work horse would be a fork of pytest, and
+    a fork of a process that has used torch's OpenMP pool can hang."""
+    worker = start_manage(log_dir, "lifecycle_worker", *queue_names, "--burst", env=env)
+    try:
+        worker.wait(timeout=timeout)
+        return output(worker)
+    finally:
+        stop(worker)
+
+
 def wait_for(predicate, timeout, what):
     """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -1,7 +1,6 @@
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import urlencode
@@ -268,8 +267,8 @@ def freeze(request, project_id):
         messages.error(request, "The override reason is too long.")
         return redirect(project)
     try:
-        with transaction.atomic():
-            project.request_freeze(request.user, override_reason=form.cleaned_data["override_reason"])
+        # No atomic() around it: a refusal for stale QC must still keep the QC job it queued.
+        project.request_freeze(request.user, override_reason=form.cleaned_data["override_reason"])
     except FreezeRefused as exc:
         messages.error(request, "Not frozen: " + " ".join(exc.reasons))
     except (LabelingError, QueueUnavailable) as exc:

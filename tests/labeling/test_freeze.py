@@ -8,8 +8,8 @@ from lifecycle.datasets.versions import iter_row_batches
 from lifecycle.labeling import qc
 from lifecycle.labeling.models import FreezeRefused, Item, LabelingError, LabelingProject
 from tests.conftest import client_for, make_user
-from tests.labeling.conftest import run_worker_burst
 from tests.labeling.factories import label_queue, labeled_version, make_labelers, make_project, true_label
+from tests.workers import run_burst
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,7 +70,7 @@ def test_passing_qc_freezes_into_a_child_version_with_the_consensus_and_the_summ
     assert client.post(f"/labeling/{project.pk}/answer").status_code == 403  # engineers do not label
     with pytest.raises(LabelingError, match="freezing"):
         project.next_for(a)
-    log = run_worker_burst(tmp_path, "default")
+    log = run_burst(tmp_path, "default")
     project.refresh_from_db()
     assert Job.objects.get(pk=project.freeze_job_id).status == "succeeded", log
     child = project.frozen_version
@@ -104,7 +104,7 @@ def test_an_approver_overrides_failing_qc_in_writing_and_it_is_audited(tmp_path,
     event = AuditEvent.objects.get(action="labeling.qc_overridden")
     assert event.actor == approver.username and event.payload["reason"] == reason
     assert any("no final label yet" in r for r in event.payload["reasons"])
-    log = run_worker_burst(tmp_path, "default")
+    log = run_burst(tmp_path, "default")
     project = LabelingProject.objects.get(pk=project.pk)
     assert project.status == "frozen", log
     summary = project.frozen_version.manifest["reports"]["labeling"]
@@ -112,3 +112,15 @@ def test_an_approver_overrides_failing_qc_in_writing_and_it_is_audited(tmp_path,
     assert summary["rows_without_final_label"] > 0
     page = client.get(project.get_absolute_url()).content.decode()
     assert "QC overridden by alex-approver" in page and "frozen-version" in page
+
+
+def test_freezing_with_stale_qc_queues_a_fresh_computation_and_says_so(tmp_path, people, redis, client):
+    engineer = people["engineer"]
+    project = make_project(labeled_version(tmp_path, engineer, n=20), engineer, overlap=1, gold_share=0)
+    label_queue(project, make_labelers(1)[0], true_label, limit=3)
+    client_for(client, engineer)
+    page = client.post(f"/labeling/{project.pk}/freeze", follow=True).content.decode()
+    assert "QC is older than the latest answers" in page
+    project.refresh_from_db()
+    assert project.qc_job is not None and project.qc_job.status == "queued"  # kept, not rolled back
+    assert project.status == "open"

@@ -10,8 +10,8 @@ from lifecycle.core.models import Job
 from lifecycle.labeling import qc
 from lifecycle.labeling.models import Assignment, QCReport
 from tests.conftest import client_for
-from tests.labeling.conftest import run_worker_burst
 from tests.labeling.factories import LABELS, label_queue, labeled_version, make_labelers, make_project
+from tests.workers import run_burst
 
 
 def noisy(accuracy, seed):
@@ -109,7 +109,7 @@ def test_the_qc_job_runs_on_the_monitoring_queue_in_a_real_worker(tmp_path, redi
     job = project.schedule_qc(engineer)
     assert job.queue == "monitoring"
     assert project.schedule_qc(engineer) is None  # one waiting computation is enough
-    log = run_worker_burst(tmp_path, "monitoring")
+    log = run_burst(tmp_path, "monitoring")
     job = Job.objects.get(pk=job.pk)
     assert job.status == "succeeded", log
     report = QCReport.objects.get(project=project)

@@ -1,8 +1,7 @@
 import pytest
 
-from lifecycle.core import queues
 from tests.runs.factories import TINY, make_tiny_causal_lm
-from tests.workers import output, start_manage, stop
+from tests.workers import run_burst
 
 
 @pytest.fixture(scope="session")
@@ -24,15 +23,6 @@ def artifacts(settings, tmp_path):
     return settings.ARTIFACT_DIR
 
 
-@pytest.fixture
-def redis():
-    conn = queues.get_connection("training")
-    assert conn.connection_pool.connection_kwargs.get("db") == 15, "the tests use Redis db 15 only"
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-
-
 def worker_extra_env():
     from django.conf import settings
 
@@ -40,12 +30,5 @@ def worker_extra_env():
 
 
 def run_training_burst(log_dir, timeout=600):
-    """A real worker process on the training queue, in burst mode: it runs what is queued
-    and exits. A subprocess, not an in-process worker: its work horse would be a fork of
-    this process, and a fork of a process that has used torch's OpenMP pool can hang."""
-    worker = start_manage(log_dir, "lifecycle_worker", "training", "--burst", env=worker_extra_env())
-    try:
-        worker.wait(timeout=timeout)
-        return output(worker)
-    finally:
-        stop(worker)
+    """A real worker process on the training queue, in burst mode: it runs what is queued and exits."""
+    return run_burst(log_dir, "training", env=worker_extra_env(), timeout=timeout)

@@ -461,8 +461,7 @@ def qc_child(project_id, repeats):
     data = qc.statistics(project, answers, gold)
     lap("statistics (agreement.py)")
     qc.freeze_reasons(project, data, project.progress())
-    project.progress()
-    lap("progress ×2 + reasons")
+    lap("progress + reasons")
     print(json.dumps({"walls": walls, "baseline_rss_mb": baseline, "peak_rss_mb": peak, "rusage_peak_mb": rusage_peak,
                       "phases": phases,
                       "answers": report.answers, "alpha": report.data["alpha"], "passes": report.passes,

@@ -101,9 +101,6 @@ class LabelingProject(models.Model):
     def is_open(self):
         return self.status == self.Status.OPEN
 
-    def required_answers(self):
-        return (self.item_count - self.gold_count) * self.overlap
-
     # --- creation ---------------------------------------------------------------------------
 
     @staticmethod
@@ -140,7 +137,8 @@ class LabelingProject(models.Model):
     # --- queues ---------------------------------------------------------------------------
 
     def next_for(self, user):
-        """The labeler's current item: their oldest pending claim, or a newly claimed slot."""
+        """The labeler's current item: their newest pending claim (an undone answer comes back
+        first), or a newly claimed slot."""
         self.check_open()
         pending = self.pending_for(user)
         if pending is not None:
@@ -234,9 +232,6 @@ class LabelingProject(models.Model):
                     .order_by())
         return [(label, rows.get(label, 0)) for label in self.label_set]
 
-    def answer_count(self):
-        return self.assignments.filter(state=Assignment.State.ANSWERED).count()
-
     def progress(self):
         states = self.state_counts()
         done = states[Item.State.AGREED] + states[Item.State.DECIDED]
@@ -287,7 +282,7 @@ class LabelingProject(models.Model):
         return job
 
     def qc_is_current(self, report):
-        return report is not None and not self.changes_since(report.started_at)
+        return report is not None and not self.changed_since(report.started_at)
 
     def request_freeze(self, user, *, override_reason=""):
         """Queue the job that writes the labels into a child version. Refused with QC's reasons
@@ -318,10 +313,10 @@ class LabelingProject(models.Model):
         self.status, self.freeze_job, self.freeze_override = self.Status.FREEZING, job, override
         return job
 
-    def changes_since(self, moment):
-        """Answers or decisions changed after `moment` (a QC report is stale if any)."""
-        return (self.assignments.filter(changed_at__gt=moment).count()
-                + Decision.objects.filter(item__project=self, created_at__gt=moment).count())
+    def changed_since(self, moment):
+        """Whether an answer or a decision changed after `moment` (then a QC report is stale)."""
+        return (self.assignments.filter(changed_at__gt=moment).exists()
+                or Decision.objects.filter(item__project=self, created_at__gt=moment).exists())
 
 
 class ItemQuerySet(models.QuerySet):

@@ -55,9 +55,9 @@ def compute(project, job=None):
     started = timezone.now()
     answers = load_answers(project)
     data = statistics(project, answers, _gold(project))
-    reasons = freeze_reasons(project, data, project.progress())
-    data["reasons"] = reasons
     data["progress"] = project.progress()
+    reasons = freeze_reasons(project, data, data["progress"])
+    data["reasons"] = reasons
     with transaction.atomic():
         return QCReport.objects.create(project=project, job=job, started_at=started,
                                        answers=int(answers["answered"].sum()), passes=not reasons, data=data)

@@ -11,7 +11,7 @@ from lifecycle.core.roles import APPROVER, LABELER, ML_ENGINEER, VIEWER, has_rol
 from lifecycle.labeling import charts
 from lifecycle.labeling.forms import (AnswerForm, DecisionForm, FreezeForm, ItemForm, ProjectForm, SuggestForm,
                                       TableFilterForm)
-from lifecycle.labeling.models import (FreezeRefused, Item, LabelingError, LabelingProject, NotInQueue)
+from lifecycle.labeling.models import FreezeRefused, Item, LabelingError, LabelingProject, NotInQueue
 
 # Labelers see the list, their project's progress and their own queue; statistics are for
 # everyone else who reads; answers next to example texts only for engineers and approvers.
@@ -69,7 +69,7 @@ def project_detail(request, project_id):
     if has_role(request.user, ML_ENGINEER) and project.is_open:
         context["suggest_form"] = SuggestForm(project=project)
     if has_role(request.user, LABELER):
-        context["my_answers"] = project.assignments.filter(annotator=request.user, state="answered").count()
+        context["my_answers"] = _answered_by(project, request.user)
     return render(request, "labeling/project_detail.html", context)
 
 

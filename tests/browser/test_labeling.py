@@ -108,3 +108,56 @@ def test_a_labeler_labels_twenty_with_the_keyboard_and_a_reviewer_adjudicates_th
     decision = Decision.objects.get(item=tie)
     assert (decision.label, decision.reviewer, decision.note) == (correct, engineer, "Lee is right: see the order number")
     assert Item.objects.get(pk=tie.pk).state == "decided"
+
+
+@pytest.fixture
+def default_worker(transactional_db, settings, tmp_path):
+    settings.ARTIFACT_DIR = tmp_path / "artifacts"
+    process = start_manage(tmp_path, "lifecycle_worker", "default", "monitoring")
+    yield process
+    stop(process)
+
+
+def test_an_engineer_creates_a_project_and_an_approver_overrides_qc_to_freeze_it(page, live_server, default_worker,
+                                                                                   tmp_path, browser):
+    engineer = make_user("erin-engineer", "ml_engineer")
+    approver = make_user("alex-approver", "approver")
+    version = labeled_version(tmp_path, engineer, n=30)
+    log_in(page, live_server, engineer)
+    page.click(".mainnav >> text=Labeling")
+    page.click("text=New project")
+    page.fill("input[name=name]", "Pilot review")
+    page.select_option("select[name=version]", str(version.pk))
+    page.fill("input[name=overlap]", "9")
+    page.click("button:has-text('Create the project')")
+    expect(page.locator(".error")).to_contain_text("less than or equal to 5")
+    page.fill("input[name=overlap]", "2")
+    page.click("button:has-text('Create the project')")
+    expect(page.locator("h1")).to_contain_text("Pilot review")
+    project = Item.objects.filter(project__name="Pilot review").first().project
+    label_queue(project, make_user("kim-labeler", "labeler"), lambda a: a.item.example.label, limit=6)
+
+    # QC is stale: the freeze is refused and QC recomputed; then refused with QC's reasons.
+    page.click("button:has-text('Create version from labels')")
+    expect(page.locator(".messages")).to_contain_text("QC is older than the latest answers")
+    for _ in range(100):
+        if project.qc_is_current(project.latest_qc()):
+            break
+        page.wait_for_timeout(200)
+    page.click("button:has-text('Create version from labels')")
+    expect(page.locator(".messages")).to_contain_text("no final label yet")
+
+    approver_page = browser.new_page()
+    log_in(approver_page, live_server, approver)
+    approver_page.goto(f"{live_server.url}{project.get_absolute_url()}")
+    approver_page.fill("textarea[name=override_reason]", "Pilot: the rest is relabeled next week.")
+    approver_page.click("button:has-text('Create version from labels')")
+    expect(approver_page.locator(".messages")).to_contain_text("being written")
+    for _ in range(150):
+        approver_page.reload()
+        if approver_page.locator("#frozen-version").count():
+            break
+        approver_page.wait_for_timeout(200)
+    expect(approver_page.locator("#override")).to_contain_text("alex-approver")
+    approver_page.click("#frozen-version")
+    expect(approver_page.locator("h1")).to_contain_text("v2")

@@ -76,6 +76,7 @@ def run_one(path, rows):
     t = time.perf_counter()
     stage, problems = ingest.stage_file(str(path), "jsonl", options, lambda *a, **k: None)
     t = lap("read+validate+PII+hash+minhash+stage", t)
+    texts = ingest.TextIndexWriter.start(stage.path)  # as ingest_file does: search index on the other core
     keys, near_pairs, reps, units, dedup_report = ingest.find_duplicates(stage, lambda *a, **k: None)
     t = lap("near-duplicate pairs + keep-first", t)
     assigned, _ = ingest.choose_splits(stage, units, options, lambda *a, **k: None)
@@ -84,7 +85,8 @@ def run_one(path, rows):
     t = lap("leakage", t)
     reports = {"validation": ingest.validation_report(stage, problems, options), "pii": stage.pii.to_dict(),
                "dedup": dedup_report, "leakage": leak}
-    version = ingest._write(dataset, stage, assigned, reps, reports, sorted(stage.labels), True, leak, None, "", lambda *a, **k: None)
+    version = ingest._write(dataset, stage, assigned, reps, reports, sorted(stage.labels), True, leak, None, "", lambda *a, **k: None,
+                             texts)
     t = lap("write (Parquet, artifact, examples COPY, manifest)", t)
     total = time.perf_counter() - started
     stage.cleanup()

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 # The only function RQ is ever asked to call: nothing read from Redis names other code.
 PERFORM = "lifecycle.core.jobs.perform"
 # RQ states from which the RQ job will never reach perform() again.
+PROGRESS_INTERVAL = 0.2  # seconds between two progress writes of a running job, at least
 RQ_DEAD = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
@@ -203,9 +205,25 @@ class JobContext:
         self.row = job
         self.id = job.pk
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._progress = None
+        self.wake = threading.Event()  # tells the heartbeat there is progress to write
 
     def set_progress(self, phase="", done=None, total=None, **extra):
-        self.row.set_progress(phase, done, total, **extra)
+        """Hand the progress to the heartbeat thread, which writes it on its own connection:
+        a task inside a transaction (or in the middle of a COPY) would otherwise hide it from
+        the page until it commits, or fail writing it."""
+        progress = {"phase": phase, "done": done, "total": total, **extra}
+        with self._lock:
+            self._progress = self.row.progress = progress
+        self.wake.set()
+
+    def take_progress(self):
+        """The progress set since the last call (None if none)."""
+        self.wake.clear()
+        with self._lock:
+            progress, self._progress = self._progress, None
+        return progress
 
     def cancel_requested(self):
         """True once a cancel was requested (or the row was reaped); costs no query."""
@@ -235,14 +253,32 @@ class Heartbeat(threading.Thread):
 
     def __exit__(self, *exc_info):
         self.done.set()
+        self.context.wake.set()
         self.join(timeout=5)
 
     def run(self):
         try:
-            while not self.done.wait(settings.JOB_HEARTBEAT_SECONDS):
-                self.beat()
+            next_beat = time.monotonic() + settings.JOB_HEARTBEAT_SECONDS
+            while not self.done.is_set():
+                self.context.wake.wait(max(0.0, next_beat - time.monotonic()))
+                self.write_progress()
+                if time.monotonic() >= next_beat:
+                    self.beat()
+                    next_beat = time.monotonic() + settings.JOB_HEARTBEAT_SECONDS
+                self.done.wait(PROGRESS_INTERVAL)  # a few progress writes a second at most
+            self.write_progress()  # the last word before the job's outcome is written
         finally:
             connections.close_all()  # connections are per thread: this closes only ours
+
+    def write_progress(self):
+        progress = self.context.take_progress()
+        if progress is None:
+            return
+        try:
+            self.row.set_progress(**progress)
+        except DatabaseError:
+            log.exception("job %s: writing progress failed", self.row.pk)
+            connections.close_all()
 
     def beat(self):
         try:

@@ -493,6 +493,6 @@ def keep_first(n, pairs):
 
 
 def cluster_ids(reps):
-    """The duplicate set of each row (its representative), None for rows in no set."""
+    """The duplicate set of each row (its representative), -1 for rows in no set."""
     sizes = np.bincount(reps, minlength=len(reps))
-    return [int(r) if sizes[r] > 1 else None for r in reps.tolist()]
+    return np.where(sizes[reps] > 1, reps, -1).astype(np.int64)

@@ -30,7 +30,7 @@ from lifecycle.datasets import dedup, pii, splits
 from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
-from lifecycle.datasets.versions import READ_BATCH, VersionWriter, row_sha256
+from lifecycle.datasets.versions import READ_BATCH, TextIndexWriter, VersionWriter, row_sha256
 
 log = logging.getLogger(__name__)
 
@@ -501,26 +501,32 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
     """Run the pipeline; return the versions made (the raw one, and a redacted child if any)."""
     progress = progress or (lambda *args, **kwargs: None)
     stage, problems = stage_file(path, fmt, options, progress)
+    texts = None
     try:
         report = validation_report(stage, problems, options)
         try:
             check_validation(stage, problems, options)
         except IngestRejected as exc:
             raise IngestRejected(str(exc), report) from None
+        pii_found = stage.pii.rows_with_pii > 0
+        if pii_found and dataset.pii_policy == Dataset.PiiPolicy.BLOCK:
+            raise IngestRejected(f"PII found in {stage.pii.rows_with_pii:,} rows ({_kinds(stage.pii)}) and this "
+                                 "dataset's policy is to block: clean the file, or change the policy to redact",
+                                 report | {"pii": stage.pii.to_dict()})
+        # The rows are final from here: their search index fills on the other core meanwhile.
+        texts = TextIndexWriter.start(stage.path)
         keys, near_pairs, clusters, units, dedup_report = find_duplicates(stage, progress)
         assigned, how = choose_splits(stage, units, options, progress)
         leak = leakage(stage, assigned, keys, near_pairs)
         leak["splits_from"] = how
         reports = {"validation": report, "pii": stage.pii.to_dict(), "dedup": dedup_report, "leakage": leak}
-        pii_found = stage.pii.rows_with_pii > 0
-        if pii_found and dataset.pii_policy == Dataset.PiiPolicy.BLOCK:
-            raise IngestRejected(f"PII found in {stage.pii.rows_with_pii:,} rows ({_kinds(stage.pii)}) and this "
-                                 "dataset's policy is to block: clean the file, or change the policy to redact",
-                                 report | {"pii": reports["pii"]})
         label_set = sorted(stage.labels) if not options.label_set else list(options.label_set)
         progress("writing", 0, stage.rows)
-        version = _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress)
+        version = _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256,
+                         progress, texts)
     finally:
+        if texts:
+            texts.abandon()  # no-op once the version committed and the texts with it
         stage.cleanup()
     made = [version]
     if pii_found and dataset.pii_policy == Dataset.PiiPolicy.REDACT:
@@ -533,19 +539,21 @@ def _kinds(report):
     return ", ".join(f"{count:,} {kind}" for kind, count in sorted(report.counts.items()))
 
 
-def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress):
-    writer = VersionWriter(dataset, operation=DatasetVersion.Operation.UPLOAD, user=user, source_sha256=source_sha256)
+def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256, progress,
+           texts=None):
+    writer = VersionWriter(dataset, operation=DatasetVersion.Operation.UPLOAD, user=user, source_sha256=source_sha256,
+                           texts=texts)
     clusters = dedup.cluster_ids(clusters)
+    split_names = np.asarray(SPLIT_NAMES)
     offset = 0
     try:
+        # Arrow all the way: the staged batch plus two columns, never a Python object per value.
         for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH):
-            columns = batch.to_pydict()
-            n = len(columns["text"])
-            part = slice(offset, offset + n)
-            columns["split"] = [SPLIT_NAMES[s] for s in assigned[part]]
-            columns["duplicate_cluster"] = clusters[part]
-            writer.add(columns)
-            offset += n
+            part = slice(offset, offset + batch.num_rows)
+            cluster = clusters[part]
+            table = pa.Table.from_batches([batch]).append_column("split", pa.array(split_names[assigned[part]]))
+            writer.add(table.append_column("duplicate_cluster", pa.array(cluster, mask=cluster < 0)))
+            offset += batch.num_rows
             progress("writing", offset, stage.rows)
     except BaseException:
         writer.discard()
@@ -560,24 +568,26 @@ def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, le
 def derive_version(parent, operation, transform, *, user=None, reports=None, pii_status=None, has_leakage=None,
                    label_set=None, late_reports=None):
     """Make a child of `parent` by passing its rows, batch by batch, through `transform`
-    (which returns the new batch, possibly with fewer rows). `late_reports()`, if given, runs
+    (which returns the new batch, possibly with fewer rows; it must not query the database:
+    the rows are streaming into it, see VersionWriter). `late_reports()`, if given, runs
     after the last batch and may replace reports that depend on every row (leakage)."""
     from lifecycle.datasets.versions import iter_row_batches
 
     writer = VersionWriter(parent.dataset, operation=operation, parent=parent, user=user, source_sha256=parent.source_sha256)
+    reports = reports if reports is not None else inherited_reports(parent)
     try:
         for batch in iter_row_batches(parent):
             batch.pop("row")
             new = transform(batch)
             if new["text"]:
                 writer.add(new)
+        writer.end_rows()  # late_reports may query the database
+        if late_reports:
+            reports = reports | late_reports()
+            has_leakage = bool(reports["leakage"]["has_leakage"])
     except BaseException:
         writer.discard()
         raise
-    reports = reports if reports is not None else inherited_reports(parent)
-    if late_reports:
-        reports = reports | late_reports()
-        has_leakage = bool(reports["leakage"]["has_leakage"])
     return writer.commit(
         reports=reports,
         label_set=label_set if label_set is not None else parent.label_set,

@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from datetime import datetime
 
 import numpy as np
@@ -19,12 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.models import AuditEvent
-from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example
+from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example, ExampleText
 from lifecycle.datasets.rows import metadata_json, row_sha256  # noqa: F401 (re-exported for callers)
 
 log = logging.getLogger(__name__)
@@ -48,14 +50,28 @@ SCHEMA = pa.schema([
 EXAMPLE_COLUMNS = ("version_id", "row", "text", "response", "label", "split", "group", "timestamp",
                    "row_sha256", "content_key", "has_pii", "pii_kinds", "duplicate_cluster", "metadata")
 READ_BATCH = 20_000
+_QUOTED_COLUMNS = ", ".join(f'"{name}"' for name in EXAMPLE_COLUMNS)
+COPY_EXAMPLES = f"COPY {Example._meta.db_table} ({_QUOTED_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
 
 
 class VersionWriter:
-    """Collects row batches into a Parquet file, counts and hashes them, then commits."""
+    """Collects row batches into a Parquet file, counts and hashes them, then commits.
 
-    def __init__(self, dataset, *, operation, parent=None, user=None, source_sha256=""):
+    On PostgreSQL the examples stream into the database as the batches arrive (one COPY,
+    inside the transaction that commit() ends), so the server stores and indexes them while
+    this process writes Parquet; the version row goes in last, under an id reserved up front
+    (the examples' foreign key is checked at commit). Between the first add() and commit() or
+    discard(), nothing else may use this thread's connection: job progress goes through the
+    heartbeat's own connection for that reason. (psycopg holds the connection's lock for the
+    whole COPY: a query from this thread in between would wait for ever, not fail.)
+    """
+
+    def __init__(self, dataset, *, operation, parent=None, user=None, source_sha256="", texts=None):
         self.dataset, self.operation, self.parent, self.user = dataset, operation, parent, user
         self.source_sha256 = source_sha256
+        # A TextIndexWriter already filling the search table for this version (uploads), or None.
+        self.texts = texts
+        self.version_id = texts.version_id if texts else None
         self.counts = defaultdict(Counter)
         self.rows = 0
         self.content = hashlib.sha256()
@@ -63,21 +79,55 @@ class VersionWriter:
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-version-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
+        self._transaction, self._copying, self._copy = ExitStack(), ExitStack(), None
 
     def add(self, batch):
-        """Append a batch: a dict of column lists for every SCHEMA column but `row`."""
-        size = len(batch["text"])
-        batch = dict(batch, row=list(range(self.rows, self.rows + size)))
-        for sha, split, label, kinds in zip(batch["row_sha256"], batch["split"], batch["label"], batch["pii_kinds"]):
-            self.content.update(f"{sha}:{split}\n".encode())
-            self.counts[split][label] += 1
-            self.pii_rows += bool(kinds)
-        self.writer.write_table(pa.Table.from_pydict(batch, schema=SCHEMA))
-        self.rows += size
+        """Append a batch: a dict of column lists, or an Arrow table, with every SCHEMA column but `row`."""
+        table = _as_table(batch, self.rows)
+        self._count(table)
+        self.writer.write_table(table)
+        if connection.vendor == "postgresql":
+            if self._copy is None:
+                self._start_copy()
+            self._copy.write(_csv(_example_table(self.version_id, table)))
+        self.rows += table.num_rows
+
+    def _count(self, table):
+        if not table.num_rows:
+            return
+        lines = pc.binary_join_element_wise(table.column("row_sha256"), table.column("split"), ":").combine_chunks()
+        one_list = pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines)
+        self.content.update((pc.binary_join(one_list, "\n")[0].as_py() + "\n").encode())
+        for group in table.group_by(["split", "label"]).aggregate([([], "count_all")]).to_pylist():
+            self.counts[group["split"]][group["label"]] += group["count_all"]
+        kinds = pc.fill_null(table.column("pii_kinds"), "")
+        self.pii_rows += pc.sum(pc.not_equal(kinds, "")).as_py() or 0
+
+    def _start_copy(self):
+        if self.version_id is None:
+            self.version_id = reserve_version_id()
+        self._transaction.enter_context(transaction.atomic())
+        cursor = self._copying.enter_context(connection.cursor())
+        self._copy = self._copying.enter_context(cursor.cursor.copy(COPY_EXAMPLES))
+
+    def _rollback(self, exc):
+        """End the COPY and the transaction with `exc`: PostgreSQL drops every streamed row."""
+        for stack in (self._copying, self._transaction):
+            try:
+                stack.__exit__(type(exc), exc, exc.__traceback__)
+            except Exception:
+                log.exception("rolling back a version's examples")
+
+    def end_rows(self):
+        """No more rows: the COPY ends (the transaction goes on), so the connection can be used
+        again — for reports that need every row, say. commit() calls it too."""
+        self._copying.close()
+        self._copy = self._copy and False  # streamed (False), or never started (None)
 
     def discard(self):
         self.writer.close()
         os.unlink(self.path)
+        self._rollback(RuntimeError("version discarded"))
 
     def commit(self, *, reports, label_set, pii_status, has_leakage):
         """Store the Parquet artifact, then create the version and its examples atomically.
@@ -87,12 +137,23 @@ class VersionWriter:
         """
         self.writer.close()
         try:
-            info = get_store().put_file(self.path)
+            info = None
             try:
-                return self._create(info, reports, label_set, pii_status, has_leakage)
-            except BaseException:
-                _remove_if_unreferenced(info.sha256)
+                self.end_rows()
+                info = get_store().put_file(self.path)
+                version = self._create(info, reports, label_set, pii_status, has_leakage)
+                self._transaction.close()  # commit
+            except BaseException as exc:
+                self._rollback(exc)
+                if self.texts:
+                    self.texts.abandon()
+                if info is not None:
+                    _remove_if_unreferenced(info.sha256)
                 raise
+            if self.texts and not self.texts.finish():
+                with transaction.atomic():  # its connection failed: index the texts from here
+                    insert_texts(version.pk, self.path)
+            return version
         finally:
             os.unlink(self.path)
 
@@ -105,7 +166,7 @@ class VersionWriter:
             parent = self.parent or latest
             manifest = self._manifest(dataset, number, parent, info, reports, label_set)
             version = DatasetVersion(
-                dataset=dataset, number=number, parent=parent, operation=self.operation,
+                id=self.version_id, dataset=dataset, number=number, parent=parent, operation=self.operation,
                 rows_sha256=info.sha256, rows_bytes=info.size, source_sha256=self.source_sha256,
                 row_count=self.rows, content_sha256=manifest["content_sha256"], manifest=manifest,
                 manifest_sha256=DatasetVersion.hash_manifest(manifest), label_set=label_set,
@@ -115,7 +176,13 @@ class VersionWriter:
                 created_by=self.user, created_at=datetime.fromisoformat(manifest["created_at"]),
             )
             version.save(force_insert=True)
-            insert_examples(version, self.path)
+            if self._copy is None:  # SQLite, or no rows: nothing was streamed
+                insert_examples(version, self.path)
+            tables = [Example]
+            if self.texts is None:
+                insert_texts(version.pk, self.path)
+                tables.append(ExampleText)
+            analyze(*tables)
             if not dataset.label_set and label_set and dataset.task == Dataset.Task.CLASSIFICATION:
                 # The first version's labels become the dataset's label set; later uploads must fit it.
                 Dataset.objects.filter(pk=dataset.pk).update(label_set=label_set)
@@ -180,10 +247,6 @@ def insert_examples(version, path):
     batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH)
     if connection.vendor == "postgresql":
         _copy_examples(version, batches)
-        # Fresh statistics, so the planner knows this version's size at once (autovacuum may
-        # take minutes) and picks the text index for searches instead of scanning every row.
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {Example._meta.db_table}")
         return
     for batch in batches:
         rows = _example_table(version.pk, batch).to_pylist()
@@ -191,16 +254,131 @@ def insert_examples(version, path):
 
 
 def _copy_examples(version, batches):
-    """COPY … FROM STDIN in CSV made by Arrow's C++ writer: a Python call per row (write_row)
-    cost more than the rest of the ingest's write phase together."""
-    columns = ", ".join(f'"{name}"' for name in EXAMPLE_COLUMNS)
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
     with connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY {Example._meta.db_table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+        with cursor.cursor.copy(COPY_EXAMPLES) as copy:
             for batch in batches:
-                buffer = io.BytesIO()
-                pa_csv.write_csv(_example_table(version.pk, batch), buffer, options)
-                copy.write(buffer.getvalue())
+                copy.write(_csv(_example_table(version.pk, batch)))
+
+
+def _csv(table):
+    """COPY … FROM STDIN data in CSV made by Arrow's C++ writer: a Python call per row
+    (psycopg's write_row) cost more than the rest of the ingest's write phase together."""
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    return buffer.getvalue()
+
+
+def _as_table(batch, first_row):
+    if isinstance(batch, dict):
+        size = len(batch["text"])
+        return pa.Table.from_pydict(dict(batch, row=list(range(first_row, first_row + size))), schema=SCHEMA)
+    rows = pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.uint32))
+    return pa.table([rows if name == "row" else batch.column(name) for name in SCHEMA.names], schema=SCHEMA)
+
+
+def reserve_version_id():
+    """The next DatasetVersion id, taken now (PostgreSQL): rows can refer to a version that is
+    inserted later in the same transaction, or in another one."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [DatasetVersion._meta.db_table])
+        return cursor.fetchone()[0]
+
+
+def insert_texts(version_id, path, stop=None):
+    """COPY the texts of the Parquet file at `path` (row order) into ExampleText on PostgreSQL;
+    `stop()` is asked between batches and may raise to give up."""
+    if connection.vendor != "postgresql":
+        return
+    columns = 'version_id, "row", text'
+    offset = 0
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {ExampleText._meta.db_table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text"]):
+                if stop:
+                    stop()
+                n = batch.num_rows
+                table = pa.table([pa.array(np.full(n, version_id, dtype=np.int64)),
+                                  pa.array(np.arange(offset, offset + n, dtype=np.int64)), batch.column(0)],
+                                 names=["version_id", "row", "text"])
+                copy.write(_csv(table))
+                offset += n
+
+
+def analyze(*models):
+    """Fresh statistics after a version's rows went in, so the planner knows its size at once
+    (autovacuum may take minutes) and uses the text index for searches instead of scanning."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE " + ", ".join(model._meta.db_table for model in models))
+
+
+class TextIndexWriter:
+    """Fills ExampleText for a version that does not exist yet, in a thread with its own
+    connection and transaction, and commits it right after the version commits. The GIN index
+    maintenance is most of PostgreSQL's work for a big upload; this way it runs on the other
+    core while the upload is still finding duplicates.
+
+        texts = TextIndexWriter.start(staged_parquet)   # None where it cannot help (see below)
+        VersionWriter(..., texts=texts) ... .commit()   # the version gets texts.version_id;
+                                                        # commit() calls finish(), or abandon()
+        texts.abandon()                                 # any failure before that: roll back
+
+    The version's id is taken from its sequence up front; the table's foreign key is checked
+    at the thread's commit, after the version's. Only on PostgreSQL and outside a transaction
+    (inside one the version would not be committed when the thread commits); `start` returns
+    None otherwise and VersionWriter indexes the texts inside its own transaction.
+    """
+
+    def __init__(self, path, version_id):
+        self.path, self.version_id = path, version_id
+        self.decided, self.keep, self.committed = threading.Event(), False, False
+        self.thread = threading.Thread(target=self._run, name=f"texts-for-version-{version_id}", daemon=True)
+
+    @classmethod
+    def start(cls, path):
+        if connection.vendor != "postgresql" or connection.in_atomic_block:
+            return None
+        writer = cls(path, reserve_version_id())
+        writer.thread.start()
+        return writer
+
+    def finish(self):
+        """The version has committed: commit the texts too. False if they could not be."""
+        self._decide(keep=True)
+        return self.committed
+
+    def abandon(self):
+        """No version after all: roll the texts back (at once, if still copying)."""
+        if not self.decided.is_set():
+            self._decide(keep=False)
+
+    def _decide(self, keep):
+        self.keep = keep
+        self.decided.set()
+        self.thread.join()
+
+    def _stop_if_abandoned(self):
+        if self.decided.is_set() and not self.keep:
+            raise _Abandoned
+
+    def _run(self):
+        try:
+            with transaction.atomic():
+                insert_texts(self.version_id, self.path, stop=self._stop_if_abandoned)
+                self.decided.wait()
+                self._stop_if_abandoned()
+            self.committed = True
+            analyze(ExampleText)
+        except _Abandoned:
+            pass
+        except Exception:
+            log.exception("indexing the texts of version id %s on a second connection failed", self.version_id)
+        finally:
+            connections.close_all()  # connections are per thread: this closes only this thread's
+
+
+class _Abandoned(Exception):
+    pass
 
 
 def _example_table(version_id, batch):

@@ -31,3 +31,17 @@ def sleep_until_cancelled(job, *, seconds=60):
         job.check_cancelled()
         time.sleep(0.05)
     return {"slept": seconds}
+
+
+@task(queue="default")
+def progress_inside_a_transaction(job, *, seconds=30):
+    """Reports progress while holding a transaction open, as a version's write does."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        job.set_progress(phase="inside", done=1, total=2)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            job.check_cancelled()
+            time.sleep(0.05)
+    return {}

@@ -251,6 +251,17 @@ def test_cancelling_a_running_job_stops_it_within_seconds(engineer):
     assert [action for action, _ in audit_trail(job)][-2:] == ["job.cancel_requested", "job.cancelled"]
 
 
+def test_progress_shows_while_the_task_is_inside_a_transaction(engineer):
+    # The heartbeat writes it on its own connection: the task's uncommitted writes stay hidden.
+    job = enqueue(jobtasks.progress_inside_a_transaction, user=engineer, seconds=30)
+    runner = in_thread(perform, job.pk)
+    progress = wait_for(lambda: reload(job).progress or None, 10, "the progress to show")
+    assert progress == {"phase": "inside", "done": 1, "total": 2}
+    assert job.request_cancel(engineer) is True
+    runner.join(timeout=5)
+    assert reload(job).status == "cancelled"
+
+
 # --- the reaper ---------------------------------------------------------------------------
 
 

@@ -323,8 +323,8 @@ class TextIndexWriter:
                                                         # commit() calls finish(), or abandon()
         texts.abandon()                                 # any failure before that: roll back
 
-    The version's id is taken from its sequence up front; the table's foreign key is checked
-    at the thread's commit, after the version's. Only on PostgreSQL and outside a transaction
+    The version's id is taken from its sequence up front, and the thread commits only after
+    the version has (the table has no foreign key in the database: see ExampleText). Only on PostgreSQL and outside a transaction
     (inside one the version would not be committed when the thread commits); `start` returns
     None otherwise and VersionWriter indexes the texts inside its own transaction.
     """

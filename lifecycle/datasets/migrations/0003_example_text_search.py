@@ -45,7 +45,7 @@ class Migration(migrations.Migration):
                 ('pk', models.CompositePrimaryKey('version', 'row', blank=True, editable=False, primary_key=True, serialize=False)),
                 ('row', models.PositiveIntegerField()),
                 ('text', models.TextField()),
-                ('version', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='datasets.datasetversion')),
+                ('version', models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='datasets.datasetversion')),
             ],
         ),
         migrations.RunPython(forward, backward),

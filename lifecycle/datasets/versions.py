@@ -365,10 +365,12 @@ class TextIndexWriter:
         try:
             with transaction.atomic():
                 insert_texts(self.version_id, self.path, stop=self._stop_if_abandoned)
+                # Statistics now, while the upload still works on duplicates: ANALYZE counts
+                # its own transaction's new rows, and commits with them.
+                analyze(ExampleText)
                 self.decided.wait()
                 self._stop_if_abandoned()
             self.committed = True
-            analyze(ExampleText)
         except _Abandoned:
             pass
         except Exception:

@@ -399,12 +399,6 @@ def verify_pairs(pairs, get_texts, threshold=NEAR_THRESHOLD, *, shingle_size=DEF
     return np.concatenate(kept)
 
 
-def verify_batch(pairs, texts, threshold=NEAR_THRESHOLD):
-    """`verify_pairs` for pairs of positions into the list `texts`: what a helper process is
-    sent (a callback does not travel between processes)."""
-    return verify_pairs(pairs, lambda rows: [texts[row] for row in rows.tolist()], threshold)
-
-
 def _pair_jaccard(pairs, get_texts, shingle_size):
     rows = sorted_unique(pairs.ravel())
     texts = list(get_texts(rows))

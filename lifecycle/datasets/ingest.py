@@ -204,13 +204,7 @@ class Stage:
         self.errors, self.error_count, self.rows_read = [], 0, 0
         self.buffer = []
 
-    def stop_helpers(self):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
-
     def cleanup(self):
-        self.stop_helpers()
         if self.writer is not None:
             self.writer.close()
         self.signatures.close()
@@ -309,15 +303,13 @@ def analysis_pool(path):
 
 
 def stage_file(path, fmt, options, progress):
-    """Stream the file once: validate, scan and stage every good row; collect bad ones. The
-    helper processes stay with the stage (near-duplicate checks use them) until cleanup()."""
+    """Stream the file once: validate, scan and stage every good row; collect bad ones."""
     pool = analysis_pool(path)
     try:
         return _stage_file(path, fmt, options, progress, pool)
-    except BaseException:
+    finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-        raise
 
 
 def _stage_file(path, fmt, options, progress, pool):
@@ -423,34 +415,9 @@ def confirmed_pairs(stage, candidates, chunk=100_000):
     del signatures
     uncertain = candidates[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
     texts = _texts_for_rows(stage.path, dedup.sorted_unique(uncertain.ravel())) if len(uncertain) else {}
-    if stage.pool is not None and len(uncertain):
-        checked = _verify_in_helpers(stage.pool, uncertain, texts)
-    else:
-        checked = dedup.verify_pairs(uncertain, lambda rs: [texts[int(r)] for r in rs], dedup.NEAR_THRESHOLD)
+    checked = dedup.verify_pairs(uncertain, lambda rs: [texts[int(r)] for r in rs], dedup.NEAR_THRESHOLD)
     confirmed = np.concatenate([candidates[estimate >= SURELY_NEAR], checked]).reshape(-1, 2)
     return confirmed[np.lexsort((confirmed[:, 1], confirmed[:, 0]))]
-
-
-def _verify_in_helpers(pool, pairs, texts, chunk=20_000):
-    """verify_pairs in the helper processes, a chunk of pairs (with its texts) at a time: the
-    main process would do it on one core while the other is mostly PostgreSQL's, and the
-    write phase after it leaves that one idle — spread, the work fills both."""
-    pending, kept = deque(), []
-
-    def collect():
-        rows, work = pending.popleft()
-        kept.append(rows[work.result()])
-
-    for start in range(0, len(pairs), chunk):
-        part = pairs[start:start + chunk]
-        rows = dedup.sorted_unique(part.ravel())
-        pending.append((rows, pool.submit(dedup.verify_batch, np.searchsorted(rows, part),
-                                          [texts[row] for row in rows.tolist()], dedup.NEAR_THRESHOLD)))
-        while len(pending) > HELPERS + 1:
-            collect()
-    while pending:
-        collect()
-    return np.concatenate([np.zeros((0, 2), np.int64), *kept]).reshape(-1, 2)
 
 
 def _texts_for_rows(path, rows):
@@ -549,7 +516,6 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
         # The rows are final from here: their search index fills on the other core meanwhile.
         texts = TextIndexWriter.start(stage.path)
         keys, near_pairs, clusters, units, dedup_report = find_duplicates(stage, progress)
-        stage.stop_helpers()
         assigned, how = choose_splits(stage, units, options, progress)
         leak = leakage(stage, assigned, keys, near_pairs)
         leak["splits_from"] = how

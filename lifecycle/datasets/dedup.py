@@ -350,6 +350,10 @@ class NearDuplicateIndex:
         """Add (rows, bands) keys made elsewhere with this index's hasher (e.g. in a helper process)."""
         self._chunks.append((int(start_index), np.ascontiguousarray(np.asarray(keys, dtype=np.uint64).T)))
 
+    def forget_band_keys(self):
+        """Drop the band keys once the candidates are made (the ingest needs them no more)."""
+        self._chunks = []
+
     def candidate_pairs(self):
         """(k, 2) int64 pairs of dataset row indices i < j sharing a band key."""
         rows = self._row_indices()

@@ -22,6 +22,7 @@ from datetime import datetime, timezone as dt_timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from django.conf import settings
@@ -381,7 +382,10 @@ def find_duplicates(stage, progress):
     their MinHash-estimated Jaccard, then one representative per duplicate set (keep-first)."""
     progress("deduplicating", 0, 1)
     keys = np.asarray(stage.keys, dtype=np.int64)
-    near_pairs = confirmed_pairs(stage, stage.near.candidate_pairs())
+    candidates = stage.near.candidate_pairs()
+    stage.near.forget_band_keys()  # 64 bytes a row, not needed again
+    near_pairs = confirmed_pairs(stage, candidates)
+    del candidates
     exact_groups = dedup.exact_duplicate_groups(keys)
     pairs = dedup.exact_pairs(keys)
     if len(near_pairs):
@@ -407,30 +411,36 @@ def confirmed_pairs(stage, candidates, chunk=100_000):
         return candidates
     rows = dedup.sorted_unique(candidates.ravel())
     signatures = _signatures_for_rows(stage, rows)
-    left, right = np.searchsorted(rows, candidates[:, 0]), np.searchsorted(rows, candidates[:, 1])
+    # Positions into `rows` (under a million here): int32 halves two arrays of every candidate.
+    left = np.searchsorted(rows, candidates[:, 0]).astype(np.int32)
+    right = np.searchsorted(rows, candidates[:, 1]).astype(np.int32)
     estimate = np.zeros(len(candidates), dtype=np.float32)
     for start in range(0, len(candidates), chunk):
         part = slice(start, start + chunk)
         estimate[part] = (signatures[left[part]] == signatures[right[part]]).mean(axis=1)
-    del signatures
+    del signatures, left, right
     uncertain = candidates[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
-    texts = _texts_for_rows(stage.path, dedup.sorted_unique(uncertain.ravel())) if len(uncertain) else {}
-    checked = dedup.verify_pairs(uncertain, lambda rs: [texts[int(r)] for r in rs], dedup.NEAR_THRESHOLD)
+    texts_of = _texts_for_rows(stage.path, dedup.sorted_unique(uncertain.ravel())) if len(uncertain) else None
+    checked = dedup.verify_pairs(uncertain, texts_of, dedup.NEAR_THRESHOLD)
     confirmed = np.concatenate([candidates[estimate >= SURELY_NEAR], checked]).reshape(-1, 2)
     return confirmed[np.lexsort((confirmed[:, 1], confirmed[:, 0]))]
 
 
 def _texts_for_rows(path, rows):
-    """{row: text} for the given staged rows (sorted), in one pass over the staged file."""
-    found, offset = {}, 0
+    """A function giving the texts (prompt and response) of any of the given staged rows
+    (sorted), read in one pass over the staged file and kept as one Arrow array: Python
+    strings for half a million rows would cost ~60 MB more."""
+    found, offset = [pa.array([], pa.string())], 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
-        texts, responses = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-        lo, hi = np.searchsorted(rows, [offset, offset + len(texts)])
-        for row in rows[lo:hi].tolist():
-            i = row - offset
-            found[row] = texts[i] + ("\n" + responses[i] if responses[i] else "")
-        offset += len(texts)
-    return found
+        lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
+        if hi > lo:
+            wanted = pa.array(rows[lo:hi] - offset)
+            text, response = batch.column(0).take(wanted), batch.column(1).take(wanted)
+            with_response = pc.fill_null(pc.not_equal(response, ""), False)
+            found.append(pc.if_else(with_response, pc.binary_join_element_wise(text, response, "\n"), text))
+        offset += batch.num_rows
+    texts = pa.concat_arrays(found)
+    return lambda wanted: texts.take(pa.array(np.searchsorted(rows, wanted))).to_pylist()
 
 
 def _signatures_for_rows(stage, rows, chunk=65_536):

@@ -62,8 +62,8 @@ class VersionWriter:
     this process writes Parquet; the version row goes in last, under an id reserved up front
     (the examples' foreign key is checked at commit). Between the first add() and commit() or
     discard(), nothing else may use this thread's connection: job progress goes through the
-    heartbeat's own connection for that reason. (psycopg holds the connection's lock for the
-    whole COPY: a query from this thread in between would wait for ever, not fail.)
+    heartbeat's own connection for that reason. (psycopg would make such a query wait for
+    ever; an execute wrapper makes it fail with a clear message instead.)
     """
 
     def __init__(self, dataset, *, operation, parent=None, user=None, source_sha256="", texts=None):
@@ -109,6 +109,7 @@ class VersionWriter:
         self._transaction.enter_context(transaction.atomic())
         cursor = self._copying.enter_context(connection.cursor())
         self._copy = self._copying.enter_context(cursor.cursor.copy(COPY_EXAMPLES))
+        self._copying.enter_context(connection.execute_wrapper(_refuse_during_copy))
 
     def _rollback(self, exc):
         """End the COPY and the transaction with `exc`: PostgreSQL drops every streamed row."""
@@ -266,6 +267,11 @@ def _csv(table):
     buffer = io.BytesIO()
     pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
     return buffer.getvalue()
+
+
+def _refuse_during_copy(execute, sql, params, many, context):
+    raise RuntimeError("this connection is streaming a dataset version's rows (COPY): no query may run on it "
+                       "until VersionWriter.end_rows(), commit() or discard()")
 
 
 def _as_table(batch, first_row):

@@ -94,3 +94,16 @@ def test_child_versions_stream_their_examples_and_texts_too(tmp_path):
     assert child.row_count == 60 == child.examples.count() == ExampleText.objects.filter(version=child).count()
     assert verify_version(child) == []
     assert child.examples.matching(data[5]["text"].split()[2]).exists()
+
+
+def test_a_query_while_rows_stream_fails_clearly_instead_of_waiting_for_ever(tmp_path):
+    from lifecycle.datasets.models import Dataset
+
+    [parent] = upload(make_dataset(), write_jsonl(tmp_path / "d.jsonl", rows(30)))
+    writer = VersionWriter(parent.dataset, operation=DatasetVersion.Operation.RESPLIT, parent=parent)
+    writer.add(next(ingest_batches(parent)))
+    with pytest.raises(RuntimeError, match="streaming a dataset version's rows"):
+        Dataset.objects.count()
+    writer.discard()
+    assert Dataset.objects.count() == 1  # usable again, and nothing was written
+    assert DatasetVersion.objects.count() == 1 and Example.objects.count() == 30

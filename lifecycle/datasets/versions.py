@@ -79,7 +79,8 @@ class VersionWriter:
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-version-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
-        self._transaction, self._copying, self._copy = ExitStack(), ExitStack(), None
+        self._transaction, self._copying = ExitStack(), ExitStack()
+        self._copy, self._streamed = None, False  # the COPY while it is open; whether one ran
 
     def add(self, batch):
         """Append a batch: a dict of column lists, or an Arrow table, with every SCHEMA column but `row`."""
@@ -87,7 +88,7 @@ class VersionWriter:
         self._count(table)
         self.writer.write_table(table)
         if connection.vendor == "postgresql":
-            if self._copy is None:
+            if not self._streamed:
                 self._start_copy()
             self._copy.write(_csv(_example_table(self.version_id, table)))
         self.rows += table.num_rows
@@ -110,6 +111,7 @@ class VersionWriter:
         cursor = self._copying.enter_context(connection.cursor())
         self._copy = self._copying.enter_context(cursor.cursor.copy(COPY_EXAMPLES))
         self._copying.enter_context(connection.execute_wrapper(_refuse_during_copy))
+        self._streamed = True
 
     def _rollback(self, exc):
         """End the COPY and the transaction with `exc`: PostgreSQL drops every streamed row."""
@@ -123,7 +125,7 @@ class VersionWriter:
         """No more rows: the COPY ends (the transaction goes on), so the connection can be used
         again — for reports that need every row, say. commit() calls it too."""
         self._copying.close()
-        self._copy = self._copy and False  # streamed (False), or never started (None)
+        self._copy = None
 
     def discard(self):
         self.writer.close()
@@ -177,7 +179,7 @@ class VersionWriter:
                 created_by=self.user, created_at=datetime.fromisoformat(manifest["created_at"]),
             )
             version.save(force_insert=True)
-            if self._copy is None:  # SQLite, or no rows: nothing was streamed
+            if not self._streamed:  # SQLite, or no rows
                 insert_examples(version, self.path)
             tables = [Example]
             if self.texts is None:

@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 # The only function RQ is ever asked to call: nothing read from Redis names other code.
 PERFORM = "lifecycle.core.jobs.perform"
-# RQ states from which the RQ job will never reach perform() again.
 PROGRESS_INTERVAL = 0.2  # seconds between two progress writes of a running job, at least
+# RQ states from which the RQ job will never reach perform() again.
 RQ_DEAD = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 

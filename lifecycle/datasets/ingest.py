@@ -518,18 +518,18 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
             check_validation(stage, problems, options)
         except IngestRejected as exc:
             raise IngestRejected(str(exc), report) from None
-        pii_found = stage.pii.rows_with_pii > 0
+        pii_found, pii_report = stage.pii.rows_with_pii > 0, stage.pii.to_dict()
         if pii_found and dataset.pii_policy == Dataset.PiiPolicy.BLOCK:
             raise IngestRejected(f"PII found in {stage.pii.rows_with_pii:,} rows ({_kinds(stage.pii)}) and this "
                                  "dataset's policy is to block: clean the file, or change the policy to redact",
-                                 report | {"pii": stage.pii.to_dict()})
+                                 report | {"pii": pii_report})
         # The rows are final from here: their search index fills on the other core meanwhile.
         texts = TextIndexWriter.start(stage.path)
         keys, near_pairs, clusters, units, dedup_report = find_duplicates(stage, progress)
         assigned, how = choose_splits(stage, units, options, progress)
         leak = leakage(stage, assigned, keys, near_pairs)
         leak["splits_from"] = how
-        reports = {"validation": report, "pii": stage.pii.to_dict(), "dedup": dedup_report, "leakage": leak}
+        reports = {"validation": report, "pii": pii_report, "dedup": dedup_report, "leakage": leak}
         label_set = sorted(stage.labels) if not options.label_set else list(options.label_set)
         progress("writing", 0, stage.rows)
         version = _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, leak, user, source_sha256,

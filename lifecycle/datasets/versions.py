@@ -244,23 +244,12 @@ def iter_row_batches(version, columns=None, batch_size=READ_BATCH):
 
 
 def insert_examples(version, path):
-    """Copy the version's rows from its Parquet file at `path` (the local file just stored,
-    not a second read through the store) into `Example`: COPY on PostgreSQL, bulk inserts
-    elsewhere."""
-    batches = pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH)
-    if connection.vendor == "postgresql":
-        _copy_examples(version, batches)
-        return
-    for batch in batches:
+    """Bulk-insert the version's rows from its Parquet file at `path` (the local file just
+    stored) into `Example`: the path where nothing was streamed (SQLite; on PostgreSQL the
+    rows went in by COPY as they were added, see VersionWriter)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH):
         rows = _example_table(version.pk, batch).to_pylist()
         Example.objects.bulk_create([Example(**row | {"metadata": json.loads(row["metadata"])}) for row in rows], batch_size=2000)
-
-
-def _copy_examples(version, batches):
-    with connection.cursor() as cursor:
-        with cursor.cursor.copy(COPY_EXAMPLES) as copy:
-            for batch in batches:
-                copy.write(_csv(_example_table(version.pk, batch)))
 
 
 def _csv(table):
@@ -332,9 +321,10 @@ class TextIndexWriter:
         texts.abandon()                                 # any failure before that: roll back
 
     The version's id is taken from its sequence up front, and the thread commits only after
-    the version has (the table has no foreign key in the database: see ExampleText). Only on PostgreSQL and outside a transaction
-    (inside one the version would not be committed when the thread commits); `start` returns
-    None otherwise and VersionWriter indexes the texts inside its own transaction.
+    the version has (the table has no foreign key in the database: see ExampleText). Only on
+    PostgreSQL and outside a transaction (inside one the version would not be committed when
+    the thread commits); `start` returns None otherwise and VersionWriter indexes the texts
+    inside its own transaction.
     """
 
     def __init__(self, path, version_id):

@@ -40,6 +40,15 @@ def peak_rss_mb():
     return float("nan")
 
 
+def cpu_seconds():
+    """(this process, its finished children, the whole machine busy) in CPU seconds: the rest of
+    the machine is PostgreSQL, mostly (the helper processes count once the pool has shut down)."""
+    own, children = os.times()[:2], os.times()[2:4]
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return sum(own), sum(children), busy / os.sysconf("SC_CLK_TCK")
+
+
 def setup_django(artifacts):
     os.environ.update(DATABASE_URL=DB_URL, SECRET_KEY="bench-" + "x" * 50, DEBUG="false", ALLOWED_HOSTS="testserver",
                       SECURE_SSL_REDIRECT="false", ARTIFACT_DIR=str(artifacts), LIFECYCLE_DATA_DIR=str(artifacts.parent),
@@ -66,11 +75,15 @@ def run_one(path, rows):
     options = ingest.Options.for_dataset(dataset, ColumnMapping({"group": "customer_id"}), "drop")
     times, started = {}, time.perf_counter()
 
-    peaks = {}
+    peaks, cpu, last_cpu = {}, {}, [cpu_seconds()]
 
     def lap(name, since):
         times[name] = time.perf_counter() - since
         peaks[name] = peak_rss_mb()
+        now = cpu_seconds()
+        own, helpers, machine_busy = (b - a for a, b in zip(last_cpu[0], now))
+        cpu[name] = {"main": own, "helpers": helpers, "rest": machine_busy - own - helpers}
+        last_cpu[0] = now
         return time.perf_counter()
 
     t = time.perf_counter()
@@ -93,7 +106,7 @@ def run_one(path, rows):
     result = {"rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
               "phases": {name: {"s": s, "rows_per_s": rows / s} for name, s in times.items()},
               "inside_stage": {name: {"s": s, "rows_per_s": rows / s} for name, s in stage.timings.items()},
-              "peak_rss_mb": peak_rss_mb(), "peak_after_phase_mb": peaks, "dedup": {k: dedup_report[k] for k in ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows")},
+              "peak_rss_mb": peak_rss_mb(), "peak_after_phase_mb": peaks, "cpu": cpu, "dedup": {k: dedup_report[k] for k in ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows")},
               "pii_rows": reports["pii"]["rows_with_pii"], "has_leakage": leak["has_leakage"]}
     result["browse_ms"] = time_browser(version)
     print(json.dumps(result))
@@ -151,12 +164,15 @@ def report(results):
         lines.append(f"| {r['rows']:,} | {r['total_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} MB | "
                      f"{r['dedup']['removable_rows']:,} | {r['pii_rows']:,} |")
     for r in results:
-        lines += [f"\nPhases at {r['rows']:,} rows:\n", "| phase | seconds | rows/s | peak RSS so far |", "| --- | --- | --- | --- |"]
+        lines += [f"\nPhases at {r['rows']:,} rows (CPU seconds: this process, its helper processes, the rest of the "
+                  "machine, which is PostgreSQL):\n",
+                  "| phase | seconds | rows/s | peak RSS so far | CPU main / helpers / PostgreSQL |", "| --- | --- | --- | --- | --- |"]
         phases = list(r["phases"].items())
         inside = [(f"  streaming pass, of which {k}", v) for k, v in r["inside_stage"].items()]
         for name, p in phases[:1] + inside + phases[1:]:
-            peak = r["peak_after_phase_mb"].get(name)
-            lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} |")
+            peak, cpu = r["peak_after_phase_mb"].get(name), r["cpu"].get(name)
+            used = f"{cpu['main']:.1f} / {cpu['helpers']:.1f} / {cpu['rest']:.1f}" if cpu else ""
+            lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} | {used} |")
     last = results[-1]
     lines += [f"\nExample browser, server time (median of 5, ms) on the {last['rows']:,}-row version:\n",
               "| page / filter | ms |", "| --- | --- |"] + [f"| {k} | {v:.1f} |" for k, v in last["browse_ms"].items()]

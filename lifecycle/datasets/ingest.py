@@ -300,14 +300,16 @@ def analysis_pool(path):
         return None
     log.info("ingest of %s: %d helper processes analyse the rows", os.path.basename(path), HELPERS)
     # spawn, not fork: the helpers must not inherit this process's database connections.
-    return ProcessPoolExecutor(max_workers=HELPERS, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=HELPERS, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=rows_analysis.start_helper)
 
 
 def stage_file(path, fmt, options, progress):
     """Stream the file once: validate, scan and stage every good row; collect bad ones."""
     pool = analysis_pool(path)
     try:
-        return _stage_file(path, fmt, options, progress, pool)
+        with rows_analysis.fewer_collections():
+            return _stage_file(path, fmt, options, progress, pool)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -382,10 +384,7 @@ def find_duplicates(stage, progress):
     their MinHash-estimated Jaccard, then one representative per duplicate set (keep-first)."""
     progress("deduplicating", 0, 1)
     keys = np.asarray(stage.keys, dtype=np.int64)
-    candidates = stage.near.candidate_pairs()
-    stage.near.forget_band_keys()  # 64 bytes a row, not needed again
-    near_pairs = confirmed_pairs(stage, candidates)
-    del candidates
+    near_pairs = confirmed_pairs(stage)
     exact_groups = dedup.exact_duplicate_groups(keys)
     pairs = dedup.exact_pairs(keys)
     if len(near_pairs):
@@ -399,14 +398,16 @@ def find_duplicates(stage, progress):
 SURELY_NEAR, SURELY_NOT = 0.9, 0.7
 
 
-def confirmed_pairs(stage, candidates, chunk=100_000):
-    """Candidates whose shingle Jaccard reaches the threshold.
+def confirmed_pairs(stage, chunk=100_000):
+    """The LSH candidates (band keys dropped as they are used) whose shingle Jaccard reaches
+    the threshold.
 
     Signatures are recomputed for candidate rows only (one pass over the staged file) and
     compared in vectorised chunks; only pairs whose estimate is uncertain are checked on
     their exact shingle sets, which at ~20 µs a pair in Python would otherwise dominate the
     ingest of templated text with millions of candidates.
     """
+    candidates = stage.near.candidate_pairs(forget=True)
     if not len(candidates):
         return candidates
     rows = dedup.sorted_unique(candidates.ravel())
@@ -419,10 +420,12 @@ def confirmed_pairs(stage, candidates, chunk=100_000):
         part = slice(start, start + chunk)
         estimate[part] = (signatures[left[part]] == signatures[right[part]]).mean(axis=1)
     del signatures, left, right
+    sure = candidates[estimate >= SURELY_NEAR]
     uncertain = candidates[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
+    del candidates, estimate  # the texts below need the room
     texts_of = _texts_for_rows(stage.path, dedup.sorted_unique(uncertain.ravel())) if len(uncertain) else None
     checked = dedup.verify_pairs(uncertain, texts_of, dedup.NEAR_THRESHOLD)
-    confirmed = np.concatenate([candidates[estimate >= SURELY_NEAR], checked]).reshape(-1, 2)
+    confirmed = np.concatenate([sure, checked]).reshape(-1, 2)
     return confirmed[np.lexsort((confirmed[:, 1], confirmed[:, 0]))]
 
 

@@ -242,8 +242,38 @@ def test_verify_pairs_fetches_texts_in_batches_of_rows():
 
     pairs = np.array(sorted(planted))
     kept = verify_pairs(pairs, get_texts, batch_pairs=2)
-    assert {tuple(p) for p in kept.tolist()} == planted
-    assert len(calls) == 2 and calls[0] == [300, 301, 303, 304]
+    assert kept.tolist() == [list(p) for p in sorted(planted)]  # in the order given
+    assert len(calls) == 2 and sorted(len(rows) for rows in calls) == [2, 4]
+
+
+def test_verify_pairs_checks_a_family_of_rows_in_one_batch():
+    """Rows linked through pairs are fetched together, not once per batch they appear in."""
+    texts = ["where is my order 123", "where is my order 124", "where is my order 125",
+             "refund for the broken kettle", "refund for the broken kettles", "refund for a broken kettle"]
+    calls = []
+
+    def get_texts(rows):
+        calls.append(rows.tolist())
+        return [texts[i] for i in rows]
+
+    # Given interleaved, the two families of three rows each come out as one batch each.
+    pairs = np.array([[0, 1], [3, 4], [1, 2], [4, 5], [0, 2], [3, 5]])
+    kept = verify_pairs(pairs, get_texts, threshold=0.5, batch_pairs=3)
+    assert calls == [[0, 1, 2], [3, 4, 5]]
+    assert kept.tolist() == pairs.tolist()
+
+
+def test_the_separator_table_covers_every_code_point():
+    """Only the first two planes are looked at: nothing above them is whitespace or punctuation."""
+    import unicodedata
+
+    from lifecycle.datasets.dedup import _SEPARATORS_BELOW, _separator_table
+
+    table = _separator_table()
+    assert not any(chr(cp).isspace() or unicodedata.category(chr(cp))[0] == "P"
+                   for cp in range(_SEPARATORS_BELOW, 0x110000))
+    assert table[[ord(" "), ord("\u3000"), ord("¿"), ord("…"), ord("_"), 0x1039F]].all()
+    assert not table[[ord("a"), ord("$"), ord("😡"), ord("\u0301")]].any()
 
 
 def test_verify_pairs_rejects_a_getter_that_returns_the_wrong_number_of_texts():
@@ -305,6 +335,9 @@ def test_index_in_batches_matches_one_batch_and_uses_row_offsets():
         index.add(texts[start:start + 70], start)
     assert len(index) == len(texts)
     assert np.array_equal(index.candidate_pairs(), whole)
+    # The ingest's way: each band's keys dropped once used, the index empty afterwards.
+    assert np.array_equal(index.candidate_pairs(forget=True), whole)
+    assert len(index) == 0 and index.candidate_pairs().shape == (0, 2)
 
     shifted = NearDuplicateIndex(hasher)
     shifted.add(texts, 1000)

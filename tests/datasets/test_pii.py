@@ -329,6 +329,40 @@ def test_scan_many_matches_scan():
     assert pii.scan_many(texts) == [pii.scan(t) for t in texts]
 
 
+def batch_corpus():
+    """Texts for the batched pre-checks: generated messages with PII, every sample, and the
+    awkward cases (empty, NUL, a lone surrogate, accents, letters that lengthen in lower case)."""
+    from lifecycle.datasets.synthetic import generate
+
+    texts = [row["text"] for row in generate(300, seed=3, pii_rate=0.5)]
+    texts += [f"note: {value} ok" for value in SAMPLES.values()] + list(SAMPLES.values())
+    texts += ["", "\0", "a\0b 123-45-6789", "lone \ud800 surrogate", "Ms. José Álvarez", "SSN 123456789",
+              "my name is Ann", "NAME: Bo Li", "token=ab12CD34ef56GH78ij90KL12", "ip 10.0.0.1 and fe80::1",
+              "Zoë Müller", "bearer sk-abcdefghijklmnopqrstuvwxyz", "v1.2.3.4", "call 020 7946 0958", "AA00 DE89"]
+    return texts
+
+
+@pytest.mark.parametrize("lengthening", [False, True], ids=["plain", "lower-case-lengthens"])
+def test_each_detectors_batch_precheck_equals_its_text_by_text_one(lengthening):
+    texts = batch_corpus() + (["İstanbul SSN office, social security 123456789, key a1"] if lengthening else [])
+    batch = pii._Batch(texts)
+    assert (len(batch.text.lower()) != len(batch.text)) == lengthening
+    for detector in pii.DETECTORS:
+        expected = [bool(detector.wants(text, pii.shape_of(text))) for text in texts]
+        assert batch_wanted(detector, batch) == expected, type(detector).__name__
+
+
+def batch_wanted(detector, batch):
+    return [bool(x) for x in detector.wanted(batch)]
+
+
+def test_scan_many_over_a_batch_finds_what_scan_finds_text_by_text():
+    texts = batch_corpus() * 2
+    assert len(texts) >= pii._BATCH_MIN
+    assert pii.scan_many(texts) == [pii.scan(text) for text in texts]
+    assert sum(map(bool, pii.scan_many(texts))) > 100
+
+
 def test_scan_with_chosen_detectors():
     assert kinds_found("jane@example.com 192.168.1.23") == [("EMAIL", "jane@example.com"), ("IP_ADDRESS", "192.168.1.23")]
     assert pii.scan("jane@example.com 192.168.1.23", detectors=[pii.EmailDetector()])[0].kind == "EMAIL"

@@ -6,7 +6,6 @@
 It streams: rows pass through in batches and are staged in a temporary Parquet file; only a
 few numbers per row (label id, group id, time, content key, LSH band keys) stay in memory.
 """
-import hashlib
 import logging
 import math
 import os
@@ -44,6 +43,8 @@ STAGE_SCHEMA = pa.schema([
     ("timestamp", pa.timestamp("us", tz="UTC")), ("metadata", pa.string()), ("row_sha256", pa.string()),
     ("content_key", pa.int64()), ("pii_kinds", pa.string()),
 ])
+ANALYSIS_COLUMNS = ("metadata", "row_sha256", "content_key", "pii_kinds")  # from rows.analyse
+ROW_COLUMNS = tuple(name for name in STAGE_SCHEMA.names if name not in ANALYSIS_COLUMNS)
 
 
 class IngestRejected(Exception):
@@ -172,12 +173,6 @@ class Validator:
 # --- staging: the streaming pass ----------------------------------------------------------------
 
 
-def _group_id(group):
-    """A stable 63-bit id for a group name. Not Python's hash(): that is salted per process,
-    and the seeded split must come out the same in every process."""
-    return int.from_bytes(hashlib.blake2b(group.encode(), digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
-
-
 class Stage:
     """Everything the later phases need, with only small arrays per row in memory."""
 
@@ -252,18 +247,14 @@ class Stage:
         self._complete(rows, result)
 
     def _complete(self, rows, result):
-        matches, keys, hashes, metadata, band_keys, signatures = result
-        self.signatures.write(signatures.tobytes())
+        self.signatures.write(result["signatures"].tobytes())
         start = self.rows
         with self.timer("bookkeeping"):
-            for offset, (row, found) in enumerate(zip(rows, matches)):
-                self.pii.add(start + offset, found)
-                row["pii_kinds"] = ",".join(sorted({m.kind for m in found}))
-                row["content_key"], row["row_sha256"], row["metadata"] = keys[offset], hashes[offset], metadata[offset]
-                self._remember(row)
-            self.near.add_band_keys(band_keys, start)
+            self.pii.add_rows(start, len(rows), result["pii"])
+            self._remember(rows, result)
+            self.near.add_band_keys(result["band_keys"], start)
         with self.timer("staging"):
-            self._write(rows)
+            self._write(rows, result)
 
     @contextmanager
     def timer(self, name):
@@ -271,17 +262,23 @@ class Stage:
         yield
         self.timings[name] += time.perf_counter() - started
 
-    def _remember(self, row):
-        self.label_ids.append(self.labels.setdefault(row["label"], len(self.labels)) if row["label"] else -1)
+    def _remember(self, rows, result):
+        labels = [row["label"] for row in rows]
+        for label in dict.fromkeys(labels):  # new labels in the order they first appear
+            if label:
+                self.labels.setdefault(label, len(self.labels))
+        known = self.labels
+        self.label_ids.extend([known[label] if label else -1 for label in labels])
         # Groups are kept as 63-bit hashes, not a dict of every group name (collisions are
         # astronomically unlikely and would only keep two groups together).
-        self.group_ids.append(_group_id(row["group"]) if row["group"] else -1)
-        self.times.append(row["timestamp"].timestamp() if row["timestamp"] else math.nan)
-        self.keys.append(row["content_key"])
-        self.given_splits.append(row["split"])
+        self.group_ids.frombytes(result["group_id"].tobytes())
+        self.times.frombytes(result["time"].tobytes())
+        self.keys.frombytes(result["content_key"].tobytes())
+        self.given_splits.extend([row["split"] for row in rows])
 
-    def _write(self, rows):
-        columns = {name: [row[name] for row in rows] for name in STAGE_SCHEMA.names}
+    def _write(self, rows, result):
+        columns = {name: [row[name] for row in rows] for name in ROW_COLUMNS}
+        columns.update((name, result[name]) for name in ANALYSIS_COLUMNS)
         self.writer.write_table(pa.Table.from_pydict(columns, schema=STAGE_SCHEMA))
 
     def close(self):

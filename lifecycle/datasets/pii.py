@@ -967,6 +967,13 @@ class PiiReport:
             if len(kept) < self.max_examples:
                 kept.append({"row": row_index, "masked": mask(m)})
 
+    def add_rows(self, start, count, found):
+        """`count` scanned rows from row index `start`; `found` holds (offset, matches) for
+        those with PII only, so that clean rows cost nothing each."""
+        self.rows_scanned += count - len(found)
+        for offset, matches in found:
+            self.add(start + offset, matches)
+
     def merge(self, other):
         """Fold `other` in; examples keep the lowest row indexes, whatever the merge order."""
         self.rows_scanned += other.rows_scanned

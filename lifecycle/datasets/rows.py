@@ -3,8 +3,11 @@ LSH band keys. Free of Django, so a helper process can run it on batches (see in
 import gc
 import hashlib
 import json
+import math
 from contextlib import contextmanager
 from datetime import timezone as dt_timezone
+
+import numpy as np
 
 from lifecycle.datasets import dedup, pii
 
@@ -34,18 +37,37 @@ def joined_text(text, response):
     return text + ("\n" + response if response else "")
 
 
+def group_id(group):
+    """A stable 63-bit id for a group name, -1 for none. Not Python's hash(): that is salted
+    per process, and the seeded split must come out the same in every process."""
+    if not group:
+        return -1
+    return int.from_bytes(hashlib.blake2b(group.encode(), digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
+
+
 def analyse(rows, hasher):
-    """For a batch of clean rows: PII matches, content keys, row hashes, metadata as canonical
-    JSON text, LSH band keys, and the
-    low 16 bits of the MinHash signatures (kept to confirm near-duplicate candidates later:
-    two different values agree by chance once in 65,536, for half the bytes)."""
+    """For a batch of clean rows, what the ingest keeps of each, by name: the rows' PII
+    matches (only rows with some, by position in the batch) and their kinds as text, content
+    keys, row hashes, metadata as canonical JSON text, group ids and times (arrays), LSH band
+    keys, and the low 16 bits of the MinHash signatures (kept to confirm near-duplicate
+    candidates later: two different values agree by chance once in 65,536, for half the bytes)."""
     texts = [joined_text(row["text"], row["response"]) for row in rows]
     matches = pii.scan_many(texts)
-    keys = [dedup.exact_key(text) for text in texts]
     metadata = [metadata_json(row["metadata"]) for row in rows]
-    hashes = [row_sha256(r["text"], r["response"], r["label"], r["group"], r["timestamp"], m) for r, m in zip(rows, metadata)]
     signatures = hasher.signatures(texts)
-    return matches, keys, hashes, metadata, hasher.band_keys(signatures), (signatures & 0xFFFF).astype("uint16")
+    return {
+        "pii": [(offset, found) for offset, found in enumerate(matches) if found],
+        "pii_kinds": [",".join(sorted({m.kind for m in found})) if found else "" for found in matches],
+        "content_key": np.fromiter((dedup.exact_key(text) for text in texts), dtype=np.int64, count=len(texts)),
+        "row_sha256": [row_sha256(r["text"], r["response"], r["label"], r["group"], r["timestamp"], m)
+                       for r, m in zip(rows, metadata)],
+        "metadata": metadata,
+        "group_id": np.fromiter((group_id(row["group"]) for row in rows), dtype=np.int64, count=len(rows)),
+        "time": np.fromiter((row["timestamp"].timestamp() if row["timestamp"] else math.nan for row in rows),
+                            dtype=np.float64, count=len(rows)),
+        "band_keys": hasher.band_keys(signatures),
+        "signatures": (signatures & 0xFFFF).astype("uint16"),
+    }
 
 
 # --- garbage collection -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from django.db import DatabaseError, connection, transaction
 
 from lifecycle.core.models import AuditEvent
 from lifecycle.datasets import ingest
+from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import Dataset, DatasetVersion, Example
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.synthetic import write_jsonl as write_synthetic
@@ -406,4 +407,4 @@ def test_helper_processes_give_the_same_version_as_one_process(tmp_path, setting
 def test_group_ids_are_the_same_in_every_process():
     # The seeded split depends on group ids: a salted hash (Python's hash()) would make the
     # same seed give different splits in different worker processes.
-    assert ingest._group_id("customer-42") == 3083912090939547699  # pinned: blake2b-64, low 63 bits
+    assert rows_analysis.group_id("customer-42") == 3083912090939547699  # pinned: blake2b-64, low 63 bits

@@ -466,6 +466,14 @@ def test_report_counts_rows_and_kinds():
     assert report.examples["EMAIL"] == [{"row": 1, "masked": "j***@e***.com"}, {"row": 1, "masked": "j***@e***.org"}]
 
 
+def test_report_of_a_batch_with_only_its_rows_with_pii_equals_row_by_row():
+    rows = ["clean", "a jane@example.com b joe@example.org", "+44 20 7946 0958", "still clean"]
+    found = [(offset, matches) for offset, matches in enumerate(pii.scan_many(rows)) if matches]
+    batched = pii.PiiReport()
+    batched.add_rows(10, len(rows), found)
+    assert batched.to_dict() == make_report(rows, start=10).to_dict()
+
+
 def test_report_keeps_at_most_n_masked_examples():
     report = make_report([f"user{i}@example.com" for i in range(10)], max_examples=3)
     assert report.counts == {"EMAIL": 10}

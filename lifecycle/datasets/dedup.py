@@ -321,18 +321,19 @@ def _bucket_pairs(keys, max_partners):
 
 
 def _unique_pairs(pair_arrays):
-    packed = np.concatenate([np.zeros(0, np.uint64)] + [_pack(pairs) for pairs in pair_arrays])
-    return _unpack(sorted_unique(packed))
+    packed = np.concatenate([np.zeros(0, np.uint64)] + [pack_pairs(pairs) for pairs in pair_arrays])
+    return unpack_pairs(sorted_unique(packed))
 
 
-def _pack(pairs):
-    """(k, 2) row pairs as one uint64 each, low row in the high half: 8 bytes a pair, not 16."""
+def pack_pairs(pairs):
+    """(k, 2) row pairs (rows under 2**32) as one uint64 each, low row in the high half: 8
+    bytes a pair, not 16, and sorting them sorts the pairs."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     low, high = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
     return (low.astype(np.uint64) << np.uint64(32)) | high.astype(np.uint64)
 
 
-def _unpack(packed):
+def unpack_pairs(packed):
     return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
 
 
@@ -371,7 +372,7 @@ class NearDuplicateIndex:
             column = np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
             if forget:
                 self._bands[band] = []
-            found = _pack(rows[_bucket_pairs(column, self.max_partners)])
+            found = pack_pairs(rows[_bucket_pairs(column, self.max_partners)])
             del column
             packed = np.concatenate([packed, found])
             del found
@@ -379,7 +380,7 @@ class NearDuplicateIndex:
             packed = packed[np.r_[True, packed[1:] != packed[:-1]]] if len(packed) else packed
         if forget:
             self._spans = []
-        return _unpack(packed)
+        return unpack_pairs(packed)
 
     def _row_indices(self):
         spans = [np.arange(start, start + rows) for start, rows in self._spans]

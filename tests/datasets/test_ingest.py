@@ -1,5 +1,6 @@
 """The ingest pipeline end to end on the real database: files in, immutable versions out."""
 import json
+from array import array
 import threading
 from pathlib import Path
 
@@ -408,3 +409,25 @@ def test_group_ids_are_the_same_in_every_process():
     # The seeded split depends on group ids: a salted hash (Python's hash()) would make the
     # same seed give different splits in different worker processes.
     assert rows_analysis.group_id("customer-42") == 3083912090939547699  # pinned: blake2b-64, low 63 bits
+
+
+def test_near_duplicate_checks_are_made_once_per_pair_of_distinct_texts(tmp_path):
+    """Rows with the same exact key share their shingles: the pairs of copies get the answer
+    checked on their first rows, the same answer a check of every pair gives."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from types import SimpleNamespace
+
+    from lifecycle.datasets import dedup
+
+    texts = ["where is my order 123", "Where is my order 123!", "where is my order 124", "refund my kettle please",
+             "where is my  order 123", "refund my kettle, please", "something else entirely"]
+    path = tmp_path / "stage.parquet"
+    pq.write_table(pa.table({"text": texts, "response": [""] * len(texts)}), path)
+    stage = SimpleNamespace(path=str(path), keys=array("q", [dedup.exact_key(t) for t in texts]))
+    pairs = np.array([[0, 2], [1, 2], [2, 4], [3, 5], [0, 6], [4, 6], [0, 1]])
+    every = {tuple(p) for p in dedup.verify_pairs(pairs, lambda rows: [texts[i] for i in rows], 0.8).tolist()}
+    kept = ingest._verified(stage, pairs)
+    assert {tuple(p) for p in pairs[kept].tolist()} == every
+    assert every and every != {tuple(p) for p in pairs.tolist()}

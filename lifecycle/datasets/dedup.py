@@ -13,6 +13,7 @@ through a callback. See docs/dedup-and-splits.md for the parameters and measured
 """
 import functools
 import hashlib
+import tempfile
 import unicodedata
 
 import numpy as np
@@ -338,13 +339,27 @@ def unpack_pairs(packed):
 
 
 class NearDuplicateIndex:
-    """Streams batches of texts in and keeps only their band keys (64 bytes a row by default)."""
+    """Streams batches of texts in and keeps only their band keys (64 bytes a row by default),
+    in memory or, with spill=True, in one unnamed temporary file per band: then memory does
+    not grow with the rows added, and candidate_pairs reads one band (8 bytes a row) at a
+    time. Call close() to let the files go at once (they also go with the object)."""
 
-    def __init__(self, hasher=None, max_partners=MAX_PARTNERS):
+    def __init__(self, hasher=None, max_partners=MAX_PARTNERS, spill=False):
         self.hasher = hasher or MinHasher()
         self.max_partners = max_partners
-        self._spans = []  # (first row index, rows) of each batch added
-        self._bands = [[] for _ in range(self.hasher.bands)]  # per band: each batch's keys
+        self.spill = spill
+        self._spans = []  # (first row index, rows) of each batch added, in the order added
+        self._bands = self._empty_bands()
+
+    def _empty_bands(self):
+        if self.spill:
+            return [tempfile.TemporaryFile(prefix="lifecycle-band-") for _ in range(self.hasher.bands)]
+        return [[] for _ in range(self.hasher.bands)]  # per band: each batch's keys
+
+    def close(self):
+        if self.spill:
+            for spilled in self._bands:
+                spilled.close()
 
     def __len__(self):
         return sum(rows for _, rows in self._spans)
@@ -358,7 +373,20 @@ class NearDuplicateIndex:
         keys = np.asarray(keys, dtype=np.uint64)
         self._spans.append((int(start_index), len(keys)))
         for band, column in zip(self._bands, keys.T):
-            band.append(np.ascontiguousarray(column))
+            column = np.ascontiguousarray(column)
+            if self.spill:
+                band.write(column.tobytes())
+            else:
+                band.append(column)
+
+    def _band(self, band):
+        """One band's keys for every row, in the order the rows were added."""
+        if self.spill:
+            spilled = self._bands[band]
+            spilled.flush()
+            spilled.seek(0)
+            return np.fromfile(spilled, dtype=np.uint64)
+        return np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
 
     def candidate_pairs(self, forget=False):
         """(k, 2) int64 pairs of dataset row indices i < j sharing a band key. With forget,
@@ -369,9 +397,9 @@ class NearDuplicateIndex:
         # One band at a time, merged into the unique pairs so far: neither the full (rows,
         # bands) matrix nor every band's pairs at once are ever held.
         for band in range(self.hasher.bands):
-            column = np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
+            column = self._band(band)
             if forget:
-                self._bands[band] = []
+                self._forget_band(band)
             found = pack_pairs(rows[_bucket_pairs(column, self.max_partners)])
             del column
             packed = np.concatenate([packed, found])
@@ -380,7 +408,14 @@ class NearDuplicateIndex:
             packed = packed[np.r_[True, packed[1:] != packed[:-1]]] if len(packed) else packed
         if forget:
             self._spans = []
+            self._bands = self._empty_bands()
         return unpack_pairs(packed)
+
+    def _forget_band(self, band):
+        if self.spill:
+            self._bands[band].close()
+        else:
+            self._bands[band] = []
 
     def _row_indices(self):
         spans = [np.arange(start, start + rows) for start, rows in self._spans]

@@ -195,7 +195,7 @@ class Stage:
         self.timings = Counter()
         # Four partners per LSH bucket: on templated text 16 quadruples the candidates for
         # under 1 % more duplicates found (measured in bench/RESULTS.md).
-        self.near = dedup.NearDuplicateIndex(max_partners=4)
+        self.near = dedup.NearDuplicateIndex(max_partners=4, spill=True)  # 64 bytes a row, on disk
         self.pii = pii.PiiReport()
         self.errors, self.error_count, self.rows_read = [], 0, 0
         self.buffer = []
@@ -204,6 +204,7 @@ class Stage:
         if self.writer is not None:
             self.writer.close()
         self.signatures.close()
+        self.near.close()
         for path in (self.path, self.signatures_path):
             if os.path.exists(path):
                 os.unlink(path)
@@ -431,11 +432,13 @@ def _verified(stage, pairs):
     each text (a third fewer checks on the benchmark's data)."""
     if not len(pairs):
         return np.zeros(0, dtype=bool)
-    keys = np.asarray(stage.keys, dtype=np.int64)
-    _, first, which = np.unique(keys, return_index=True, return_inverse=True)
+    _, first, which = np.unique(np.asarray(stage.keys, dtype=np.int64), return_index=True, return_inverse=True)
     first_row = first[which]
-    left, right = first_row[pairs[:, 0]], first_row[pairs[:, 1]]
-    packed, position = np.unique(dedup.pack_pairs(np.stack([left, right], axis=1)), return_inverse=True)
+    del first, which  # each step frees what it no longer needs: this is the ingest's peak
+    same_texts = dedup.pack_pairs(first_row[pairs])
+    del first_row
+    packed, position = np.unique(same_texts, return_inverse=True)
+    del same_texts
     distinct = dedup.unpack_pairs(packed)
     texts_of = _texts_for_rows(stage.path, dedup.sorted_unique(distinct.ravel()))
     kept = dedup.pack_pairs(dedup.verify_pairs(distinct, texts_of, dedup.NEAR_THRESHOLD))

@@ -326,11 +326,12 @@ def test_all_identical_texts_form_one_cluster():
 # ---------------------------------------------------------------- streaming index
 
 
-def test_index_in_batches_matches_one_batch_and_uses_row_offsets():
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
+def test_index_in_batches_matches_one_batch_and_uses_row_offsets(spill):
     texts, planted = planted_corpus()
     hasher = MinHasher()
     whole = candidate_pairs(hasher.band_keys(hasher.signatures(texts)))
-    index = NearDuplicateIndex(hasher)
+    index = NearDuplicateIndex(hasher, spill=spill)
     for start in reversed(range(0, len(texts), 70)):  # any order, as long as rows do not overlap
         index.add(texts[start:start + 70], start)
     assert len(index) == len(texts)
@@ -338,8 +339,11 @@ def test_index_in_batches_matches_one_batch_and_uses_row_offsets():
     # The ingest's way: each band's keys dropped once used, the index empty afterwards.
     assert np.array_equal(index.candidate_pairs(forget=True), whole)
     assert len(index) == 0 and index.candidate_pairs().shape == (0, 2)
+    index.add(texts, 0)  # usable again after forgetting
+    assert np.array_equal(index.candidate_pairs(), whole)
+    index.close()
 
-    shifted = NearDuplicateIndex(hasher)
+    shifted = NearDuplicateIndex(hasher, spill=spill)
     shifted.add(texts, 1000)
     assert np.array_equal(shifted.candidate_pairs(), whole + 1000)
 

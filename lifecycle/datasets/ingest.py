@@ -3,8 +3,9 @@
     read → validate → PII scan → dedup keys → (stage to Parquet) → near-duplicates → splits
          → leakage → PII policy → version (and a redacted child under the "redact" policy)
 
-It streams: rows pass through in batches and are staged in a temporary Parquet file; only a
-few numbers per row (label id, group id, time, content key, LSH band keys) stay in memory.
+It streams: rows pass through in batches and are staged in a temporary Parquet file (their
+MinHash signatures and LSH band keys in temporary files too); only a few numbers per row
+(label id, group id, time, content key) stay in memory until the duplicates are found.
 """
 import logging
 import math

@@ -69,19 +69,34 @@ def exact_duplicate_groups(keys):
     return [order[start:start + size] for start, size in zip(starts[sizes > 1], sizes[sizes > 1])]
 
 
-def exact_pairs(keys):
-    """(k, 2) pairs linking each duplicate row to the first row with its key (for `components`)."""
+def first_rows(keys):
+    """Each row's first row with the same key (a key's first row is its own)."""
     keys = np.asarray(keys, dtype=np.int64)
     order, starts, sizes = _runs(keys)
-    first = np.repeat(order[starts], sizes)
-    linked = first != order
-    return np.stack([first[linked], order[linked]], axis=1).astype(np.int64)
+    first = np.empty(len(keys), dtype=np.int64)
+    first[order] = np.repeat(order[starts], sizes)  # a stable sort: each run starts at its lowest row
+    return first
 
 
-def sorted_unique(values):
+def exact_pairs(keys):
+    """(k, 2) pairs linking each duplicate row to the first row with its key (for `components`)."""
+    return pairs_to_first(first_rows(keys))
+
+
+def pairs_to_first(first):
+    """`exact_pairs` from `first_rows`, for a caller that has them already."""
+    duplicate = np.flatnonzero(first != np.arange(len(first)))
+    return np.stack([first[duplicate], duplicate], axis=1)
+
+
+def sorted_unique(values, *, in_place=False):
     """np.unique without its hash-table path: numpy 2.4 takes ~100x longer than a sort for
-    millions of distinct int64 values when no return_* option is given."""
-    values = np.sort(values, kind="stable")
+    millions of distinct int64 values when no return_* option is given. in_place sorts
+    `values` itself, saving a copy of a big array the caller no longer needs."""
+    if in_place:
+        values.sort()
+    else:
+        values = np.sort(values, kind="stable")
     return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
@@ -404,8 +419,7 @@ class NearDuplicateIndex:
             del column
             packed = np.concatenate([packed, found])
             del found
-            packed.sort()  # in place: one copy of the pairs fewer than sorted_unique
-            packed = packed[np.r_[True, packed[1:] != packed[:-1]]] if len(packed) else packed
+            packed = sorted_unique(packed, in_place=True)
         if forget:
             self._spans = []
             self._bands = self._empty_bands()

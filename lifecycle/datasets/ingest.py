@@ -383,9 +383,10 @@ def find_duplicates(stage, progress):
     their MinHash-estimated Jaccard, then one representative per duplicate set (keep-first)."""
     progress("deduplicating", 0, 1)
     keys = np.asarray(stage.keys, dtype=np.int64)
-    near_pairs = confirmed_pairs(stage)
+    first = dedup.first_rows(keys)
+    near_pairs = confirmed_pairs(stage, first)
     exact_groups = dedup.exact_duplicate_groups(keys)
-    pairs = dedup.exact_pairs(keys)
+    pairs = dedup.pairs_to_first(first)
     if len(near_pairs):
         pairs = np.concatenate([pairs, near_pairs]) if len(pairs) else near_pairs
     reps = dedup.keep_first(stage.rows, pairs)
@@ -397,9 +398,9 @@ def find_duplicates(stage, progress):
 SURELY_NEAR, SURELY_NOT = 0.9, 0.7
 
 
-def confirmed_pairs(stage, chunk=100_000):
+def confirmed_pairs(stage, first, chunk=100_000):
     """The LSH candidates (band keys dropped as they are used) whose shingle Jaccard reaches
-    the threshold.
+    the threshold; `first` is each row's first row with the same exact key (dedup.first_rows).
 
     Signatures are recomputed for candidate rows only (one pass over the staged file) and
     compared in vectorised chunks; only pairs whose estimate is uncertain are checked on
@@ -422,24 +423,20 @@ def confirmed_pairs(stage, chunk=100_000):
     sure = candidates[estimate >= SURELY_NEAR]
     uncertain = candidates[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
     del candidates, estimate  # the texts below need the room
-    checked = uncertain[_verified(stage, uncertain)]
+    checked = uncertain[_verified(stage, uncertain, first)]
     confirmed = np.concatenate([sure, checked]).reshape(-1, 2)
     return confirmed[np.lexsort((confirmed[:, 1], confirmed[:, 0]))]
 
 
-def _verified(stage, pairs):
+def _verified(stage, pairs, first):
     """Which pairs reach the threshold on their shingles. Rows with the same exact key have
     the same shingles, so each pair of distinct texts is checked once, on the first row of
-    each text (a third fewer checks on the benchmark's data)."""
+    each text (`first`, from dedup.first_rows: a third fewer checks on the benchmark's data)."""
     if not len(pairs):
         return np.zeros(0, dtype=bool)
-    _, first, which = np.unique(np.asarray(stage.keys, dtype=np.int64), return_index=True, return_inverse=True)
-    first_row = first[which]
-    del first, which  # each step frees what it no longer needs: this is the ingest's peak
-    same_texts = dedup.pack_pairs(first_row[pairs])
-    del first_row
+    same_texts = dedup.pack_pairs(first[pairs])
     packed, position = np.unique(same_texts, return_inverse=True)
-    del same_texts
+    del same_texts  # each step frees what it no longer needs: this is the ingest's peak
     distinct = dedup.unpack_pairs(packed)
     texts_of = _texts_for_rows(stage.path, dedup.sorted_unique(distinct.ravel()))
     kept = dedup.pack_pairs(dedup.verify_pairs(distinct, texts_of, dedup.NEAR_THRESHOLD))

@@ -50,8 +50,15 @@ SCHEMA = pa.schema([
 EXAMPLE_COLUMNS = ("version_id", "row", "text", "response", "label", "split", "group", "timestamp",
                    "row_sha256", "content_key", "has_pii", "pii_kinds", "duplicate_cluster", "metadata")
 READ_BATCH = 20_000
-_QUOTED_COLUMNS = ", ".join(f'"{name}"' for name in EXAMPLE_COLUMNS)
-COPY_EXAMPLES = f"COPY {Example._meta.db_table} ({_QUOTED_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
+
+
+def _copy_sql(model, columns):
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    return f"COPY {model._meta.db_table} ({quoted}) FROM STDIN WITH (FORMAT csv)"
+
+
+COPY_EXAMPLES = _copy_sql(Example, EXAMPLE_COLUMNS)
+COPY_TEXTS = _copy_sql(ExampleText, ("version_id", "row", "text"))
 
 
 class VersionWriter:
@@ -286,10 +293,9 @@ def insert_texts(version_id, path, stop=None):
     `stop()` is asked between batches and may raise to give up."""
     if connection.vendor != "postgresql":
         return
-    columns = 'version_id, "row", text'
     offset = 0
     with connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY {ExampleText._meta.db_table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+        with cursor.cursor.copy(COPY_TEXTS) as copy:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text"]):
                 if stop:
                     stop()

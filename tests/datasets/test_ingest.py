@@ -1,6 +1,5 @@
 """The ingest pipeline end to end on the real database: files in, immutable versions out."""
 import json
-from array import array
 import threading
 from pathlib import Path
 
@@ -425,9 +424,10 @@ def test_near_duplicate_checks_are_made_once_per_pair_of_distinct_texts(tmp_path
              "where is my  order 123", "refund my kettle, please", "something else entirely"]
     path = tmp_path / "stage.parquet"
     pq.write_table(pa.table({"text": texts, "response": [""] * len(texts)}), path)
-    stage = SimpleNamespace(path=str(path), keys=array("q", [dedup.exact_key(t) for t in texts]))
+    stage = SimpleNamespace(path=str(path))
+    first = dedup.first_rows([dedup.exact_key(t) for t in texts])
     pairs = np.array([[0, 2], [1, 2], [2, 4], [3, 5], [0, 6], [4, 6], [0, 1]])
     every = {tuple(p) for p in dedup.verify_pairs(pairs, lambda rows: [texts[i] for i in rows], 0.8).tolist()}
-    kept = ingest._verified(stage, pairs)
+    kept = ingest._verified(stage, pairs, first)
     assert {tuple(p) for p in pairs[kept].tolist()} == every
     assert every and every != {tuple(p) for p in pairs.tolist()}

@@ -13,6 +13,7 @@ through a callback. See docs/dedup-and-splits.md for the parameters and measured
 """
 import functools
 import hashlib
+import math
 import tempfile
 import unicodedata
 
@@ -25,6 +26,11 @@ NEAR_THRESHOLD = 0.8  # exact shingle Jaccard at or above which verify_pairs kee
 # A bucket bigger than this links each row to its first MAX_PARTNERS rows only, so a very
 # common text ("thanks") costs n * 16 pairs, not n² / 2, and still ends up in one component.
 MAX_PARTNERS = 16
+# Rows a part of `NearDuplicateIndex.candidate_parts` covers: its working set (one key range
+# of one band, one range of rows' pairs) is a few MB, the same at 100k rows as at 10M.
+ROWS_PER_PART = 65_536
+# Keys of one band read from its spill file at a time while they are sorted into key ranges.
+_READ_CHUNK = 1 << 18
 
 # Texts are processed in chunks of at most this many texts and characters inside one call:
 # the shingle hashes of ~1k short texts (~1 MB) stay in the CPU cache across the num_perm
@@ -62,11 +68,15 @@ def exact_keys(texts):
     return np.fromiter((exact_key(text) for text in texts), dtype=np.int64, count=len(texts))
 
 
-def exact_duplicate_groups(keys):
-    """Row indices of every exact key held by two or more rows, each group in row order."""
-    keys = np.asarray(keys, dtype=np.int64)
-    order, starts, sizes = _runs(keys)
-    return [order[start:start + size] for start, size in zip(starts[sizes > 1], sizes[sizes > 1])]
+def exact_duplicate_summary(first, examples=20, per_example=5):
+    """Exact duplicates from `first_rows`: rows that repeat an earlier row, keys held by two or
+    more rows, and up to `examples` of those groups (their first rows first), each as its
+    first `per_example` rows. No list of every group: a million rows have ~100k of them."""
+    first = np.asarray(first, dtype=np.int64)
+    repeats = first != np.arange(len(first))
+    heads = sorted_unique(first[repeats])
+    shown = [np.flatnonzero(first == head)[:per_example].tolist() for head in heads[:examples]]
+    return {"rows": int(repeats.sum()), "groups": int(len(heads)), "examples": shown}
 
 
 def first_rows(keys):
@@ -350,14 +360,19 @@ def pack_pairs(pairs):
 
 
 def unpack_pairs(packed):
-    return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
+    pairs = np.empty((len(packed), 2), dtype=np.int64)  # filled column by column: no temporaries
+    pairs[:, 0] = packed >> np.uint64(32)
+    pairs[:, 1] = packed & np.uint64(0xFFFFFFFF)
+    return pairs
 
 
 class NearDuplicateIndex:
     """Streams batches of texts in and keeps only their band keys (64 bytes a row by default),
     in memory or, with spill=True, in one unnamed temporary file per band: then memory does
-    not grow with the rows added, and candidate_pairs reads one band (8 bytes a row) at a
-    time. Call close() to let the files go at once (they also go with the object)."""
+    not grow with the rows added. `candidate_parts` hands the candidate pairs out one range
+    of rows at a time, so with spill=True the whole search stays in a bounded working set
+    (about ROWS_PER_PART rows' worth) however many rows were added. Call close() to let the
+    files go at once (they also go with the object)."""
 
     def __init__(self, hasher=None, max_partners=MAX_PARTNERS, spill=False):
         self.hasher = hasher or MinHasher()
@@ -394,36 +409,79 @@ class NearDuplicateIndex:
             else:
                 band.append(column)
 
-    def _band(self, band):
-        """One band's keys for every row, in the order the rows were added."""
+    def candidate_pairs(self, forget=False):
+        """(k, 2) int64 pairs of dataset row indices i < j sharing a band key, sorted, without
+        repeats: every part of `candidate_parts` at once."""
+        parts = [packed for _, packed in self.candidate_parts(forget=forget)]
+        return unpack_pairs(np.sort(np.concatenate([np.zeros(0, np.uint64), *parts])))
+
+    def candidate_parts(self, rows_per_part=ROWS_PER_PART, forget=False):
+        """The candidate pairs one range of rows at a time: yields (first_row, packed), the
+        pairs (as pack_pairs) whose larger row is in [first_row, first_row + rows_per_part),
+        sorted, without repeats; ranges in order, empty ones included. With rows added in
+        order, a part holds at most rows_per_part * bands * max_partners pairs, however the
+        buckets fall.
+
+        Each band is bucketed one key range at a time (keys are hashes, so a range of the
+        key space holds about rows_per_part rows, and a bucket never spans two ranges), and
+        the pairs found go to one temporary file per range of rows, read back only when that
+        part is yielded. With forget, each band's keys are dropped once used and the index is
+        empty afterwards (the ingest needs them no more).
+        """
+        if rows_per_part < 1:
+            raise ValueError("rows_per_part must be at least 1")
+        row_of = self._row_mapping()
+        count = len(self)
+        if not count:
+            self._reset(forget)
+            return
+        top = int(row_of(np.array([count - 1]))[0]) if self._contiguous() else int(row_of(np.arange(count)).max())
+        parts = [tempfile.TemporaryFile(prefix="lifecycle-pairs-") for _ in range(top // rows_per_part + 1)]
+        try:
+            self._find_pairs(parts, row_of, rows_per_part, forget)
+            self._reset(forget)
+            for number, part in enumerate(parts):
+                part.seek(0)
+                packed = np.fromfile(part, dtype=np.uint64)
+                part.close()
+                yield number * rows_per_part, sorted_unique(packed, in_place=True)
+        finally:
+            for part in parts:
+                part.close()
+
+    def _find_pairs(self, parts, row_of, rows_per_part, forget):
+        # A power of two of key ranges, so a key's range is its top bits.
+        ranges = 1 << max(0, math.ceil(math.log2(max(1, len(self) / rows_per_part))))
+        shift = np.uint64(64 - ranges.bit_length() + 1)
+        with tempfile.TemporaryFile(prefix="lifecycle-keys-") as by_range_file:
+            for band in range(self.hasher.bands):
+                spans = _spill_by_range(self._band_chunks(band), ranges, shift, by_range_file)
+                if forget:
+                    self._forget_band(band)
+                for blocks in spans:
+                    keys, positions = _read_range(by_range_file, blocks)
+                    found = pack_pairs(row_of(positions[_bucket_pairs(keys, self.max_partners)]))
+                    _spill_by_row(found, parts, rows_per_part)
+                by_range_file.seek(0)
+                by_range_file.truncate()
+
+    def _band_chunks(self, band):
+        """(first position, keys) of one band, a chunk at a time, in the order rows were added."""
+        chunk = _READ_CHUNK
         if self.spill:
             spilled = self._bands[band]
             spilled.flush()
             spilled.seek(0)
-            return np.fromfile(spilled, dtype=np.uint64)
-        return np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
+            for start in range(0, len(self), chunk):
+                yield start, np.fromfile(spilled, dtype=np.uint64, count=min(chunk, len(self) - start))
+        else:
+            yield 0, np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
 
-    def candidate_pairs(self, forget=False):
-        """(k, 2) int64 pairs of dataset row indices i < j sharing a band key. With forget,
-        each band's keys are dropped once used and the index is empty afterwards: the
-        ingest needs them no more, and the memory goes to the pairs."""
-        rows = self._row_indices()
-        packed = np.zeros(0, np.uint64)
-        # One band at a time, merged into the unique pairs so far: neither the full (rows,
-        # bands) matrix nor every band's pairs at once are ever held.
-        for band in range(self.hasher.bands):
-            column = self._band(band)
-            if forget:
-                self._forget_band(band)
-            found = pack_pairs(rows[_bucket_pairs(column, self.max_partners)])
-            del column
-            packed = np.concatenate([packed, found])
-            del found
-            packed = sorted_unique(packed, in_place=True)
+    def _reset(self, forget):
         if forget:
+            self.close()
             self._spans = []
             self._bands = self._empty_bands()
-        return unpack_pairs(packed)
 
     def _forget_band(self, band):
         if self.spill:
@@ -431,14 +489,71 @@ class NearDuplicateIndex:
         else:
             self._bands[band] = []
 
-    def _row_indices(self):
+    def _contiguous(self):
+        ordered = sorted(self._spans)
+        return ordered == self._spans and all(a + n == b for (a, n), (b, _) in zip(ordered, ordered[1:]))
+
+    def _row_mapping(self):
+        """A function from positions (the order rows were added) to dataset row indices: an
+        offset when batches came in order, one after the other (the ingest's case, with no
+        per-row array), otherwise a lookup in every row's index."""
+        count = len(self)
+        if self._contiguous():
+            base = self._spans[0][0] if self._spans else 0
+            if base < 0 or base + count > 2**32:
+                raise ValueError("row indices must be in [0, 2**32)")
+            return lambda positions: positions + base
         spans = [np.arange(start, start + rows) for start, rows in self._spans]
         rows = np.concatenate([np.zeros(0, np.int64), *spans]).astype(np.int64)
         if len(sorted_unique(rows)) != len(rows):
             raise ValueError("two batches were added for the same row indices")
         if len(rows) and (rows.min() < 0 or rows.max() >= 2**32):
             raise ValueError("row indices must be in [0, 2**32)")
-        return rows
+        return lambda positions: rows[positions]
+
+
+def _spill_by_range(chunks, ranges, shift, spilled):
+    """Writes (key, position) records of the chunks to `spilled` grouped by key range (the
+    keys' top bits), one chunk at a time; returns each range's blocks: (first record, records)."""
+    pieces = [[] for _ in range(ranges)]  # per range: (file record, records) of each chunk's share
+    written = 0
+    for start, keys in chunks:
+        which = (keys >> shift).astype(np.int64) if ranges > 1 else np.zeros(len(keys), np.int64)
+        order = np.argsort(which, kind="stable")  # stable: each range keeps its rows in order
+        bounds = np.searchsorted(which[order], np.arange(ranges + 1))
+        for number in range(ranges):
+            picked = order[bounds[number]:bounds[number + 1]]
+            if len(picked):
+                spilled.write(np.stack([keys[picked], (picked + start).astype(np.uint64)]).tobytes())
+                pieces[number].append((written, len(picked)))
+                written += len(picked)
+    spilled.flush()
+    return pieces
+
+
+def _read_range(spilled, blocks):
+    """One key range's keys and positions, from the blocks each chunk wrote for it."""
+    keys, positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+    for offset, size in blocks:
+        spilled.seek(offset * 16)
+        block = np.fromfile(spilled, dtype=np.uint64, count=size * 2).reshape(2, -1)
+        keys.append(block[0])
+        positions.append(block[1])
+    return np.concatenate(keys), np.concatenate(positions).astype(np.int64)
+
+
+def _spill_by_row(packed, parts, rows_per_part):
+    """Appends packed pairs to the file of the range their larger row falls in. (The larger
+    row, because it bounds a part: a row is the larger row of at most max_partners pairs per
+    band, while a bucket's first rows are the smaller row of all its pairs.)"""
+    if not len(packed):
+        return
+    which = ((packed & np.uint64(0xFFFFFFFF)) // np.uint64(rows_per_part)).astype(np.int64)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(len(parts) + 1))
+    for number, part in enumerate(parts):
+        if bounds[number + 1] > bounds[number]:
+            part.write(packed[order[bounds[number]:bounds[number + 1]]].tobytes())
 
 
 # ---------------------------------------------------------------- verification

@@ -9,6 +9,7 @@ MinHash signatures and LSH band keys in temporary files too); only a few numbers
 """
 import logging
 import math
+import mmap
 import os
 import multiprocessing
 import tempfile
@@ -385,92 +386,203 @@ def find_duplicates(stage, progress):
     keys = np.asarray(stage.keys, dtype=np.int64)
     first = dedup.first_rows(keys)
     near_pairs = confirmed_pairs(stage, first)
-    exact_groups = dedup.exact_duplicate_groups(keys)
+    exact = dedup.exact_duplicate_summary(first)
     pairs = dedup.pairs_to_first(first)
     if len(near_pairs):
         pairs = np.concatenate([pairs, near_pairs]) if len(pairs) else near_pairs
     reps = dedup.keep_first(stage.rows, pairs)
-    return keys, near_pairs, reps, split_units(stage.rows, pairs, reps), _dedup_report(exact_groups, near_pairs, reps)
+    units = split_units(stage.rows, pairs, reps)
+    del pairs
+    rows_analysis.give_back_memory()  # the splits and the write start from what is live
+    return keys, near_pairs, reps, units, _dedup_report(exact, near_pairs, reps)
 
 
 # Estimated Jaccard from 64 MinHash values has a standard deviation of about 0.05 near 0.8:
 # far above or below the threshold the estimate decides; in between the shingles do.
 SURELY_NEAR, SURELY_NOT = 0.9, 0.7
+# Distinct pairs of texts checked on their shingles in one go (about 50 bytes each while
+# they are): the same few MB at a million rows as at ten.
+VERIFY_SLICE = 1 << 18
 
 
-def confirmed_pairs(stage, first, chunk=100_000):
-    """The LSH candidates (band keys dropped as they are used) whose shingle Jaccard reaches
-    the threshold; `first` is each row's first row with the same exact key (dedup.first_rows).
+def confirmed_pairs(stage, first, chunk=1 << 20):
+    """The LSH candidates whose shingle Jaccard reaches the threshold; `first` is each row's
+    first row with the same exact key (dedup.first_rows).
 
-    Signatures are recomputed for candidate rows only (one pass over the staged file) and
-    compared in vectorised chunks; only pairs whose estimate is uncertain are checked on
-    their exact shingle sets, which at ~20 µs a pair in Python would otherwise dominate the
-    ingest of templated text with millions of candidates.
+    Candidates come one range of rows at a time (band keys dropped as they are used), and
+    each range's are sorted out on their MinHash estimate, read from the spilled signatures
+    of those rows only. Sure pairs are kept (8 bytes each); uncertain ones go to a temporary
+    file, and only the distinct pairs of texts they stand for (see `_verified`) stay here to
+    be checked on their exact shingle sets, which at ~20 µs a pair in Python would
+    otherwise dominate the ingest of templated text with millions of candidates.
     """
-    candidates = stage.near.candidate_pairs(forget=True)
-    if not len(candidates):
-        return candidates
-    rows = dedup.sorted_unique(candidates.ravel())
-    signatures = _signatures_for_rows(stage, rows)
-    # Positions into `rows` (under a million here): int32 halves two arrays of every candidate.
-    left = np.searchsorted(rows, candidates[:, 0]).astype(np.int32)
-    right = np.searchsorted(rows, candidates[:, 1]).astype(np.int32)
-    estimate = np.zeros(len(candidates), dtype=np.float32)
-    for start in range(0, len(candidates), chunk):
+    sure, on_first = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+    with open(stage.signatures_path, "rb") as signatures, tempfile.TemporaryFile(prefix="lifecycle-uncertain-") as uncertain:
+        for _, packed in stage.near.candidate_parts(forget=True):
+            estimate = _estimates(signatures, dedup.unpack_pairs(packed), stage.near.hasher.num_perm, stage.rows)
+            sure.append(packed[estimate >= SURELY_NEAR])
+            doubtful = packed[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
+            uncertain.write(doubtful.tobytes())
+            on_first.append(dedup.sorted_unique(_on_first_rows(doubtful, first), in_place=True))
+            del packed, estimate, doubtful
+            rows_analysis.give_back_memory()
+        distinct = dedup.sorted_unique(np.concatenate(on_first), in_place=True)
+        del on_first
+        kept = _kept_texts(stage, distinct, len(first))
+        del distinct
+        uncertain.seek(0)
+        checked = list(_pairs_kept(_blocks(uncertain, chunk), kept, first))
+    # Packed pairs sort as (smaller row, larger row).
+    return dedup.unpack_pairs(np.sort(np.concatenate(sure + checked)))
+
+
+def _estimates(signatures, pairs, perms, total_rows, chunk=32_768):
+    """Estimated Jaccard of each pair: the share of equal values in their 16-bit signatures."""
+    rows = dedup.sorted_unique(pairs.ravel())
+    found = _signatures_for_rows(signatures, rows, perms, total_rows)
+    # Positions into `rows`: int32 halves two arrays of every candidate.
+    left = np.searchsorted(rows, pairs[:, 0]).astype(np.int32)
+    right = np.searchsorted(rows, pairs[:, 1]).astype(np.int32)
+    estimate = np.zeros(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), chunk):
         part = slice(start, start + chunk)
-        estimate[part] = (signatures[left[part]] == signatures[right[part]]).mean(axis=1)
-    del signatures, left, right
-    sure = candidates[estimate >= SURELY_NEAR]
-    uncertain = candidates[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
-    del candidates, estimate  # the texts below need the room
-    checked = uncertain[_verified(stage, uncertain, first)]
-    confirmed = np.concatenate([sure, checked]).reshape(-1, 2)
-    return confirmed[np.lexsort((confirmed[:, 1], confirmed[:, 0]))]
+        estimate[part] = (found[left[part]] == found[right[part]]).mean(axis=1)
+    return estimate
 
 
-def _verified(stage, pairs, first):
-    """Which pairs reach the threshold on their shingles. Rows with the same exact key have
-    the same shingles, so each pair of distinct texts is checked once, on the first row of
-    each text (`first`, from dedup.first_rows: a third fewer checks on the benchmark's data)."""
-    if not len(pairs):
-        return np.zeros(0, dtype=bool)
-    same_texts = dedup.pack_pairs(first[pairs])
-    packed, position = np.unique(same_texts, return_inverse=True)
-    del same_texts  # each step frees what it no longer needs: this is the ingest's peak
-    distinct = dedup.unpack_pairs(packed)
-    texts_of = _texts_for_rows(stage.path, dedup.sorted_unique(distinct.ravel()))
-    kept = dedup.pack_pairs(dedup.verify_pairs(distinct, texts_of, dedup.NEAR_THRESHOLD))
-    return np.isin(packed, kept)[position]
+def _verified(stage, packed, first, chunk=1 << 20):
+    """Which packed pairs (dedup.pack_pairs) reach the threshold on their shingles, all in one
+    go (confirmed_pairs does the same steps a range of rows at a time)."""
+    distinct = dedup.sorted_unique(_on_first_rows(packed, first), in_place=True)
+    kept = _kept_texts(stage, distinct, len(first))
+    return np.concatenate([np.zeros(0, bool)] + [
+        _in_sorted(kept, _on_first_rows(packed[start:start + chunk], first)) for start in range(0, len(packed), chunk)])
 
 
-def _texts_for_rows(path, rows):
-    """A function giving the texts (prompt and response) of any of the given staged rows
-    (sorted), read in one pass over the staged file and kept as one Arrow array: Python
-    strings for half a million rows would cost ~60 MB more."""
-    found, offset = [pa.array([], pa.string())], 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
-        lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
-        if hi > lo:
-            wanted = pa.array(rows[lo:hi] - offset)
-            text, response = batch.column(0).take(wanted), batch.column(1).take(wanted)
-            with_response = pc.fill_null(pc.not_equal(response, ""), False)
-            found.append(pc.if_else(with_response, pc.binary_join_element_wise(text, response, "\n"), text))
-        offset += batch.num_rows
-    texts = pa.concat_arrays(found)
-    return lambda wanted: texts.take(pa.array(np.searchsorted(rows, wanted))).to_pylist()
+def _kept_texts(stage, distinct, total_rows):
+    """Of `distinct`, sorted packed pairs of first rows (rows with the same exact key have the
+    same shingles, so each pair of distinct texts is checked once: a third fewer checks on
+    the benchmark's data), those that reach the threshold, sorted."""
+    if not len(distinct):
+        return distinct
+    needed = np.zeros(total_rows, dtype=bool)
+    needed[(distinct >> np.uint64(32)).astype(np.int64)] = True
+    needed[(distinct & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
+    with SpilledTexts(stage.path, np.flatnonzero(needed)) as texts_of:
+        del needed
+        # A slice of the distinct pairs at a time (they are sorted: a slice holds whole runs
+        # of pairs with the same first row), so the checks' own arrays stay a slice's size.
+        kept = [np.zeros(0, np.uint64)]
+        for start in range(0, len(distinct), VERIFY_SLICE):
+            some = dedup.unpack_pairs(distinct[start:start + VERIFY_SLICE])
+            kept.append(dedup.pack_pairs(dedup.verify_pairs(some, texts_of, dedup.NEAR_THRESHOLD)))
+            rows_analysis.give_back_memory()
+    return np.concatenate(kept)  # in order: the slices are, and verify_pairs keeps the order given
 
 
-def _signatures_for_rows(stage, rows, chunk=65_536):
-    """The spilled signatures of the given rows (sorted), read in row-range chunks."""
-    perms = stage.near.hasher.num_perm
-    found = np.zeros((len(rows), perms), dtype=np.uint16)
-    with open(stage.signatures_path, "rb") as spilled:
-        for start in range(0, stage.rows, chunk):
-            lo, hi = np.searchsorted(rows, [start, start + chunk])
+def _blocks(spilled, size):
+    """A file of uint64 values, `size` of them at a time."""
+    while len(block := np.fromfile(spilled, dtype=np.uint64, count=size)):
+        yield block
+
+
+def _pairs_kept(chunks, kept, first):
+    """The pairs, chunk by chunk, whose texts' pair is in `kept`."""
+    for packed in chunks:
+        yield packed[_in_sorted(kept, _on_first_rows(packed, first))]
+
+
+def _in_sorted(sorted_values, values):
+    """np.isin for a sorted array to look in, by binary search."""
+    if not len(sorted_values):
+        return np.zeros(len(values), dtype=bool)
+    where = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[where] == values
+
+
+def _on_first_rows(packed, first):
+    """Packed pairs with each row replaced by the first row of its text."""
+    low = first[(packed >> np.uint64(32)).astype(np.int64)]
+    high = first[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    return np.minimum(low, high).astype(np.uint64) << np.uint64(32) | np.maximum(low, high).astype(np.uint64)
+
+
+class SpilledTexts:
+    """The texts (prompt and response) of some staged rows (sorted), copied in one pass over
+    the staged file into an unnamed temporary file and served through a memory map whose
+    pages are let go after every call: the memory held is what one call read, not every
+    text the checks will need (~45 MB at a million rows, held as one Arrow array before).
+    Call it with sorted rows from those given; use it as a context manager."""
+
+    def __init__(self, path, rows):
+        self.rows = rows
+        self._file = tempfile.TemporaryFile(prefix="lifecycle-texts-")
+        offsets, end, start = [np.zeros(1, np.int64)], 0, 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
+            lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
             if hi > lo:
-                spilled.seek(start * perms * 2)
-                block = np.fromfile(spilled, dtype=np.uint16, count=min(chunk, stage.rows - start) * perms).reshape(-1, perms)
-                found[lo:hi] = block[rows[lo:hi] - start]
+                data, ends = _utf8(_joined(batch, pa.array(rows[lo:hi] - start)))
+                self._file.write(data)
+                offsets.append(ends + end)
+                end += len(data)
+            start += batch.num_rows
+        self._file.flush()
+        # A map cannot be empty: one spare byte, never inside a text.
+        self._file.write(b"\0")
+        self._file.flush()
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._texts = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(np.concatenate(offsets)),
+                                                       pa.py_buffer(self._map))
+
+    def __call__(self, wanted):
+        found = self._texts.take(pa.array(np.searchsorted(self.rows, wanted))).to_pylist()
+        # The file's pages stay in the page cache; the process just stops holding them.
+        self._map.madvise(mmap.MADV_DONTNEED)
+        return found
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._texts = None  # the Arrow array borrows the map: it goes first
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # something still holds a view (a traceback's frame, say): the map goes with it
+        self._file.close()
+
+
+def _joined(batch, wanted):
+    """The wanted rows' text, with "\n" and the response where there is one."""
+    text, response = batch.column(0).take(wanted), batch.column(1).take(wanted)
+    with_response = pc.fill_null(pc.not_equal(response, ""), False)
+    joined = pc.if_else(with_response, pc.binary_join_element_wise(text, response, "\n"), text)
+    return pc.fill_null(joined, "").cast(pa.large_string())
+
+
+def _utf8(strings):
+    """A large_string array's UTF-8 bytes and the end offset of each string in them."""
+    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset:strings.offset + len(strings) + 1]
+    data = strings.buffers()[2]
+    body = b"" if data is None else memoryview(data)[offsets[0]:offsets[-1]]
+    return body, offsets[1:] - offsets[0]
+
+
+def _signatures_for_rows(spilled, rows, perms, total_rows, block=65_536):
+    """The spilled signatures of the given rows (sorted), gathered through a memory map one
+    block of rows at a time, each block's pages let go before the next: only the pages that
+    hold wanted rows are touched, and never more than a block's at once."""
+    found = np.zeros((len(rows), perms), dtype=np.uint16)
+    if not len(rows):
+        return found
+    with mmap.mmap(spilled.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        signatures = np.frombuffer(mapped, dtype=np.uint16, count=total_rows * perms).reshape(total_rows, perms)
+        for start in range(0, total_rows, block):
+            lo, hi = np.searchsorted(rows, [start, start + block])
+            if hi > lo:
+                found[lo:hi] = signatures[rows[lo:hi]]
+                mapped.madvise(mmap.MADV_DONTNEED, start * perms * 2, min(block, total_rows - start) * perms * 2)
+        del signatures  # the map cannot close while a view of it lives
     return found
 
 
@@ -485,14 +597,14 @@ def split_units(n, pairs, reps):
     return np.where(huge, reps + n, components)
 
 
-def _dedup_report(exact_groups, near_pairs, reps):
+def _dedup_report(exact, near_pairs, reps):
     return {
-        "exact_duplicate_rows": int(sum(len(g) - 1 for g in exact_groups)),
-        "exact_groups": len(exact_groups),
+        "exact_duplicate_rows": exact["rows"],
+        "exact_groups": exact["groups"],
         "near_duplicate_pairs": int(len(near_pairs)),
         "removable_rows": int((reps != np.arange(len(reps))).sum()),
         "pairs": [[int(a), int(b)] for a, b in near_pairs[:50]],
-        "examples": [[int(x) for x in group[:5]] for group in exact_groups[:20]],
+        "examples": exact["examples"],
     }
 
 
@@ -572,6 +684,7 @@ def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, le
                            texts=texts)
     clusters = dedup.cluster_ids(clusters)
     split_names = np.asarray(SPLIT_NAMES)
+    rows_analysis.give_back_memory()  # what the splits freed: the write's batches go there
     offset = 0
     try:
         # Arrow all the way: the staged batch plus two columns, never a Python object per value.

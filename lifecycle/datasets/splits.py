@@ -57,12 +57,17 @@ def _check_fractions(fractions):
 
 def _blocks(n, groups, units):
     """Block index 0..b-1 per row: the connected components of shared group and unit ids."""
-    links = [np.zeros((0, 2), np.int64)]
+    links = [np.zeros((0, 2), np.int32 if n < 2**31 else np.int64)]
     for ids in (groups, units):
         if ids is not None:
             links.append(_same_id_pairs(_id_codes(ids, n)))
-    _, block = np.unique(components(n, np.concatenate(links)), return_inverse=True)
-    return block
+    roots = components(n, np.concatenate(links))
+    del links
+    # Dense numbers in the order of the roots (what np.unique's inverse gives), without its
+    # sort and its three row-sized arrays: a root is its component's smallest row.
+    is_root = np.zeros(n, dtype=bool)
+    is_root[roots] = True
+    return (np.cumsum(is_root) - 1)[roots]
 
 
 def _id_codes(ids, n):
@@ -113,7 +118,9 @@ def _same_id_pairs(codes):
     ordered = codes[order]
     new = np.r_[True, ordered[1:] != ordered[:-1]] if len(order) else np.zeros(0, bool)
     first = order[np.flatnonzero(new)][np.cumsum(new) - 1]
-    return np.stack([first[~new], order[~new]], axis=1)
+    # 32-bit rows where they fit: these pairs are the split's biggest arrays.
+    kind = np.int32 if len(codes) < 2**31 else np.int64
+    return np.stack([first[~new].astype(kind), order[~new].astype(kind)], axis=1)
 
 
 # ---------------------------------------------------------------- stratified assignment

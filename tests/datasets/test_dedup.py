@@ -14,10 +14,11 @@ from lifecycle.datasets.dedup import (
     candidate_pairs,
     components,
     estimated_jaccard,
-    exact_duplicate_groups,
+    exact_duplicate_summary,
     exact_key,
     exact_keys,
     exact_pairs,
+    first_rows,
     normalize,
     normalize_for_shingles,
     shingle_hashes,
@@ -84,16 +85,18 @@ def test_exact_keys_match_exact_key_and_separate_punctuation():
     assert keys[0] == keys[1] and keys[0] != keys[2]
 
 
-def test_exact_duplicate_groups_finds_planted_duplicates():
+def test_exact_duplicate_summary_counts_planted_duplicates():
     texts = ["a b", "c", "A  B", "d", "c", "a b"]
-    groups = exact_duplicate_groups(exact_keys(texts))
-    assert sorted(g.tolist() for g in groups) == [[0, 2, 5], [1, 4]]
+    summary = exact_duplicate_summary(first_rows(exact_keys(texts)))
+    assert summary == {"rows": 3, "groups": 2, "examples": [[0, 2, 5], [1, 4]]}
 
 
-def test_exact_duplicate_groups_edge_cases():
-    assert exact_duplicate_groups(np.zeros(0, np.int64)) == []
-    assert exact_duplicate_groups(exact_keys(["one"])) == []
-    assert [g.tolist() for g in exact_duplicate_groups(exact_keys(["same"] * 5))] == [[0, 1, 2, 3, 4]]
+def test_exact_duplicate_summary_edge_cases():
+    assert exact_duplicate_summary(first_rows(np.zeros(0, np.int64))) == {"rows": 0, "groups": 0, "examples": []}
+    assert exact_duplicate_summary(first_rows(exact_keys(["one"])))["groups"] == 0
+    assert exact_duplicate_summary(first_rows(exact_keys(["same"] * 9))) == {"rows": 8, "groups": 1, "examples": [[0, 1, 2, 3, 4]]}
+    many = exact_duplicate_summary(first_rows(np.repeat(np.arange(30), 2)), examples=20)
+    assert many["groups"] == 30 and len(many["examples"]) == 20 and many["examples"][0] == [0, 1]
 
 
 def test_exact_pairs_link_duplicates_to_their_first_row():
@@ -346,6 +349,61 @@ def test_index_in_batches_matches_one_batch_and_uses_row_offsets(spill):
     shifted = NearDuplicateIndex(hasher, spill=spill)
     shifted.add(texts, 1000)
     assert np.array_equal(shifted.candidate_pairs(), whole + 1000)
+
+
+def crowded_corpus():
+    """The planted corpus with big buckets: many copies of one text and a run of templated ones."""
+    texts, _ = planted_corpus()
+    rng = random.Random(5)
+    texts = texts + ["thank you so much"] * 40 + [f"please refund order {n} for my account" for n in range(60)]
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
+@pytest.mark.parametrize("rows_per_part", [1, 7, 64, 10_000])
+def test_candidate_parts_split_the_same_pairs_by_row_range(spill, rows_per_part, monkeypatch):
+    """However small the parts (many key ranges, many row ranges) and however the band files
+    are read (chunks smaller than a batch), the parts hold exactly the candidate pairs of the
+    whole, each part's larger rows inside its range, in order."""
+    import lifecycle.datasets.dedup as dedup
+
+    monkeypatch.setattr(dedup, "_READ_CHUNK", 33)
+    texts = crowded_corpus()
+    hasher = MinHasher()
+    keys = hasher.band_keys(hasher.signatures(texts))
+    assert len(candidate_pairs(keys, max_partners=4)) > 500  # big buckets: the partner cap is in play
+    for base, order in ((0, range(0, len(texts), 50)), (700, list(reversed(range(0, len(texts), 50))))):
+        index = NearDuplicateIndex(hasher, max_partners=4, spill=spill)
+        for start in order:
+            index.add(texts[start:start + 50], base + start)
+        # The whole: every band at once over the rows in the order they were added (a capped
+        # bucket pairs its earliest-added rows).
+        rows = np.concatenate([np.arange(start, min(start + 50, len(texts))) for start in order])
+        by_position = candidate_pairs(keys[rows], max_partners=4)
+        whole = np.unique(np.sort(rows[by_position], axis=1), axis=0)
+        parts = list(index.candidate_parts(rows_per_part=rows_per_part))
+        assert [first for first, _ in parts] == list(range(0, base + len(texts), rows_per_part))[:len(parts)]
+        assert parts[-1][0] <= base + len(texts) - 1 < parts[-1][0] + rows_per_part
+        for first, packed in parts:
+            high = dedup.unpack_pairs(packed)[:, 1]
+            assert ((high >= first) & (high < first + rows_per_part)).all()
+            if base == 0:  # rows added in order: a bucket's hubs are its smallest rows
+                assert len(packed) <= rows_per_part * hasher.bands * 4
+            assert (packed[1:] > packed[:-1]).all()  # sorted, no repeats
+        together = dedup.unpack_pairs(np.sort(np.concatenate([packed for _, packed in parts])))
+        assert np.array_equal(together, whole + base)
+        index.close()
+
+
+def test_candidate_parts_forget_leaves_an_empty_index():
+    texts = crowded_corpus()
+    index = NearDuplicateIndex(max_partners=4, spill=True)
+    index.add(texts, 0)
+    assert sum(len(packed) for _, packed in index.candidate_parts(rows_per_part=50, forget=True)) > 0
+    assert len(index) == 0 and list(index.candidate_parts()) == []
+    with pytest.raises(ValueError):
+        list(index.candidate_parts(rows_per_part=0))
 
 
 def test_index_rejects_overlapping_batches():

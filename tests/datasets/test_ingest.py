@@ -428,6 +428,28 @@ def test_near_duplicate_checks_are_made_once_per_pair_of_distinct_texts(tmp_path
     first = dedup.first_rows([dedup.exact_key(t) for t in texts])
     pairs = np.array([[0, 2], [1, 2], [2, 4], [3, 5], [0, 6], [4, 6], [0, 1]])
     every = {tuple(p) for p in dedup.verify_pairs(pairs, lambda rows: [texts[i] for i in rows], 0.8).tolist()}
-    kept = ingest._verified(stage, pairs, first)
+    kept = ingest._verified(stage, dedup.pack_pairs(pairs), first)
     assert {tuple(p) for p in pairs[kept].tolist()} == every
     assert every and every != {tuple(p) for p in pairs.tolist()}
+
+
+def test_spilled_texts_serve_any_sorted_rows_and_let_their_pages_go(tmp_path):
+    """The texts the near-duplicate checks read come from a temporary file through a memory
+    map: the same strings the staged file holds (prompt and response joined), for rows in
+    any batch of calls, with nothing held after the context ends."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"text {n} ✓ ünïcödé 🙂" for n in range(3000)]
+    texts[5], texts[2999] = "", "a\x00b"
+    responses = ["" if n % 3 else f"answer {n}" for n in range(3000)]
+    path = tmp_path / "stage.parquet"
+    pq.write_table(pa.table({"text": texts, "response": responses}), path, row_group_size=700)
+    rows = np.array(sorted({0, 1, 5, 699, 700, 701, 1500, 2998, 2999}), dtype=np.int64)
+    expected = {r: texts[r] + (f"\n{responses[r]}" if responses[r] else "") for r in rows.tolist()}
+    with ingest.SpilledTexts(str(path), rows) as texts_of:
+        assert texts_of(rows) == [expected[r] for r in rows.tolist()]
+        assert texts_of(np.array([5, 2999])) == ["", "a\x00b"]
+        assert texts_of(np.array([0, 0, 1500])) == [expected[0], expected[0], expected[1500]]
+    assert texts_of._texts is None and texts_of._map.closed

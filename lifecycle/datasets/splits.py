@@ -60,7 +60,7 @@ def _blocks(n, groups, units):
     links = [np.zeros((0, 2), np.int32 if n < 2**31 else np.int64)]
     for ids in (groups, units):
         if ids is not None:
-            links.append(_same_id_pairs(_id_codes(ids, n)))
+            links.append(_same_id_pairs(_sortable_ids(ids, n)))
     roots = components(n, np.concatenate(links))
     del links
     # Dense numbers in the order of the roots (what np.unique's inverse gives), without its
@@ -68,6 +68,16 @@ def _blocks(n, groups, units):
     is_root = np.zeros(n, dtype=bool)
     is_root[roots] = True
     return (np.cumsum(is_root) - 1)[roots]
+
+
+def _sortable_ids(ids, n):
+    """Ids that sort, -1 (or any negative) where a row has none: integer ids as they are (no
+    dense codes needed to find equal ones, and no sort to make them: ~40 MB less at a million
+    rows), other kinds as _id_codes."""
+    array = np.asarray(ids)
+    if array.dtype.kind in "iu" and array.shape == (n,):
+        return array
+    return _id_codes(ids, n)
 
 
 def _id_codes(ids, n):

@@ -221,3 +221,18 @@ def test_split_summary_counts_rows_and_labels_per_split():
     assert summary["test"]["rows"] == 2
     json.dumps(summary)
     assert split_summary(splits, labels, {0: "a", 1: "b"})["test"]["labels"] == {"a": 0, "b": 1, "7": 1}
+
+
+def test_integer_group_ids_split_like_the_same_ids_as_strings():
+    """Integer ids (the ingest's 63-bit group hashes, -1 for none) are grouped as they are,
+    without dense codes: the same blocks, so the same split, as their text forms."""
+    labels, groups = grouped_rows(n=5_000)
+    hashed = (groups * 7_919_000_003_301 + 12_345) % (2**63 - 25)  # big, spread-out ids
+    hashed[::17] = -1
+    as_text = np.array([None if g < 0 else f"customer-{g}" for g in hashed.tolist()], dtype=object)
+    units = np.arange(5_000) // 3
+    by_text = assign_splits(labels, groups=as_text, units=units, seed=4)
+    assert np.array_equal(assign_splits(labels, groups=hashed, units=units, seed=4), by_text)
+    small = np.where(hashed >= 0, groups, -1).astype(np.int32)  # another integer kind, the same groups
+    assert np.array_equal(assign_splits(labels, groups=small, units=units, seed=4), by_text)
+    assert_groups_intact(by_text[hashed >= 0], hashed[hashed >= 0])

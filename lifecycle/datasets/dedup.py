@@ -415,7 +415,7 @@ class NearDuplicateIndex:
         parts = [packed for _, packed in self.candidate_parts(forget=forget)]
         return unpack_pairs(np.sort(np.concatenate([np.zeros(0, np.uint64), *parts])))
 
-    def candidate_parts(self, rows_per_part=ROWS_PER_PART, forget=False):
+    def candidate_parts(self, rows_per_part=None, forget=False):
         """The candidate pairs one range of rows at a time: yields (first_row, packed), the
         pairs (as pack_pairs) whose larger row is in [first_row, first_row + rows_per_part),
         sorted, without repeats; ranges in order, empty ones included. With rows added in
@@ -428,6 +428,7 @@ class NearDuplicateIndex:
         part is yielded. With forget, each band's keys are dropped once used and the index is
         empty afterwards (the ingest needs them no more).
         """
+        rows_per_part = ROWS_PER_PART if rows_per_part is None else rows_per_part
         if rows_per_part < 1:
             raise ValueError("rows_per_part must be at least 1")
         row_of = self._row_mapping()

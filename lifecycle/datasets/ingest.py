@@ -403,6 +403,8 @@ SURELY_NEAR, SURELY_NOT = 0.9, 0.7
 # Distinct pairs of texts checked on their shingles in one go (about 50 bytes each while
 # they are): the same few MB at a million rows as at ten.
 VERIFY_SLICE = 1 << 18
+# Rows of spilled signatures gathered at a time (8 MB of the file) before their pages are let go.
+SIGNATURE_BLOCK = 65_536
 
 
 def confirmed_pairs(stage, first, chunk=1 << 20):
@@ -568,20 +570,22 @@ def _utf8(strings):
     return body, offsets[1:] - offsets[0]
 
 
-def _signatures_for_rows(spilled, rows, perms, total_rows, block=65_536):
+def _signatures_for_rows(spilled, rows, perms, total_rows):
     """The spilled signatures of the given rows (sorted), gathered through a memory map one
     block of rows at a time, each block's pages let go before the next: only the pages that
     hold wanted rows are touched, and never more than a block's at once."""
     found = np.zeros((len(rows), perms), dtype=np.uint16)
     if not len(rows):
         return found
+    block = SIGNATURE_BLOCK
     with mmap.mmap(spilled.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         signatures = np.frombuffer(mapped, dtype=np.uint16, count=total_rows * perms).reshape(total_rows, perms)
         for start in range(0, total_rows, block):
             lo, hi = np.searchsorted(rows, [start, start + block])
             if hi > lo:
                 found[lo:hi] = signatures[rows[lo:hi]]
-                mapped.madvise(mmap.MADV_DONTNEED, start * perms * 2, min(block, total_rows - start) * perms * 2)
+                begin = start * perms * 2 // mmap.PAGESIZE * mmap.PAGESIZE  # madvise starts on a page
+                mapped.madvise(mmap.MADV_DONTNEED, begin, (start + block) * perms * 2 - begin)
         del signatures  # the map cannot close while a view of it lives
     return found
 

@@ -414,7 +414,7 @@ def confirmed_pairs(stage, first, chunk=1 << 20):
     Candidates come one range of rows at a time (band keys dropped as they are used), and
     each range's are sorted out on their MinHash estimate, read from the spilled signatures
     of those rows only. Sure pairs are kept (8 bytes each); uncertain ones go to a temporary
-    file, and only the distinct pairs of texts they stand for (see `_verified`) stay here to
+    file, and only the distinct pairs of texts they stand for (see `_kept_texts`) stay here to
     be checked on their exact shingle sets, which at ~20 µs a pair in Python would
     otherwise dominate the ingest of templated text with millions of candidates.
     """
@@ -450,15 +450,6 @@ def _estimates(signatures, pairs, perms, total_rows, chunk=32_768):
         part = slice(start, start + chunk)
         estimate[part] = (found[left[part]] == found[right[part]]).mean(axis=1)
     return estimate
-
-
-def _verified(stage, packed, first, chunk=1 << 20):
-    """Which packed pairs (dedup.pack_pairs) reach the threshold on their shingles, all in one
-    go (confirmed_pairs does the same steps a range of rows at a time)."""
-    distinct = dedup.sorted_unique(_on_first_rows(packed, first), in_place=True)
-    kept = _kept_texts(stage, distinct, len(first))
-    return np.concatenate([np.zeros(0, bool)] + [
-        _in_sorted(kept, _on_first_rows(packed[start:start + chunk], first)) for start in range(0, len(packed), chunk)])
 
 
 def _kept_texts(stage, distinct, total_rows):
@@ -580,13 +571,15 @@ def _signatures_for_rows(spilled, rows, perms, total_rows):
     block = SIGNATURE_BLOCK
     with mmap.mmap(spilled.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         signatures = np.frombuffer(mapped, dtype=np.uint16, count=total_rows * perms).reshape(total_rows, perms)
-        for start in range(0, total_rows, block):
-            lo, hi = np.searchsorted(rows, [start, start + block])
-            if hi > lo:
-                found[lo:hi] = signatures[rows[lo:hi]]
-                begin = start * perms * 2 // mmap.PAGESIZE * mmap.PAGESIZE  # madvise starts on a page
-                mapped.madvise(mmap.MADV_DONTNEED, begin, (start + block) * perms * 2 - begin)
-        del signatures  # the map cannot close while a view of it lives
+        try:
+            for start in range(0, total_rows, block):
+                lo, hi = np.searchsorted(rows, [start, start + block])
+                if hi > lo:
+                    found[lo:hi] = signatures[rows[lo:hi]]
+                    begin = start * perms * 2 // mmap.PAGESIZE * mmap.PAGESIZE  # madvise starts on a page
+                    mapped.madvise(mmap.MADV_DONTNEED, begin, (start + block) * perms * 2 - begin)
+        finally:
+            del signatures  # the map cannot close while a view of it lives
     return found
 
 

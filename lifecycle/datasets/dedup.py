@@ -27,7 +27,8 @@ NEAR_THRESHOLD = 0.8  # exact shingle Jaccard at or above which verify_pairs kee
 # common text ("thanks") costs n * 16 pairs, not n² / 2, and still ends up in one component.
 MAX_PARTNERS = 16
 # Rows a part of `NearDuplicateIndex.candidate_parts` covers: its working set (one key range
-# of one band, one range of rows' pairs) is a few MB, the same at 100k rows as at 10M.
+# of one band, one range of rows' pairs, and in the ingest those pairs' rows' signatures:
+# tens of MB) is the same at 100k rows as at 10M.
 ROWS_PER_PART = 65_536
 # Keys of one band read from its spill file at a time while they are sorted into key ranges.
 _READ_CHUNK = 1 << 18
@@ -436,7 +437,7 @@ class NearDuplicateIndex:
         if not count:
             self._reset(forget)
             return
-        top = int(row_of(np.array([count - 1]))[0]) if self._contiguous() else int(row_of(np.arange(count)).max())
+        top = max(start + rows for start, rows in self._spans) - 1
         parts = [tempfile.TemporaryFile(prefix="lifecycle-pairs-") for _ in range(top // rows_per_part + 1)]
         try:
             self._find_pairs(parts, row_of, rows_per_part, forget)

@@ -356,8 +356,17 @@ def pack_pairs(pairs):
     """(k, 2) row pairs (rows under 2**32) as one uint64 each, low row in the high half: 8
     bytes a pair, not 16, and sorting them sorts the pairs."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    low, high = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    return (low.astype(np.uint64) << np.uint64(32)) | high.astype(np.uint64)
+    return pack_rows(pairs[:, 0], pairs[:, 1])
+
+
+def pack_rows(a, b):
+    """`pack_pairs` of the pairs (a[i], b[i]), from two columns."""
+    return np.minimum(a, b).astype(np.uint64) << np.uint64(32) | np.maximum(a, b).astype(np.uint64)
+
+
+def packed_rows(packed):
+    """The (low rows, high rows) of packed pairs, as int64 columns."""
+    return (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def unpack_pairs(packed):
@@ -365,6 +374,12 @@ def unpack_pairs(packed):
     pairs[:, 0] = packed >> np.uint64(32)
     pairs[:, 1] = packed & np.uint64(0xFFFFFFFF)
     return pairs
+
+
+def uint64_blocks(spilled, size):
+    """A file of uint64 values from where it stands, `size` values at a time."""
+    while len(block := np.fromfile(spilled, dtype=np.uint64, count=size)):
+        yield block
 
 
 class NearDuplicateIndex:
@@ -474,8 +489,8 @@ class NearDuplicateIndex:
             spilled = self._bands[band]
             spilled.flush()
             spilled.seek(0)
-            for start in range(0, len(self), chunk):
-                yield start, np.fromfile(spilled, dtype=np.uint64, count=min(chunk, len(self) - start))
+            for number, keys in enumerate(uint64_blocks(spilled, chunk)):
+                yield number * chunk, keys
         else:
             yield 0, np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
 
@@ -550,7 +565,7 @@ def _spill_by_row(packed, parts, rows_per_part):
     band, while a bucket's first rows are the smaller row of all its pairs.)"""
     if not len(packed):
         return
-    which = ((packed & np.uint64(0xFFFFFFFF)) // np.uint64(rows_per_part)).astype(np.int64)
+    which = packed_rows(packed)[1] // rows_per_part
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(len(parts) + 1))
     for number, part in enumerate(parts):

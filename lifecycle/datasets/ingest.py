@@ -433,7 +433,7 @@ def confirmed_pairs(stage, first, chunk=1 << 20):
         kept = _kept_texts(stage, distinct, len(first))
         del distinct
         uncertain.seek(0)
-        checked = list(_pairs_kept(_blocks(uncertain, chunk), kept, first))
+        checked = list(_pairs_kept(dedup.uint64_blocks(uncertain, chunk), kept, first))
     # Packed pairs sort as (smaller row, larger row).
     return dedup.unpack_pairs(np.sort(np.concatenate(sure + checked)))
 
@@ -459,8 +459,8 @@ def _kept_texts(stage, distinct, total_rows):
     if not len(distinct):
         return distinct
     needed = np.zeros(total_rows, dtype=bool)
-    needed[(distinct >> np.uint64(32)).astype(np.int64)] = True
-    needed[(distinct & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
+    for rows in dedup.packed_rows(distinct):
+        needed[rows] = True
     with SpilledTexts(stage.path, np.flatnonzero(needed)) as texts_of:
         del needed
         # A slice of the distinct pairs at a time (they are sorted: a slice holds whole runs
@@ -471,12 +471,6 @@ def _kept_texts(stage, distinct, total_rows):
             kept.append(dedup.pack_pairs(dedup.verify_pairs(some, texts_of, dedup.NEAR_THRESHOLD)))
             rows_analysis.give_back_memory()
     return np.concatenate(kept)  # in order: the slices are, and verify_pairs keeps the order given
-
-
-def _blocks(spilled, size):
-    """A file of uint64 values, `size` of them at a time."""
-    while len(block := np.fromfile(spilled, dtype=np.uint64, count=size)):
-        yield block
 
 
 def _pairs_kept(chunks, kept, first):
@@ -495,9 +489,8 @@ def _in_sorted(sorted_values, values):
 
 def _on_first_rows(packed, first):
     """Packed pairs with each row replaced by the first row of its text."""
-    low = first[(packed >> np.uint64(32)).astype(np.int64)]
-    high = first[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)]
-    return np.minimum(low, high).astype(np.uint64) << np.uint64(32) | np.maximum(low, high).astype(np.uint64)
+    low, high = dedup.packed_rows(packed)
+    return dedup.pack_rows(first[low], first[high])
 
 
 class SpilledTexts:

@@ -121,23 +121,24 @@ def run_one(path, rows):
         last_cpu[0] = now
         return time.perf_counter()
 
-    t = time.perf_counter()
-    stage, problems = ingest.stage_file(str(path), "jsonl", options, lambda *a, **k: None)
-    t = lap("read+validate+PII+hash+minhash+stage", t)
-    texts = ingest.TextIndexWriter.start(stage.path)  # as ingest_file does: search index on the other core
-    keys, near_pairs, reps, units, dedup_report = ingest.find_duplicates(stage, lambda *a, **k: None)
-    t = lap("near-duplicate pairs + keep-first", t)
-    assigned, _ = ingest.choose_splits(stage, units, options, lambda *a, **k: None)
-    t = lap("split", t)
-    leak = ingest.leakage(stage, assigned, keys, near_pairs)
-    t = lap("leakage", t)
-    reports = {"validation": ingest.validation_report(stage, problems, options), "pii": stage.pii.to_dict(),
-               "dedup": dedup_report, "leakage": leak}
-    version = ingest._write(dataset, stage, assigned, reps, reports, sorted(stage.labels), True, leak, None, "", lambda *a, **k: None,
-                             texts)
-    t = lap("write (Parquet, artifact, examples COPY, manifest)", t)
+    # The ingest's own path (ingest_staged, as ingest_file runs it), timed phase by phase as
+    # its progress reports move on: each step lets go of what the next does not need.
+    names = {"deduplicating": "near-duplicate pairs + keep-first", "splitting": "split", "checking leakage": "leakage",
+             "writing": "write (Parquet, artifact, examples COPY, manifest)"}
+    current, t = ["read+validate+PII+hash+minhash+stage"], time.perf_counter()
+
+    def progress(phase, *args, **kwargs):
+        nonlocal t
+        if phase in names and names[phase] != current[0]:
+            t = lap(current[0], t)
+            current[0] = names[phase]
+
+    stage, problems = ingest.stage_file(str(path), "jsonl", options, progress)
+    [version] = ingest.ingest_staged(dataset, stage, problems, options, progress=progress)
+    lap(current[0], t)
     total = time.perf_counter() - started
-    stage.cleanup()
+    reports = {"dedup": version.dedup_report, "pii": version.pii_report}
+    dedup_report, leak = version.dedup_report, version.leakage_report
     result = {"rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
               "phases": {name: {"s": s, "rows_per_s": rows / s} for name, s in times.items()},
               "inside_stage": {name: {"s": s, "rows_per_s": rows / s} for name, s in stage.timings.items()},

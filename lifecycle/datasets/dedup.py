@@ -80,13 +80,43 @@ def exact_duplicate_summary(first, examples=20, per_example=5):
     return {"rows": int(repeats.sum()), "groups": int(len(heads)), "examples": shown}
 
 
-def first_rows(keys):
-    """Each row's first row with the same key (a key's first row is its own)."""
-    keys = np.asarray(keys, dtype=np.int64)
-    order, starts, sizes = _runs(keys)
-    first = np.empty(len(keys), dtype=np.int64)
-    first[order] = np.repeat(order[starts], sizes)  # a stable sort: each run starts at its lowest row
+def first_rows(keys, *, ignore_negative=False, rows_per_range=ROWS_PER_PART):
+    """Each row's first row with the same key (a key's first row is its own); with
+    ignore_negative, rows with a negative key (no group, say) are only their own. int32 below
+    2**31 rows. Since a row's first row names itself, the result can stand for the keys
+    wherever only equal keys matter (splits, leakage), with no sort to make codes.
+
+    In bounded memory: beyond rows_per_range rows, the (key, row) records go to a temporary
+    file grouped by key range (the keys mixed by a bijection, then their top bits) and each
+    range is sorted on its own, so the working set is a range's, plus the 4-byte result.
+    """
+    keys = np.asarray(keys)
+    if keys.ndim != 1 or (len(keys) and keys.dtype.kind not in "iu"):
+        raise ValueError("keys must be a one-dimensional array of integers")
+    n = len(keys)
+    first = np.arange(n, dtype=row_kind(n))
+    ranges = 1 << max(0, math.ceil(math.log2(max(1, n / rows_per_range))))
+    with tempfile.TemporaryFile(prefix="lifecycle-first-") as spilled:
+        chunks = (_mixed_keys(keys[start:start + rows_per_range], start, ignore_negative)
+                  for start in range(0, n, rows_per_range))
+        for blocks in _spill_by_range(chunks, ranges, np.uint64(64 - ranges.bit_length() + 1), spilled):
+            mixed, rows = _read_range(spilled, blocks)  # rows ascending: chunks keep their order
+            order, starts, sizes = _runs(mixed)  # a stable sort: each run starts at its lowest row
+            first[rows[order]] = np.repeat(rows[order[starts]], sizes)
     return first
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it mod 2**64 is a bijection
+
+
+def _mixed_keys(keys, start, ignore_negative):
+    """(first position, keys) of one chunk for _spill_by_range, keys mixed so that any keys
+    (small codes, 63-bit hashes) spread over the key ranges; ignored rows left out."""
+    positions = np.arange(start, start + len(keys), dtype=np.int64)
+    if ignore_negative and keys.dtype.kind == "i":
+        keep = keys >= 0
+        keys, positions = keys[keep], positions[keep]
+    return positions, keys.astype(np.int64).view(np.uint64) * _MIX
 
 
 def exact_pairs(keys):
@@ -531,17 +561,20 @@ class NearDuplicateIndex:
 
 def _spill_by_range(chunks, ranges, shift, spilled):
     """Writes (key, position) records of the chunks to `spilled` grouped by key range (the
-    keys' top bits), one chunk at a time; returns each range's blocks: (first record, records)."""
+    keys' top bits), one chunk at a time; returns each range's blocks: (first record, records).
+    A chunk is (positions, keys): its keys' positions, or the first one's when they follow on."""
     pieces = [[] for _ in range(ranges)]  # per range: (file record, records) of each chunk's share
     written = 0
-    for start, keys in chunks:
+    for positions, keys in chunks:
+        if not isinstance(positions, np.ndarray):
+            positions = np.arange(positions, positions + len(keys), dtype=np.uint64)
         which = (keys >> shift).astype(np.int64) if ranges > 1 else np.zeros(len(keys), np.int64)
         order = np.argsort(which, kind="stable")  # stable: each range keeps its rows in order
         bounds = np.searchsorted(which[order], np.arange(ranges + 1))
         for number in range(ranges):
             picked = order[bounds[number]:bounds[number + 1]]
             if len(picked):
-                spilled.write(np.stack([keys[picked], (picked + start).astype(np.uint64)]).tobytes())
+                spilled.write(np.stack([keys[picked], positions[picked].astype(np.uint64)]).tobytes())
                 pieces[number].append((written, len(picked)))
                 written += len(picked)
     spilled.flush()
@@ -655,21 +688,19 @@ def _intersections(sets, counts, left, right):
 # ---------------------------------------------------------------- connected components
 
 
-def components(n, pairs):
+def components(n, pairs, start=None):
     """Connected component of each of n rows linked by pairs; the id is the component's smallest row.
 
     Numpy hook-and-compress (Shiloach-Vishkin style): each round hooks every root to the
     smallest root it is linked to, then jumps pointers until every row points at its root.
-    Rounds are few (logarithmic in practice), each a handful of vectorised passes.
+    Rounds are few (logarithmic in practice), each a handful of vectorised passes. Pairs as
+    (k, 2) rows or packed (pack_pairs); the result is int32 below 2**31 rows. `start`, if
+    given, is a forest to begin from (each row's parent a row no later than itself, such as
+    first_rows gives): rows it joins are joined without a pair each.
     """
-    # 32-bit row numbers where they fit: half the memory for millions of pairs.
-    kind = np.int32 if n < 2**31 else np.int64
-    parent = np.arange(n, dtype=kind)
-    pairs = np.asarray(pairs).reshape(-1, 2)
-    if len(pairs) and (pairs.min() < 0 or pairs.max() >= n):
-        raise ValueError(f"pairs must index rows 0..{n - 1}")
-    pairs = pairs.astype(kind, copy=False)
-    left, right = pairs[:, 0], pairs[:, 1]
+    kind = row_kind(n)
+    parent = np.arange(n, dtype=kind) if start is None else _compress(np.asarray(start).astype(kind, copy=False))
+    left, right = pair_columns(pairs, n, kind)
     while len(left):
         root_left, root_right = parent[left], parent[right]
         apart = root_left != root_right
@@ -677,7 +708,28 @@ def components(n, pairs):
         # Hooking only ever lowers a parent, so parent[x] <= x holds and no cycle can form.
         np.minimum.at(parent, np.maximum(root_left, root_right), np.minimum(root_left, root_right))
         parent = _compress(parent)
-    return parent.astype(np.int64)
+    return parent
+
+
+def row_kind(n):
+    """The integer type for row numbers of n rows: 32-bit where they fit, half the memory."""
+    return np.int32 if n < 2**31 else np.int64
+
+
+def pair_columns(pairs, n, kind):
+    """The two rows of each pair as arrays of `kind`, from (k, 2) pairs or packed ones (a
+    one-dimensional uint64 array, see pack_pairs: 8 bytes a pair, not 16, where they come
+    from). Checks that they index rows 0..n-1."""
+    pairs = np.asarray(pairs)
+    if pairs.ndim == 1 and pairs.dtype == np.uint64:
+        low, high = (pairs >> np.uint64(32)), (pairs & np.uint64(0xFFFFFFFF))
+    else:
+        pairs = pairs.reshape(-1, 2)
+        low, high = pairs[:, 0], pairs[:, 1]
+    for rows in (low, high):
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(f"pairs must index rows 0..{n - 1}")
+    return low.astype(kind, copy=False), high.astype(kind, copy=False)
 
 
 def _compress(parent):
@@ -696,15 +748,23 @@ def keep_first(n, pairs):
     of i when i is itself kept. Each row points at the kept row it duplicates (or itself).
 
     Unlike connected components this does not chain: A≈B and B≈C with A≉C keeps A and C,
-    so a run of templated messages is not collapsed into one giant cluster.
+    so a run of templated messages is not collapsed into one giant cluster. Pairs as (k, 2)
+    rows or packed (pack_pairs); the result is int32 below 2**31 rows.
     """
-    reps = np.arange(n, dtype=np.int64)
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    order = np.lexsort((pairs[:, 0], pairs[:, 1]))
+    reps = np.arange(n, dtype=row_kind(n))
+    if n > 2**32:
+        raise ValueError("keep_first takes up to 2**32 rows")
+    low, high = pair_columns(pairs, n, np.uint64)
+    # By later row, then earlier: one uint64 a pair (later << 32 | earlier), sorted in place,
+    # instead of a lexsort's order and the pairs it orders.
+    ordered = high << np.uint64(32) | low
+    del low, high
+    ordered.sort()
     # Python ints a chunk at a time: a list of millions of pairs would cost more memory
     # than everything else in the ingest.
-    for start in range(0, len(order), 100_000):
-        for i, j in pairs[order[start:start + 100_000]].tolist():
+    for start in range(0, len(ordered), 100_000):
+        chunk = ordered[start:start + 100_000]
+        for j, i in zip((chunk >> np.uint64(32)).tolist(), (chunk & np.uint64(0xFFFFFFFF)).tolist()):
             if reps[i] == i and reps[j] == j:
                 reps[j] = i
     return reps
@@ -712,5 +772,5 @@ def keep_first(n, pairs):
 
 def cluster_ids(reps):
     """The duplicate set of each row (its representative), -1 for rows in no set."""
-    sizes = np.bincount(reps, minlength=len(reps))
-    return np.where(sizes[reps] > 1, reps, -1).astype(np.int64)
+    in_set = np.bincount(reps, minlength=len(reps)) > 1
+    return np.where(in_set[reps], reps, -1).astype(reps.dtype if reps.dtype.kind == "i" else np.int64)

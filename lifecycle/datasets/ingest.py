@@ -4,8 +4,10 @@
          → leakage → PII policy → version (and a redacted child under the "redact" policy)
 
 It streams: rows pass through in batches and are staged in a temporary Parquet file (their
-MinHash signatures and LSH band keys in temporary files too); only a few numbers per row
-(label id, group id, time, content key) stay in memory until the duplicates are found.
+MinHash signatures, LSH band keys and the few numbers per row the later steps need — label
+id, group id, time, content key — in temporary files too). Each later step reads back only
+the columns it needs, and hands to the next only what that one needs: see docs/datasets.md
+for what is held per row at each step.
 """
 import logging
 import math
@@ -14,7 +16,6 @@ import os
 import multiprocessing
 import tempfile
 import time
-from array import array
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -191,9 +192,8 @@ class Stage:
         fd, self.signatures_path = tempfile.mkstemp(prefix="lifecycle-signatures-")
         self.signatures = os.fdopen(fd, "wb")
         self.labels = {}
-        # Compact typed arrays, a few bytes per row: a million rows cost tens of MB, not hundreds.
-        self.label_ids, self.group_ids = array("i"), array("q")
-        self.times, self.keys, self.given_splits = array("d"), array("q"), array("b")
+        # 29 bytes a row, on disk until a later step reads the columns it needs.
+        self.facts = SpilledColumns(label=np.int32, group=np.int64, time=np.float64, key=np.int64, split=np.int8)
         self.timings = Counter()
         # Four partners per LSH bucket: on templated text 16 quadruples the candidates for
         # under 1 % more duplicates found (measured in bench/RESULTS.md).
@@ -207,13 +207,14 @@ class Stage:
             self.writer.close()
         self.signatures.close()
         self.near.close()
+        self.facts.close()
         for path in (self.path, self.signatures_path):
             if os.path.exists(path):
                 os.unlink(path)
 
     @property
     def rows(self):
-        return len(self.keys)
+        return self.facts.rows
 
     def error(self, line, reason):
         self.error_count += 1
@@ -271,13 +272,10 @@ class Stage:
             if label:
                 self.labels.setdefault(label, len(self.labels))
         known = self.labels
-        self.label_ids.extend([known[label] if label else -1 for label in labels])
         # Groups are kept as 63-bit hashes, not a dict of every group name (collisions are
         # astronomically unlikely and would only keep two groups together).
-        self.group_ids.frombytes(result["group_id"].tobytes())
-        self.times.frombytes(result["time"].tobytes())
-        self.keys.frombytes(result["content_key"].tobytes())
-        self.given_splits.extend([row["split"] for row in rows])
+        self.facts.append(label=[known[label] if label else -1 for label in labels], group=result["group_id"],
+                          time=result["time"], key=result["content_key"], split=[row["split"] for row in rows])
 
     def _write(self, rows, result):
         columns = {name: [row[name] for row in rows] for name in ROW_COLUMNS}
@@ -290,6 +288,38 @@ class Stage:
         self.writer.close()
         self.writer = None
         self.signatures.close()
+
+
+class SpilledColumns:
+    """Fixed-width numbers per row, appended batch by batch to one unnamed temporary file per
+    column, and read back whole by the step that needs a column, which lets it go when done:
+    held by no step that does not use them, and by none while the rows stream."""
+
+    def __init__(self, **dtypes):
+        self.dtypes = {name: np.dtype(kind) for name, kind in dtypes.items()}
+        self.files = {name: tempfile.TemporaryFile(prefix=f"lifecycle-{name}-") for name in dtypes}
+        self.rows = 0
+
+    def append(self, **columns):
+        if set(columns) != set(self.files):
+            raise ValueError(f"expected the columns {sorted(self.files)}, got {sorted(columns)}")
+        arrays = {name: np.asarray(values, dtype=self.dtypes[name]) for name, values in columns.items()}
+        lengths = {len(values) for values in arrays.values()}
+        if len(lengths) > 1:
+            raise ValueError("columns of different lengths")
+        for name, values in arrays.items():  # all checked first: the files stay row-aligned
+            self.files[name].write(values.tobytes())
+        self.rows += lengths.pop()
+
+    def read(self, name):
+        spilled = self.files[name]
+        spilled.flush()
+        spilled.seek(0)
+        return np.fromfile(spilled, dtype=self.dtypes[name], count=self.rows)
+
+    def close(self):
+        for spilled in self.files.values():
+            spilled.close()
 
 
 def analysis_pool(path):
@@ -379,22 +409,34 @@ def check_validation(stage, problems, options):
         raise IngestRejected("no valid rows in the file")
 
 
+@dataclass
+class Duplicates:
+    """What the duplicate search hands on: each row's first row with its exact key, the
+    confirmed near-duplicate pairs (packed, see dedup.pack_pairs; sorted), each row's duplicate
+    set (dedup.cluster_ids), the rows that must share a split (split_units), and the report."""
+    first: np.ndarray
+    near: np.ndarray
+    clusters: np.ndarray
+    units: np.ndarray
+    report: dict
+
+
 def find_duplicates(stage, progress):
     """Exact duplicates from the content keys, near duplicates from LSH candidates confirmed by
     their MinHash-estimated Jaccard, then one representative per duplicate set (keep-first)."""
     progress("deduplicating", 0, 1)
-    keys = np.asarray(stage.keys, dtype=np.int64)
-    first = dedup.first_rows(keys)
-    near_pairs = confirmed_pairs(stage, first)
+    first = dedup.first_rows(stage.facts.read("key"))
+    near = confirmed_pairs(stage, first)
     exact = dedup.exact_duplicate_summary(first)
-    pairs = dedup.pairs_to_first(first)
-    if len(near_pairs):
-        pairs = np.concatenate([pairs, near_pairs]) if len(pairs) else near_pairs
+    pairs = np.concatenate([dedup.pack_pairs(dedup.pairs_to_first(first)), near])  # packed: 8 bytes a pair
     reps = dedup.keep_first(stage.rows, pairs)
     units = split_units(stage.rows, pairs, reps)
     del pairs
+    report = _dedup_report(exact, near, reps)
+    clusters = dedup.cluster_ids(reps)
+    del reps
     rows_analysis.give_back_memory()  # the splits and the write start from what is live
-    return keys, near_pairs, reps, units, _dedup_report(exact, near_pairs, reps)
+    return Duplicates(first, near, clusters, units, report)
 
 
 # Estimated Jaccard from 64 MinHash values has a standard deviation of about 0.05 near 0.8:
@@ -402,12 +444,12 @@ def find_duplicates(stage, progress):
 SURELY_NEAR, SURELY_NOT = 0.9, 0.7
 # Distinct pairs of texts checked on their shingles in one go (about 50 bytes each while
 # they are): the same few MB at a million rows as at ten.
-VERIFY_SLICE = 1 << 18
+VERIFY_SLICE = 1 << 16
 # Rows of spilled signatures gathered at a time (8 MB of the file) before their pages are let go.
 SIGNATURE_BLOCK = 65_536
 
 
-def confirmed_pairs(stage, first, chunk=1 << 20):
+def confirmed_pairs(stage, first, chunk=1 << 16):
     """The LSH candidates whose shingle Jaccard reaches the threshold; `first` is each row's
     first row with the same exact key (dedup.first_rows).
 
@@ -433,9 +475,13 @@ def confirmed_pairs(stage, first, chunk=1 << 20):
         kept = _kept_texts(stage, distinct, len(first))
         del distinct
         uncertain.seek(0)
+        # A small chunk at a time: each costs ~40 bytes a pair while it is checked.
         checked = list(_pairs_kept(dedup.uint64_blocks(uncertain, chunk), kept, first))
-    # Packed pairs sort as (smaller row, larger row).
-    return dedup.unpack_pairs(np.sort(np.concatenate(sure + checked)))
+    near = np.concatenate(sure + checked)
+    del sure, checked
+    near.sort()  # packed pairs sort as (smaller row, larger row)
+    rows_analysis.give_back_memory()
+    return near
 
 
 def _estimates(signatures, pairs, perms, total_rows, chunk=32_768):
@@ -495,16 +541,19 @@ def _on_first_rows(packed, first):
 
 class SpilledTexts:
     """The texts (prompt and response) of some staged rows (sorted), copied in one pass over
-    the staged file into an unnamed temporary file and served through a memory map whose
-    pages are let go after every call: the memory held is what one call read, not every
-    text the checks will need (~45 MB at a million rows, held as one Arrow array before).
+    the staged file into an unnamed temporary file and read back with one pread per text:
+    the memory held is what one call returns, however many texts the checks will need.
+
+    Not a memory map: its pages count as this process's memory once touched, and a touch
+    maps the ~64 KB around it (the kernel's fault-around), so a call for 10k scattered texts
+    held ~all of a 140 MB file at a million rows (measured). pread costs ~1 µs a text.
     Call it with sorted rows from those given; use it as a context manager."""
 
     def __init__(self, path, rows):
         self.rows = rows
         self._file = tempfile.TemporaryFile(prefix="lifecycle-texts-")
         offsets, end, start = [np.zeros(1, np.int64)], 0, 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text", "response"]):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=["text", "response"]):
             lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
             if hi > lo:
                 data, ends = _utf8(_joined(batch, pa.array(rows[lo:hi] - start)))
@@ -513,28 +562,18 @@ class SpilledTexts:
                 end += len(data)
             start += batch.num_rows
         self._file.flush()
-        # A map cannot be empty: one spare byte, never inside a text.
-        self._file.write(b"\0")
-        self._file.flush()
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        self._texts = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(np.concatenate(offsets)),
-                                                       pa.py_buffer(self._map))
+        self._offsets = np.concatenate(offsets)
 
     def __call__(self, wanted):
-        found = self._texts.take(pa.array(np.searchsorted(self.rows, wanted))).to_pylist()
-        # The file's pages stay in the page cache; the process just stops holding them.
-        self._map.madvise(mmap.MADV_DONTNEED)
-        return found
+        where = np.searchsorted(self.rows, wanted)
+        starts, ends = self._offsets[where].tolist(), self._offsets[where + 1].tolist()
+        fd, read = self._file.fileno(), os.pread
+        return [read(fd, end - begin, begin).decode() for begin, end in zip(starts, ends)]
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._texts = None  # the Arrow array borrows the map: it goes first
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # something still holds a view (a traceback's frame, say): the map goes with it
         self._file.close()
 
 
@@ -583,44 +622,59 @@ def split_units(n, pairs, reps):
     the leakage report counts whatever pairs still cross."""
     components = dedup.components(n, pairs)
     cap = max(50, n // 100)
-    huge = np.bincount(components, minlength=n)[components] > cap
-    return np.where(huge, reps + n, components)
+    huge = (np.bincount(components, minlength=n) > cap)[components]
+    # Each unit is named by one of its rows (its component's smallest, or its kept row), so
+    # the split links rows to their unit without sorting (see splits._same_id_pairs).
+    return np.where(huge, reps, components)
 
 
-def _dedup_report(exact, near_pairs, reps):
+def _dedup_report(exact, near, reps):
     return {
         "exact_duplicate_rows": exact["rows"],
         "exact_groups": exact["groups"],
-        "near_duplicate_pairs": int(len(near_pairs)),
+        "near_duplicate_pairs": int(len(near)),
         "removable_rows": int((reps != np.arange(len(reps))).sum()),
-        "pairs": [[int(a), int(b)] for a, b in near_pairs[:50]],
+        "pairs": dedup.unpack_pairs(near[:50]).tolist(),
         "examples": exact["examples"],
     }
 
 
 def choose_splits(stage, units, options, progress):
     progress("splitting", 0, 1)
-    given = np.asarray(stage.given_splits, dtype=np.int8)
+    given = stage.facts.read("split")
     if (given >= 0).all():
         return given, "given"
+    del given
     how = "by time" if options.by_time else f"seeded (seed {options.seed})"
-    groups = np.asarray(stage.group_ids, dtype=np.int64)
-    times = np.asarray(stage.times, dtype=np.float64)
+    groups = stage.facts.read("group")
     assigned = splits.assign_splits(
-        np.asarray(stage.label_ids, dtype=np.int64),
+        stage.facts.read("label"),
         groups=groups if (groups >= 0).any() else None,
-        timestamps=times if options.by_time else None,
+        timestamps=stage.facts.read("time") if options.by_time else None,
         units=units, fractions=options.fractions, seed=options.seed, by_time=options.by_time,
     )
     return assigned, how
 
 
-def leakage(stage, assigned, keys, near_pairs):
-    groups = np.asarray(stage.group_ids, dtype=np.int64)
-    times = np.asarray(stage.times, dtype=np.float64)
-    return splits.leakage_report(assigned, exact_keys=keys, near_pairs=near_pairs,
+def leakage(stage, assigned, duplicates):
+    """The leakage report. Each row's first row with its exact key stands for the key: equal
+    for exact duplicates, different otherwise."""
+    groups, times = stage.facts.read("group"), stage.facts.read("time")
+    return splits.leakage_report(assigned, exact_keys=duplicates.first, near_pairs=duplicates.near,
                                  groups=groups if (groups >= 0).any() else None,
                                  timestamps=times if len(times) and not np.isnan(times).any() else None)
+
+
+def find_splits(stage, options, progress):
+    """Duplicates, splits and leakage. Returns what the write needs: each row's split and
+    duplicate set, and the dedup and leakage reports; the rest is let go on the way."""
+    duplicates = find_duplicates(stage, progress)
+    assigned, how = choose_splits(stage, duplicates.units, options, progress)
+    duplicates.units = None
+    progress("checking leakage", 0, 1)
+    leak = leakage(stage, assigned, duplicates)
+    leak["splits_from"] = how
+    return assigned, duplicates.clusters, duplicates.report, leak
 
 
 # --- the whole thing --------------------------------------------------------------------------------
@@ -630,6 +684,11 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
     """Run the pipeline; return the versions made (the raw one, and a redacted child if any)."""
     progress = progress or (lambda *args, **kwargs: None)
     stage, problems = stage_file(path, fmt, options, progress)
+    return ingest_staged(dataset, stage, problems, options, user=user, source_sha256=source_sha256, progress=progress)
+
+
+def ingest_staged(dataset, stage, problems, options, *, user=None, source_sha256="", progress):
+    """The pipeline after the streaming pass (`stage_file`); the stage is cleaned up here."""
     texts = None
     try:
         report = validation_report(stage, problems, options)
@@ -644,10 +703,7 @@ def ingest_file(dataset, path, fmt, options, *, user=None, source_sha256="", pro
                                  report | {"pii": pii_report})
         # The rows are final from here: their search index fills on the other core meanwhile.
         texts = TextIndexWriter.start(stage.path)
-        keys, near_pairs, clusters, units, dedup_report = find_duplicates(stage, progress)
-        assigned, how = choose_splits(stage, units, options, progress)
-        leak = leakage(stage, assigned, keys, near_pairs)
-        leak["splits_from"] = how
+        assigned, clusters, dedup_report, leak = find_splits(stage, options, progress)
         reports = {"validation": report, "pii": pii_report, "dedup": dedup_report, "leakage": leak}
         label_set = sorted(stage.labels) if not options.label_set else list(options.label_set)
         progress("writing", 0, stage.rows)
@@ -672,7 +728,6 @@ def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, le
            texts=None):
     writer = VersionWriter(dataset, operation=DatasetVersion.Operation.UPLOAD, user=user, source_sha256=source_sha256,
                            texts=texts)
-    clusters = dedup.cluster_ids(clusters)
     split_names = np.asarray(SPLIT_NAMES)
     rows_analysis.give_back_memory()  # what the splits freed: the write's batches go there
     offset = 0
@@ -680,7 +735,7 @@ def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, le
         # Arrow all the way: the staged batch plus two columns, never a Python object per value.
         for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH):
             part = slice(offset, offset + batch.num_rows)
-            cluster = clusters[part]
+            cluster = clusters[part].astype(np.int64)
             table = pa.Table.from_batches([batch]).append_column("split", pa.array(split_names[assigned[part]]))
             writer.add(table.append_column("duplicate_cluster", pa.array(cluster, mask=cluster < 0)))
             offset += batch.num_rows

@@ -9,10 +9,11 @@ assigned whole, so a group or a duplicate cluster can never straddle two splits.
 See docs/dedup-and-splits.md for the algorithms and their guarantees.
 """
 import datetime
+from dataclasses import dataclass
 
 import numpy as np
 
-from lifecycle.datasets.dedup import components, sorted_unique
+from lifecycle.datasets.dedup import components, first_rows, pair_columns, row_kind, sorted_unique
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "validation", "test")
@@ -45,7 +46,7 @@ def _as_ints(values, name):
     array = np.asarray(values)
     if array.ndim != 1 or (len(array) and array.dtype.kind not in "iu"):
         raise ValueError(f"{name} must be a one-dimensional array of integers")
-    return array.astype(np.int64)
+    return array if array.dtype.kind in "iu" else array.astype(np.int64)  # no copy of int32 label ids
 
 
 def _check_fractions(fractions):
@@ -57,17 +58,19 @@ def _check_fractions(fractions):
 
 def _blocks(n, groups, units):
     """Block index 0..b-1 per row: the connected components of shared group and unit ids."""
-    links = [np.zeros((0, 2), np.int32 if n < 2**31 else np.int64)]
-    for ids in (groups, units):
-        if ids is not None:
-            links.append(_same_id_pairs(_sortable_ids(ids, n)))
-    roots = components(n, np.concatenate(links))
-    del links
+    # Each row's first row in its group is a forest to start from: groups are joined with
+    # no pair per row and no sort of all rows (first_rows works a key range at a time).
+    start = None if groups is None else first_rows(_sortable_ids(groups, n), ignore_negative=True)
+    links = np.zeros((0, 2), row_kind(n)) if units is None else _same_id_pairs(_sortable_ids(units, n))
+    roots = components(n, links, start=start)
+    del links, start
     # Dense numbers in the order of the roots (what np.unique's inverse gives), without its
     # sort and its three row-sized arrays: a root is its component's smallest row.
     is_root = np.zeros(n, dtype=bool)
     is_root[roots] = True
-    return (np.cumsum(is_root) - 1)[roots]
+    dense = np.cumsum(is_root, dtype=row_kind(n))
+    dense -= 1
+    return dense[roots]
 
 
 def _sortable_ids(ids, n):
@@ -122,15 +125,43 @@ def _is_missing_object(value, missing):
 
 
 def _same_id_pairs(codes):
-    """Pairs linking each row to the first row with the same (non-missing) code."""
+    """Pairs linking rows with the same (non-missing) code: each to the first row with it, or,
+    where every code names a row of its own (units from the ingest), each to that row."""
+    if _names_own_rows(codes):
+        return _links_to_named_rows(codes)
     rows = np.flatnonzero(codes >= 0)
     order = rows[np.argsort(codes[rows], kind="stable")]
     ordered = codes[order]
     new = np.r_[True, ordered[1:] != ordered[:-1]] if len(order) else np.zeros(0, bool)
     first = order[np.flatnonzero(new)][np.cumsum(new) - 1]
     # 32-bit rows where they fit: these pairs are the split's biggest arrays.
-    kind = np.int32 if len(codes) < 2**31 else np.int64
+    kind = row_kind(len(codes))
     return np.stack([first[~new].astype(kind), order[~new].astype(kind)], axis=1)
+
+
+_CHUNK = 1 << 16
+
+
+def _names_own_rows(codes):
+    """True when each code is the row number of a row with that same code: then linking each
+    row to the row its code names links every unit together, with no sort to find them."""
+    n = len(codes)
+    for start in range(0, n, _CHUNK):
+        named = codes[start:start + _CHUNK]
+        named = named[named >= 0]
+        if len(named) and (named.max() >= n or (codes[named] != named).any()):
+            return False
+    return True
+
+
+def _links_to_named_rows(codes):
+    kind = row_kind(len(codes))
+    links = [np.zeros((0, 2), kind)]
+    for start in range(0, len(codes), _CHUNK):  # a chunk at a time: no row-sized temporaries
+        named = codes[start:start + _CHUNK]
+        rows = np.flatnonzero((named >= 0) & (named != np.arange(start, start + len(named))))
+        links.append(np.stack([named[rows].astype(kind), (rows + start).astype(kind)], axis=1))
+    return np.concatenate(links)
 
 
 # ---------------------------------------------------------------- stratified assignment
@@ -144,29 +175,60 @@ def _assign_stratified(labels, block, fractions, seed):
     absolute deficits spread big blocks over all splits in proportion, instead of piling
     them into train until train's deficit drops to validation's.
     """
-    stratum = np.unique(labels, return_inverse=True)[1]
+    stratum = _dense_codes(labels)
     targets = fractions[:, None] * np.bincount(stratum)[None, :]
     # A zero target (a split with fraction 0) must never be chosen: its inverse is infinite.
     with np.errstate(divide="ignore"):
         inverse = np.where(targets > 0, 1.0 / targets, np.inf)
-    sizes, single, mixed = _block_strata(block, stratum)
-    order = _block_order(sizes, seed)
-    chosen = _greedy(order, sizes.tolist(), single.tolist(), mixed, inverse.tolist())
-    return np.frombuffer(chosen, dtype=np.int8)[block]
+    strata = _block_strata(block, stratum)
+    del stratum
+    order = _block_order(strata.sizes, seed)
+    chosen = _greedy(order, strata, inverse.tolist())
+    return chosen[block]
+
+
+def _dense_codes(labels):
+    """np.unique(labels, return_inverse=True)[1], without its sort where the labels span a
+    small range (label ids do): a count per value says which occur."""
+    low = int(labels.min())
+    if int(labels.max()) - low >= 1 << 20:
+        return np.unique(labels, return_inverse=True)[1]
+    shifted = labels - low if low else labels
+    present = np.bincount(shifted) > 0
+    return (np.cumsum(present) - 1).astype(np.int32)[shifted]
+
+
+@dataclass
+class _BlockStrata:
+    """Rows per block; the stratum of single-stratum blocks (-1 otherwise); and for the rest,
+    their (stratum, rows) entries: those of block b at entries[offsets[b]:offsets[b + 1]].
+    Arrays, not a dict of lists: a million rows in customer groups make ~200k mixed blocks,
+    ~70 MB as Python objects."""
+    sizes: np.ndarray
+    single: np.ndarray
+    offsets: np.ndarray
+    entry_strata: np.ndarray
+    entry_rows: np.ndarray
 
 
 def _block_strata(block, stratum):
-    """Rows per block; the stratum of single-stratum blocks (-1 otherwise); (stratum, rows) lists for the rest."""
-    n_blocks, n_strata = block.max() + 1, stratum.max() + 1
-    pair, count = np.unique(block * n_strata + stratum, return_counts=True)
+    n_blocks, n_strata = int(block.max()) + 1, int(stratum.max()) + 1
+    pair = block.astype(np.int64) * n_strata + stratum
+    pair.sort()  # in place: np.unique would sort a copy
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    count = np.diff(np.r_[starts, len(pair)])
+    pair = pair[starts]
     owner, which = pair // n_strata, pair % n_strata
+    del pair, starts
     per_block = np.bincount(owner, minlength=n_blocks)
-    single = np.full(n_blocks, -1, dtype=np.int64)
-    single[owner[per_block[owner] == 1]] = which[per_block[owner] == 1]
-    mixed = {}
-    for b, s, c in zip(*(a[per_block[owner] > 1].tolist() for a in (owner, which, count))):
-        mixed.setdefault(b, []).append((s, c))
-    return np.bincount(block, minlength=n_blocks), single, mixed
+    alone = per_block[owner] == 1
+    single = np.full(n_blocks, -1, dtype=np.int32)
+    single[owner[alone]] = which[alone]
+    mixed_per_block = np.where(per_block > 1, per_block, 0)
+    offsets = np.r_[0, np.cumsum(mixed_per_block)]
+    # Entries sorted by block, then stratum: each mixed block's are together, in stratum order.
+    return _BlockStrata(np.bincount(block, minlength=n_blocks), single, offsets,
+                        which[~alone].astype(np.int32), count[~alone])
 
 
 def _block_order(sizes, seed):
@@ -174,28 +236,33 @@ def _block_order(sizes, seed):
     return shuffled[np.argsort(-sizes[shuffled], kind="stable")]
 
 
-def _greedy(order, sizes, single, mixed, inverse):
+def _greedy(order, strata, inverse, chunk=1 << 16):
     # Plain Python lists on purpose: one loop step per block (a million for a million
-    # singleton rows), and numpy scalar arithmetic costs ten times more per step.
+    # singleton rows), and numpy scalar arithmetic costs ten times more per step. The lists
+    # are made for a chunk of blocks at a time, so they never hold every block.
     filled = [[0.0] * len(inverse[0]) for _ in range(3)]
-    chosen = bytearray(len(sizes))
-    for b in _as_ints_in_chunks(order):
-        s = single[b]
-        if s >= 0:
-            split = _least_filled(filled, inverse, s, sizes[b])
-            filled[split][s] += sizes[b]
-        else:
-            split = _least_filled_mixed(filled, inverse, mixed[b])
-            for t, c in mixed[b]:
-                filled[split][t] += c
-        chosen[b] = split
+    chosen = np.zeros(len(strata.sizes), dtype=np.int8)
+    for start in range(0, len(order), chunk):
+        blocks = order[start:start + chunk]
+        lows, highs = strata.offsets[blocks], strata.offsets[blocks + 1]
+        lengths = highs - lows
+        entries = np.repeat(lows - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        entry_strata, entry_rows = strata.entry_strata[entries].tolist(), strata.entry_rows[entries].tolist()
+        picks, at = bytearray(len(blocks)), 0
+        for k, (s, size, length) in enumerate(zip(strata.single[blocks].tolist(), strata.sizes[blocks].tolist(),
+                                                  lengths.tolist())):
+            if s >= 0:
+                split = _least_filled(filled, inverse, s, size)
+                filled[split][s] += size
+            else:
+                parts = list(zip(entry_strata[at:at + length], entry_rows[at:at + length]))
+                at += length
+                split = _least_filled_mixed(filled, inverse, parts)
+                for t, c in parts:
+                    filled[split][t] += c
+            picks[k] = split
+        chosen[blocks] = np.frombuffer(picks, dtype=np.int8)
     return chosen
-
-
-def _as_ints_in_chunks(array, chunk=1 << 16):
-    """Python ints from a big array without a list of them all (36 bytes each) at once."""
-    for start in range(0, len(array), chunk):
-        yield from array[start:start + chunk].tolist()
 
 
 def _least_filled(filled, inverse, s, size):
@@ -318,7 +385,7 @@ def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestam
     report = {"rows": _row_counts(splits)}
     report["exact_duplicates"] = None if exact_keys is None else _shared_ids(_exact_codes(exact_keys, n), splits, "keys")
     report["near_duplicates"] = None if near_pairs is None else _crossing_pairs(near_pairs, splits)
-    report["groups"] = None if groups is None else _shared_ids(_id_codes(groups, n), splits, "groups")
+    report["groups"] = None if groups is None else _shared_ids(_group_codes(groups, n), splits, "groups")
     report["time_overlap"] = None if timestamps is None else time_overlap(splits, timestamps)
     counts = [report["exact_duplicates"], report["near_duplicates"], report["groups"]]
     report["has_leakage"] = any(entry and entry["rows"] for entry in counts)
@@ -326,10 +393,18 @@ def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestam
 
 
 def _as_splits(splits):
-    splits = _as_ints(splits, "splits")
-    if len(splits) and (splits.min() < -1 or splits.max() > TEST):
+    array = np.asarray(splits)
+    if array.ndim != 1 or (len(array) and array.dtype.kind not in "iu"):
+        raise ValueError("splits must be a one-dimensional array of integers")
+    if len(array) and (array.min() < -1 or array.max() > TEST):
         raise ValueError("splits must hold 0 (train), 1 (validation), 2 (test) or -1 (none)")
-    return splits
+    return array.astype(np.int8, copy=False)
+
+
+def _group_codes(groups, n):
+    """Each row's first row in its group (its own where it has none): codes that name a row
+    of their own, which _shared_ids checks without a sort."""
+    return first_rows(_sortable_ids(groups, n), ignore_negative=True)
 
 
 def _row_counts(splits):
@@ -339,14 +414,18 @@ def _row_counts(splits):
 
 
 def _exact_codes(exact_keys, n):
-    keys = np.asarray(exact_keys, dtype=np.int64)
+    keys = np.asarray(exact_keys)
     if keys.shape != (n,):
         raise ValueError(f"expected one exact key per row ({n}), got shape {keys.shape}")
-    return np.unique(keys, return_inverse=True)[1].astype(np.int64)
+    if keys.dtype.kind in "iu" and (not len(keys) or keys.min() >= 0):
+        return keys  # codes already (each row's first row with its key, say): no sort to make them
+    return np.unique(keys.astype(np.int64), return_inverse=True)[1].astype(np.int64)
 
 
 def _shared_ids(codes, splits, noun):
     """Ids (keys or groups) whose rows sit in more than one split, rows in them, example pairs."""
+    if (splits >= 0).all() and _names_own_rows(codes):
+        return _shared_named_ids(codes, splits, noun)
     rows = np.flatnonzero((codes >= 0) & (splits >= 0))
     order = rows[np.lexsort((splits[rows], codes[rows]))]
     ids, where = codes[order], splits[order]
@@ -360,13 +439,33 @@ def _shared_ids(codes, splits, noun):
     }
 
 
+def _shared_named_ids(codes, splits, noun):
+    """_shared_ids where every row has a split and each code names a row of its own (each
+    row's first row with its key, say): an id crosses splits when one of its rows sits in
+    another split than the row it names. A chunk at a time, with no sort of all rows."""
+    crossing = [np.zeros(0, np.int64)]
+    for start in range(0, len(codes), _CHUNK):
+        named = codes[start:start + _CHUNK]
+        rows = np.flatnonzero(named >= 0)
+        rows = rows[splits[start:start + _CHUNK][rows] != splits[named[rows]]]
+        crossing.append(rows + start)
+    crossing = np.concatenate(crossing)
+    leaking = sorted_unique(codes[crossing].astype(np.int64))
+    in_leaking = np.zeros(len(codes), dtype=bool)
+    in_leaking[leaking] = True
+    rows_in = sum(int(in_leaking[named[named >= 0]].sum())
+                  for named in (codes[start:start + _CHUNK] for start in range(0, len(codes), _CHUNK)))
+    return {noun: int(len(leaking)), "rows": rows_in, "examples": _examples(np.stack([codes[crossing], crossing], axis=1))}
+
+
 def _crossing_pairs(pairs, splits):
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(splits)):
-        raise ValueError("near_pairs must index rows of splits")
-    a, b = splits[pairs[:, 0]], splits[pairs[:, 1]]
-    crossing = pairs[(a >= 0) & (b >= 0) & (a != b)]
-    return {"pairs": int(len(crossing)), "rows": int(len(sorted_unique(crossing.ravel()))), "examples": _examples(crossing)}
+    """Near-duplicate pairs ((k, 2) rows, or packed: see dedup.pack_pairs) across splits."""
+    low, high = pair_columns(pairs, len(splits), row_kind(len(splits)))
+    a, b = splits[low], splits[high]
+    crossing = (a >= 0) & (b >= 0) & (a != b)
+    low, high = low[crossing], high[crossing]
+    return {"pairs": int(len(low)), "rows": int(len(sorted_unique(np.concatenate([low, high])))),
+            "examples": _examples(np.stack([low, high], axis=1))}
 
 
 def _examples(pairs):

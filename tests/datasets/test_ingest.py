@@ -437,10 +437,10 @@ def test_near_duplicate_checks_are_made_once_per_pair_of_distinct_texts(tmp_path
     assert every and every != {tuple(p) for p in pairs.tolist()}
 
 
-def test_spilled_texts_serve_any_sorted_rows_and_let_their_pages_go(tmp_path):
-    """The texts the near-duplicate checks read come from a temporary file through a memory
-    map: the same strings the staged file holds (prompt and response joined), for rows in
-    any batch of calls, with nothing held after the context ends."""
+def test_spilled_texts_serve_any_sorted_rows(tmp_path):
+    """The texts the near-duplicate checks read come from a temporary file: the same strings
+    the staged file holds (prompt and response joined), for rows in any batch of calls, and
+    the file is gone after the context ends."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -456,7 +456,7 @@ def test_spilled_texts_serve_any_sorted_rows_and_let_their_pages_go(tmp_path):
         assert texts_of(rows) == [expected[r] for r in rows.tolist()]
         assert texts_of(np.array([5, 2999])) == ["", "a\x00b"]
         assert texts_of(np.array([0, 0, 1500])) == [expected[0], expected[0], expected[1500]]
-    assert texts_of._texts is None and texts_of._map.closed
+    assert texts_of._file.closed
 
 
 def test_giving_memory_back_is_harmless():

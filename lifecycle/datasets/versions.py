@@ -50,6 +50,9 @@ SCHEMA = pa.schema([
 EXAMPLE_COLUMNS = ("version_id", "row", "text", "response", "label", "split", "group", "timestamp",
                    "row_sha256", "content_key", "has_pii", "pii_kinds", "duplicate_cluster", "metadata")
 READ_BATCH = 20_000
+# Rows turned into COPY data at a time: a slice's CSV (~2 MB) and Arrow's copy of it are all
+# a COPY holds, where a whole 20k-row batch held ~10 MB twice over.
+COPY_SLICE = 5_000
 
 
 def _copy_sql(model, columns):
@@ -97,7 +100,7 @@ class VersionWriter:
         if connection.vendor == "postgresql":
             if not self._streamed:
                 self._start_copy()
-            self._copy.write(_csv(_example_table(self.version_id, table)))
+            _copy_rows(self._copy, _example_table(self.version_id, table))
         self.rows += table.num_rows
 
     def _count(self, table):
@@ -259,6 +262,11 @@ def insert_examples(version, path):
         Example.objects.bulk_create([Example(**row | {"metadata": json.loads(row["metadata"])}) for row in rows], batch_size=2000)
 
 
+def _copy_rows(copy, table):
+    for start in range(0, table.num_rows, COPY_SLICE):
+        copy.write(_csv(table.slice(start, COPY_SLICE)))
+
+
 def _csv(table):
     """COPY … FROM STDIN data in CSV made by Arrow's C++ writer: a Python call per row
     (psycopg's write_row) cost more than the rest of the ingest's write phase together."""
@@ -296,14 +304,14 @@ def insert_texts(version_id, path, stop=None):
     offset = 0
     with connection.cursor() as cursor:
         with cursor.cursor.copy(COPY_TEXTS) as copy:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH, columns=["text"]):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=COPY_SLICE, columns=["text"]):
                 if stop:
                     stop()
                 n = batch.num_rows
                 table = pa.table([pa.array(np.full(n, version_id, dtype=np.int64)),
                                   pa.array(np.arange(offset, offset + n, dtype=np.int64)), batch.column(0)],
                                  names=["version_id", "row", "text"])
-                copy.write(_csv(table))
+                _copy_rows(copy, table)
                 offset += n
 
 

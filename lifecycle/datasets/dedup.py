@@ -700,15 +700,28 @@ def components(n, pairs, start=None):
     """
     kind = row_kind(n)
     parent = np.arange(n, dtype=kind) if start is None else _compress(np.asarray(start).astype(kind, copy=False))
-    left, right = pair_columns(pairs, n, kind)
-    while len(left):
-        root_left, root_right = parent[left], parent[right]
-        apart = root_left != root_right
-        left, right, root_left, root_right = left[apart], right[apart], root_left[apart], root_right[apart]
-        # Hooking only ever lowers a parent, so parent[x] <= x holds and no cycle can form.
-        np.minimum.at(parent, np.maximum(root_left, root_right), np.minimum(root_left, root_right))
-        parent = _compress(parent)
+    pairs = _pairs_array(pairs)
+    # A chunk of pairs at a time (components only ever merge, so joining chunk after chunk
+    # gives the same forest): the per-pair temporaries stay a chunk's size.
+    for begin in range(0, len(pairs), _PAIR_CHUNK):
+        left, right = pair_columns(pairs[begin:begin + _PAIR_CHUNK], n, kind)
+        while len(left):
+            root_left, root_right = parent[left], parent[right]
+            apart = root_left != root_right
+            left, right, root_left, root_right = left[apart], right[apart], root_left[apart], root_right[apart]
+            # Hooking only ever lowers a parent, so parent[x] <= x holds and no cycle can form.
+            np.minimum.at(parent, np.maximum(root_left, root_right), np.minimum(root_left, root_right))
+            parent = _compress(parent)
     return parent
+
+
+_PAIR_CHUNK = 1 << 18
+
+
+def _pairs_array(pairs):
+    """Pairs as given: packed (one-dimensional uint64) or as a (k, 2) array."""
+    pairs = np.asarray(pairs)
+    return pairs if pairs.ndim == 1 and pairs.dtype == np.uint64 else pairs.reshape(-1, 2)
 
 
 def row_kind(n):
@@ -720,11 +733,10 @@ def pair_columns(pairs, n, kind):
     """The two rows of each pair as arrays of `kind`, from (k, 2) pairs or packed ones (a
     one-dimensional uint64 array, see pack_pairs: 8 bytes a pair, not 16, where they come
     from). Checks that they index rows 0..n-1."""
-    pairs = np.asarray(pairs)
-    if pairs.ndim == 1 and pairs.dtype == np.uint64:
+    pairs = _pairs_array(pairs)
+    if pairs.ndim == 1:
         low, high = (pairs >> np.uint64(32)), (pairs & np.uint64(0xFFFFFFFF))
     else:
-        pairs = pairs.reshape(-1, 2)
         low, high = pairs[:, 0], pairs[:, 1]
     for rows in (low, high):
         if len(rows) and (rows.min() < 0 or rows.max() >= n):
@@ -754,11 +766,13 @@ def keep_first(n, pairs):
     reps = np.arange(n, dtype=row_kind(n))
     if n > 2**32:
         raise ValueError("keep_first takes up to 2**32 rows")
-    low, high = pair_columns(pairs, n, np.uint64)
-    # By later row, then earlier: one uint64 a pair (later << 32 | earlier), sorted in place,
-    # instead of a lexsort's order and the pairs it orders.
-    ordered = high << np.uint64(32) | low
-    del low, high
+    pairs = _pairs_array(pairs)
+    # By later row, then earlier: one uint64 a pair (later << 32 | earlier), made a chunk at a
+    # time and sorted in place, instead of a lexsort's order and the pairs it orders.
+    ordered = np.empty(len(pairs), dtype=np.uint64)
+    for begin in range(0, len(pairs), _PAIR_CHUNK):
+        low, high = pair_columns(pairs[begin:begin + _PAIR_CHUNK], n, np.uint64)
+        ordered[begin:begin + len(low)] = high << np.uint64(32) | low
     ordered.sort()
     # Python ints a chunk at a time: a list of millions of pairs would cost more memory
     # than everything else in the ingest.

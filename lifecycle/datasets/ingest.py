@@ -33,7 +33,7 @@ from lifecycle.datasets import dedup, pii, splits
 from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
-from lifecycle.datasets.versions import READ_BATCH, TextIndexWriter, VersionWriter, row_sha256
+from lifecycle.datasets.versions import TextIndexWriter, VersionWriter, row_sha256
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,10 @@ def find_duplicates(stage, progress):
     first = dedup.first_rows(stage.facts.read("key"))
     near = confirmed_pairs(stage, first)
     exact = dedup.exact_duplicate_summary(first)
-    pairs = np.concatenate([dedup.pack_pairs(dedup.pairs_to_first(first)), near])  # packed: 8 bytes a pair
+    exact_pairs = dedup.pack_pairs(dedup.pairs_to_first(first))  # packed: 8 bytes a pair
+    pairs = np.concatenate([exact_pairs, near])
+    near = pairs[len(exact_pairs):]  # a view: the near pairs are not held twice
+    del exact_pairs
     reps = dedup.keep_first(stage.rows, pairs)
     units = split_units(stage.rows, pairs, reps)
     del pairs
@@ -455,66 +458,79 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
 
     Candidates come one range of rows at a time (band keys dropped as they are used), and
     each range's are sorted out on their MinHash estimate, read from the spilled signatures
-    of those rows only. Sure pairs are kept (8 bytes each); uncertain ones go to a temporary
-    file, and only the distinct pairs of texts they stand for (see `_kept_texts`) stay here to
-    be checked on their exact shingle sets, which at ~20 µs a pair in Python would
-    otherwise dominate the ingest of templated text with millions of candidates.
+    of those rows only. Sure pairs and uncertain ones go to temporary files, and only the
+    distinct pairs of texts the uncertain ones stand for (see `_kept_texts`) are checked on
+    their exact shingle sets, which at ~20 µs a pair in Python would otherwise dominate the
+    ingest of templated text with millions of candidates.
     """
-    sure, on_first = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
-    with open(stage.signatures_path, "rb") as signatures, tempfile.TemporaryFile(prefix="lifecycle-uncertain-") as uncertain:
+    on_first = [np.zeros(0, np.uint64)]
+    with (open(stage.signatures_path, "rb") as signatures,
+          tempfile.TemporaryFile(prefix="lifecycle-sure-") as sure,
+          tempfile.TemporaryFile(prefix="lifecycle-uncertain-") as uncertain,
+          tempfile.TemporaryFile(prefix="lifecycle-distinct-") as distinct):
         for _, packed in stage.near.candidate_parts(forget=True):
-            estimate = _estimates(signatures, dedup.unpack_pairs(packed), stage.near.hasher.num_perm, stage.rows)
-            sure.append(packed[estimate >= SURELY_NEAR])
+            estimate = _estimates(signatures, packed, stage.near.hasher.num_perm, stage.rows)
+            sure.write(packed[estimate >= SURELY_NEAR].tobytes())
             doubtful = packed[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
             uncertain.write(doubtful.tobytes())
             on_first.append(dedup.sorted_unique(_on_first_rows(doubtful, first), in_place=True))
             del packed, estimate, doubtful
             rows_analysis.give_back_memory()
-        distinct = dedup.sorted_unique(np.concatenate(on_first), in_place=True)
+        distinct.write(dedup.sorted_unique(np.concatenate(on_first), in_place=True).tobytes())
         del on_first
-        kept = _kept_texts(stage, distinct, len(first))
-        del distinct
+
+        def slices():
+            distinct.flush()
+            distinct.seek(0)
+            return dedup.uint64_blocks(distinct, VERIFY_SLICE)
+
+        kept = _kept_texts(stage, slices, len(first))
         uncertain.seek(0)
         # A small chunk at a time: each costs ~40 bytes a pair while it is checked.
         checked = list(_pairs_kept(dedup.uint64_blocks(uncertain, chunk), kept, first))
-    near = np.concatenate(sure + checked)
-    del sure, checked
+        del kept
+        sure.seek(0)
+        near = np.concatenate([np.fromfile(sure, dtype=np.uint64), *checked])
+    del checked
     near.sort()  # packed pairs sort as (smaller row, larger row)
     rows_analysis.give_back_memory()
     return near
 
 
-def _estimates(signatures, pairs, perms, total_rows, chunk=32_768):
-    """Estimated Jaccard of each pair: the share of equal values in their 16-bit signatures."""
-    rows = dedup.sorted_unique(pairs.ravel())
-    found = _signatures_for_rows(signatures, rows, perms, total_rows)
-    # Positions into `rows`: int32 halves two arrays of every candidate.
-    left = np.searchsorted(rows, pairs[:, 0]).astype(np.int32)
-    right = np.searchsorted(rows, pairs[:, 1]).astype(np.int32)
-    estimate = np.zeros(len(pairs), dtype=np.float32)
-    for start in range(0, len(pairs), chunk):
-        part = slice(start, start + chunk)
-        estimate[part] = (found[left[part]] == found[right[part]]).mean(axis=1)
+def _estimates(signatures, packed, perms, total_rows, chunk=1 << 15):
+    """Estimated Jaccard of each packed pair: the share of equal values in their 16-bit
+    signatures. A chunk of pairs at a time, each gathering just its rows' signatures: what it
+    holds is a chunk's (~10 MB), however far back a part's pairs reach (at a million rows a
+    part's pairs spanned ~300k rows: 40 MB of signatures at once)."""
+    estimate = np.zeros(len(packed), dtype=np.float32)
+    for start in range(0, len(packed), chunk):
+        low, high = dedup.packed_rows(packed[start:start + chunk])
+        rows = dedup.sorted_unique(np.concatenate([low, high]), in_place=True)
+        found = _signatures_for_rows(signatures, rows, perms, total_rows)
+        equal = found[np.searchsorted(rows, low)] == found[np.searchsorted(rows, high)]
+        estimate[start:start + chunk] = equal.mean(axis=1)
     return estimate
 
 
-def _kept_texts(stage, distinct, total_rows):
-    """Of `distinct`, sorted packed pairs of first rows (rows with the same exact key have the
-    same shingles, so each pair of distinct texts is checked once: a third fewer checks on
-    the benchmark's data), those that reach the threshold, sorted."""
-    if not len(distinct):
-        return distinct
+def _kept_texts(stage, slices, total_rows):
+    """Of the distinct pairs of first rows (rows with the same exact key have the same
+    shingles, so each pair of distinct texts is checked once: a third fewer checks on the
+    benchmark's data), those that reach the threshold, sorted. `slices()` yields them packed
+    and sorted, a slice at a time, each time it is called (twice: from a file, in the
+    ingest): a sorted slice holds whole runs of pairs with the same first row, and the
+    checks' own arrays stay a slice's size."""
     needed = np.zeros(total_rows, dtype=bool)
-    for rows in dedup.packed_rows(distinct):
-        needed[rows] = True
-    with SpilledTexts(stage.path, np.flatnonzero(needed)) as texts_of:
+    for some in slices():
+        for rows in dedup.packed_rows(some):
+            needed[rows] = True
+    if not needed.any():
+        return np.zeros(0, np.uint64)
+    with SpilledTexts(stage.path, np.flatnonzero(needed).astype(dedup.row_kind(total_rows))) as texts_of:
         del needed
-        # A slice of the distinct pairs at a time (they are sorted: a slice holds whole runs
-        # of pairs with the same first row), so the checks' own arrays stay a slice's size.
+        rows_analysis.give_back_memory()
         kept = [np.zeros(0, np.uint64)]
-        for start in range(0, len(distinct), VERIFY_SLICE):
-            some = dedup.unpack_pairs(distinct[start:start + VERIFY_SLICE])
-            kept.append(dedup.pack_pairs(dedup.verify_pairs(some, texts_of, dedup.NEAR_THRESHOLD)))
+        for some in slices():
+            kept.append(dedup.pack_pairs(dedup.verify_pairs(dedup.unpack_pairs(some), texts_of, dedup.NEAR_THRESHOLD)))
             rows_analysis.give_back_memory()
     return np.concatenate(kept)  # in order: the slices are, and verify_pairs keeps the order given
 
@@ -563,9 +579,11 @@ class SpilledTexts:
             start += batch.num_rows
         self._file.flush()
         self._offsets = np.concatenate(offsets)
+        if end < 2**32:
+            self._offsets = self._offsets.astype(np.uint32)  # half the bytes a text
 
     def __call__(self, wanted):
-        where = np.searchsorted(self.rows, wanted)
+        where = np.searchsorted(self.rows, np.asarray(wanted).astype(self.rows.dtype))  # same type: no copy of rows
         starts, ends = self._offsets[where].tolist(), self._offsets[where + 1].tolist()
         fd, read = self._file.fileno(), os.pread
         return [read(fd, end - begin, begin).decode() for begin, end in zip(starts, ends)]
@@ -621,11 +639,23 @@ def split_units(n, pairs, reps):
     would starve the small splits; those rows fall back to their keep-first duplicate set, and
     the leakage report counts whatever pairs still cross."""
     components = dedup.components(n, pairs)
-    cap = max(50, n // 100)
-    huge = (np.bincount(components, minlength=n) > cap)[components]
+    huge = _in_huge_component(components, cap=max(50, n // 100))
     # Each unit is named by one of its rows (its component's smallest, or its kept row), so
     # the split links rows to their unit without sorting (see splits._same_id_pairs).
     return np.where(huge, reps, components)
+
+
+def _in_huge_component(components, cap):
+    """Whether each row's component has more than `cap` rows; counted from the rows that are
+    not their component's first (duplicates: a few in a hundred), not a count for every row."""
+    linked = [np.zeros(0, components.dtype)]
+    for start in range(0, len(components), SIGNATURE_BLOCK):
+        roots = components[start:start + SIGNATURE_BLOCK]
+        linked.append(roots[roots != np.arange(start, start + len(roots))])
+    roots, others = np.unique(np.concatenate(linked), return_counts=True)
+    huge = np.zeros(len(components), dtype=bool)
+    huge[roots[others + 1 > cap]] = True
+    return huge[components]
 
 
 def _dedup_report(exact, near, reps):
@@ -639,29 +669,36 @@ def _dedup_report(exact, near, reps):
     }
 
 
-def choose_splits(stage, units, options, progress):
+def group_rows(stage):
+    """Each row's first row in its group (its own where it has none; int32), or None when no
+    row has one: all the splits and the leakage report need of the groups (4 bytes a row, not
+    the group ids' 8), made once for both."""
+    groups = stage.facts.read("group")
+    if not (groups >= 0).any():
+        return None
+    return dedup.first_rows(groups, ignore_negative=True)
+
+
+def choose_splits(stage, units, groups, options, progress):
     progress("splitting", 0, 1)
     given = stage.facts.read("split")
     if (given >= 0).all():
         return given, "given"
     del given
     how = "by time" if options.by_time else f"seeded (seed {options.seed})"
-    groups = stage.facts.read("group")
     assigned = splits.assign_splits(
-        stage.facts.read("label"),
-        groups=groups if (groups >= 0).any() else None,
+        stage.facts.read("label"), groups=groups,
         timestamps=stage.facts.read("time") if options.by_time else None,
         units=units, fractions=options.fractions, seed=options.seed, by_time=options.by_time,
     )
     return assigned, how
 
 
-def leakage(stage, assigned, duplicates):
+def leakage(stage, assigned, first, near, groups):
     """The leakage report. Each row's first row with its exact key stands for the key: equal
     for exact duplicates, different otherwise."""
-    groups, times = stage.facts.read("group"), stage.facts.read("time")
-    return splits.leakage_report(assigned, exact_keys=duplicates.first, near_pairs=duplicates.near,
-                                 groups=groups if (groups >= 0).any() else None,
+    times = stage.facts.read("time")
+    return splits.leakage_report(assigned, exact_keys=first, near_pairs=near, groups=groups,
                                  timestamps=times if len(times) and not np.isnan(times).any() else None)
 
 
@@ -669,12 +706,45 @@ def find_splits(stage, options, progress):
     """Duplicates, splits and leakage. Returns what the write needs: each row's split and
     duplicate set, and the dedup and leakage reports; the rest is let go on the way."""
     duplicates = find_duplicates(stage, progress)
-    assigned, how = choose_splits(stage, duplicates.units, options, progress)
-    duplicates.units = None
-    progress("checking leakage", 0, 1)
-    leak = leakage(stage, assigned, duplicates)
-    leak["splits_from"] = how
-    return assigned, duplicates.clusters, duplicates.report, leak
+    units, report = duplicates.units, duplicates.report
+    # What the leakage report and the write need waits on disk while the split runs.
+    with Parked(first=duplicates.first, near=duplicates.near, clusters=duplicates.clusters) as parked:
+        del duplicates
+        # The heap handed back after each step (see rows.give_back_memory): each next one's
+        # arrays then land in that room instead of on top of it.
+        groups = group_rows(stage)
+        rows_analysis.give_back_memory()
+        assigned, how = choose_splits(stage, units, groups, options, progress)
+        del units
+        rows_analysis.give_back_memory()
+        progress("checking leakage", 0, 1)
+        leak = leakage(stage, assigned, parked.take("first"), parked.take("near"), groups)
+        leak["splits_from"] = how
+        return assigned, parked.take("clusters"), report, leak
+
+
+class Parked:
+    """Arrays written to an unnamed temporary file and let go, each read back once by `take`:
+    what a later step needs is not held while the steps between run. A context manager."""
+
+    def __init__(self, **arrays):
+        self._file = tempfile.TemporaryFile(prefix="lifecycle-parked-")
+        self._where = {}
+        for name, array in arrays.items():
+            self._where[name] = (self._file.tell(), array.dtype, array.shape)
+            self._file.write(np.ascontiguousarray(array).tobytes())
+
+    def take(self, name):
+        offset, dtype, shape = self._where.pop(name)
+        self._file.flush()
+        self._file.seek(offset)
+        return np.fromfile(self._file, dtype=dtype, count=math.prod(shape)).reshape(shape)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
 
 
 # --- the whole thing --------------------------------------------------------------------------------
@@ -733,7 +803,9 @@ def _write(dataset, stage, assigned, clusters, reports, label_set, pii_found, le
     offset = 0
     try:
         # Arrow all the way: the staged batch plus two columns, never a Python object per value.
-        for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=READ_BATCH):
+        # Batches of 5,000 rows (a row group of the artifact each): at 20,000 the write's
+        # working set was ~35 MB bigger, and no faster (measured).
+        for batch in pq.ParquetFile(stage.path).iter_batches(batch_size=BATCH):
             part = slice(offset, offset + batch.num_rows)
             cluster = clusters[part].astype(np.int64)
             table = pa.Table.from_batches([batch]).append_column("split", pa.array(split_names[assigned[part]]))

@@ -60,7 +60,7 @@ def _blocks(n, groups, units):
     """Block index 0..b-1 per row: the connected components of shared group and unit ids."""
     # Each row's first row in its group is a forest to start from: groups are joined with
     # no pair per row and no sort of all rows (first_rows works a key range at a time).
-    start = None if groups is None else first_rows(_sortable_ids(groups, n), ignore_negative=True)
+    start = None if groups is None else _group_forest(groups, n)
     links = np.zeros((0, 2), row_kind(n)) if units is None else _same_id_pairs(_sortable_ids(units, n))
     roots = components(n, links, start=start)
     del links, start
@@ -385,7 +385,7 @@ def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestam
     report = {"rows": _row_counts(splits)}
     report["exact_duplicates"] = None if exact_keys is None else _shared_ids(_exact_codes(exact_keys, n), splits, "keys")
     report["near_duplicates"] = None if near_pairs is None else _crossing_pairs(near_pairs, splits)
-    report["groups"] = None if groups is None else _shared_ids(_group_codes(groups, n), splits, "groups")
+    report["groups"] = None if groups is None else _shared_ids(_group_forest(groups, n), splits, "groups")
     report["time_overlap"] = None if timestamps is None else time_overlap(splits, timestamps)
     counts = [report["exact_duplicates"], report["near_duplicates"], report["groups"]]
     report["has_leakage"] = any(entry and entry["rows"] for entry in counts)
@@ -401,10 +401,14 @@ def _as_splits(splits):
     return array.astype(np.int8, copy=False)
 
 
-def _group_codes(groups, n):
+def _group_forest(groups, n):
     """Each row's first row in its group (its own where it has none): codes that name a row
-    of their own, which _shared_ids checks without a sort."""
-    return first_rows(_sortable_ids(groups, n), ignore_negative=True)
+    of their own, which _shared_ids checks and _blocks joins without a sort. Groups given in
+    that form already (the ingest's) are used as they are."""
+    codes = _sortable_ids(groups, n)
+    if _names_own_rows(codes) and all((codes[start:start + _CHUNK] >= 0).all() for start in range(0, n, _CHUNK)):
+        return codes
+    return first_rows(codes, ignore_negative=True)
 
 
 def _row_counts(splits):

@@ -463,21 +463,25 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
     their exact shingle sets, which at ~20 µs a pair in Python would otherwise dominate the
     ingest of templated text with millions of candidates.
     """
-    on_first = [np.zeros(0, np.uint64)]
     with (open(stage.signatures_path, "rb") as signatures,
           tempfile.TemporaryFile(prefix="lifecycle-sure-") as sure,
           tempfile.TemporaryFile(prefix="lifecycle-uncertain-") as uncertain,
-          tempfile.TemporaryFile(prefix="lifecycle-distinct-") as distinct):
+          tempfile.TemporaryFile(prefix="lifecycle-distinct-") as distinct,
+          _range_files(len(first), "lifecycle-on-first-") as on_first):
         for _, packed in stage.near.candidate_parts(forget=True):
             estimate = _estimates(signatures, packed, stage.near.hasher.num_perm, stage.rows)
             sure.write(packed[estimate >= SURELY_NEAR].tobytes())
             doubtful = packed[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
             uncertain.write(doubtful.tobytes())
-            on_first.append(dedup.sorted_unique(_on_first_rows(doubtful, first), in_place=True))
+            # The pairs of texts to check, on disk by range of their larger row (bounded, as
+            # the candidate parts are), made distinct one range at a time below.
+            dedup.spill_by_row(_on_first_rows(doubtful, first), on_first, dedup.ROWS_PER_PART)
             del packed, estimate, doubtful
             rows_analysis.give_back_memory()
-        distinct.write(dedup.sorted_unique(np.concatenate(on_first), in_place=True).tobytes())
-        del on_first
+        for part in on_first:
+            part.seek(0)
+            distinct.write(dedup.sorted_unique(np.fromfile(part, dtype=np.uint64), in_place=True).tobytes())
+            part.close()
 
         def slices():
             distinct.flush()
@@ -485,6 +489,7 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
             return dedup.uint64_blocks(distinct, VERIFY_SLICE)
 
         kept = _kept_texts(stage, slices, len(first))
+        kept.sort()  # by range of the larger row so far: _in_sorted needs them sorted
         uncertain.seek(0)
         # A small chunk at a time: each costs ~40 bytes a pair while it is checked.
         checked = list(_pairs_kept(dedup.uint64_blocks(uncertain, chunk), kept, first))
@@ -495,6 +500,17 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
     near.sort()  # packed pairs sort as (smaller row, larger row)
     rows_analysis.give_back_memory()
     return near
+
+
+@contextmanager
+def _range_files(rows, prefix):
+    """One unnamed temporary file per range of dedup.ROWS_PER_PART rows, all closed on the way out."""
+    files = [tempfile.TemporaryFile(prefix=prefix) for _ in range(max(1, -(-rows // dedup.ROWS_PER_PART)))]
+    try:
+        yield files
+    finally:
+        for part in files:
+            part.close()
 
 
 def _estimates(signatures, packed, perms, total_rows, chunk=1 << 15):
@@ -515,9 +531,9 @@ def _estimates(signatures, packed, perms, total_rows, chunk=1 << 15):
 def _kept_texts(stage, slices, total_rows):
     """Of the distinct pairs of first rows (rows with the same exact key have the same
     shingles, so each pair of distinct texts is checked once: a third fewer checks on the
-    benchmark's data), those that reach the threshold, sorted. `slices()` yields them packed
-    and sorted, a slice at a time, each time it is called (twice: from a file, in the
-    ingest): a sorted slice holds whole runs of pairs with the same first row, and the
+    benchmark's data), those that reach the threshold, in the order given. `slices()` yields
+    them packed, a slice at a time, each time it is called (twice: from a file, in the
+    ingest); sorted slices keep runs of pairs with the same first row together, and the
     checks' own arrays stay a slice's size."""
     needed = np.zeros(total_rows, dtype=bool)
     for some in slices():

@@ -708,13 +708,19 @@ def components(n, pairs, start=None):
     given, is a forest to begin from (each row's parent a row no later than itself, such as
     first_rows gives): rows it joins are joined without a pair each.
     """
+    pairs = _pairs_array(pairs)
+    return components_of_chunks(n, (pairs[begin:begin + _PAIR_CHUNK] for begin in range(0, len(pairs), _PAIR_CHUNK)),
+                                start=start)
+
+
+def components_of_chunks(n, chunks, start=None):
+    """`components` of the pairs in `chunks` (arrays of pairs in either form), joined chunk
+    after chunk: components only ever merge, so that gives the same forest, and the per-pair
+    temporaries stay a chunk's size."""
     kind = row_kind(n)
     parent = np.arange(n, dtype=kind) if start is None else _compress(np.asarray(start).astype(kind, copy=False))
-    pairs = _pairs_array(pairs)
-    # A chunk of pairs at a time (components only ever merge, so joining chunk after chunk
-    # gives the same forest): the per-pair temporaries stay a chunk's size.
-    for begin in range(0, len(pairs), _PAIR_CHUNK):
-        left, right = pair_columns(pairs[begin:begin + _PAIR_CHUNK], n, kind)
+    for chunk in chunks:
+        left, right = pair_columns(chunk, n, kind)
         while len(left):
             root_left, root_right = parent[left], parent[right]
             apart = root_left != root_right
@@ -773,7 +779,6 @@ def keep_first(n, pairs):
     so a run of templated messages is not collapsed into one giant cluster. Pairs as (k, 2)
     rows or packed (pack_pairs); the result is int32 below 2**31 rows.
     """
-    reps = np.arange(n, dtype=row_kind(n))
     if n > 2**32:
         raise ValueError("keep_first takes up to 2**32 rows")
     pairs = _pairs_array(pairs)
@@ -784,13 +789,33 @@ def keep_first(n, pairs):
         low, high = pair_columns(pairs[begin:begin + _PAIR_CHUNK], n, np.uint64)
         ordered[begin:begin + len(low)] = high << np.uint64(32) | low
     ordered.sort()
-    # Python ints a chunk at a time: a list of millions of pairs would cost more memory
-    # than everything else in the ingest.
-    for start in range(0, len(ordered), 100_000):
-        chunk = ordered[start:start + 100_000]
-        for j, i in zip((chunk >> np.uint64(32)).tolist(), (chunk & np.uint64(0xFFFFFFFF)).tolist()):
-            if reps[i] == i and reps[j] == j:
-                reps[j] = i
+    return _walk_keep_first(n, (ordered[start:start + 100_000] for start in range(0, len(ordered), 100_000)))
+
+
+def keep_first_in_order(n, chunks):
+    """`keep_first` of pairs that come in chunks (packed, see pack_pairs) already in its
+    order: by larger row, then smaller, across all chunks. Holds a chunk at a time."""
+    if n > 2**32:
+        raise ValueError("keep_first takes up to 2**32 rows")
+    return _walk_keep_first(n, (by_larger_row(chunk) for chunk in chunks))
+
+
+def by_larger_row(packed):
+    """Packed pairs (low << 32 | high) as high << 32 | low."""
+    packed = np.asarray(packed, dtype=np.uint64)
+    return (packed & np.uint64(0xFFFFFFFF)) << np.uint64(32) | (packed >> np.uint64(32))
+
+
+def _walk_keep_first(n, ordered_chunks):
+    reps = np.arange(n, dtype=row_kind(n))
+    for ordered in ordered_chunks:
+        # Python ints a slice at a time: a list of millions of pairs would cost more memory
+        # than everything else in the ingest.
+        for start in range(0, len(ordered), 100_000):
+            chunk = ordered[start:start + 100_000]
+            for j, i in zip((chunk >> np.uint64(32)).tolist(), (chunk & np.uint64(0xFFFFFFFF)).tolist()):
+                if reps[i] == i and reps[j] == j:
+                    reps[j] = i
     return reps
 
 

@@ -411,35 +411,88 @@ def check_validation(stage, problems, options):
 
 @dataclass
 class Duplicates:
-    """What the duplicate search hands on: each row's first row with its exact key, the
-    confirmed near-duplicate pairs (packed, see dedup.pack_pairs; sorted), each row's duplicate
-    set (dedup.cluster_ids), the rows that must share a split (split_units), and the report."""
+    """What the duplicate search hands on: each row's first row with its exact key, each
+    row's duplicate set (dedup.cluster_ids), the rows that must share a split (split_units),
+    and the report. The confirmed near-duplicate pairs stay in their PairStore, on disk."""
     first: np.ndarray
-    near: np.ndarray
     clusters: np.ndarray
     units: np.ndarray
     report: dict
 
 
-def find_duplicates(stage, progress):
+class PairStore:
+    """Confirmed near-duplicate pairs on an unnamed temporary file, packed (dedup.pack_pairs)
+    and in order of their larger row, then their smaller: the order keep-first walks in. Read
+    a part (a range of larger rows) at a time, so no step holds them all (4M pairs at 3M rows
+    of templated text). Keeps the lowest pairs by (smaller, larger) row for the report. A
+    context manager."""
+
+    REPORTED = 50
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile(prefix="lifecycle-near-")
+        self._parts = []  # pairs in each part, in file order
+        self.count = 0
+        self.lowest = np.zeros(0, np.uint64)
+
+    def add_part(self, packed):
+        """The pairs whose larger row is in the next range of rows, in any order."""
+        ordered = packed[np.argsort(dedup.by_larger_row(packed))]
+        self._file.write(ordered.tobytes())
+        self._parts.append(len(ordered))
+        self.count += len(ordered)
+        self.lowest = np.sort(np.concatenate([self.lowest, np.sort(packed)[:self.REPORTED]]))[:self.REPORTED]
+
+    def parts(self):
+        """Each part's pairs, in order."""
+        self._file.flush()
+        self._file.seek(0)
+        for size in self._parts:
+            yield np.fromfile(self._file, dtype=np.uint64, count=size)
+
+    def chunks(self):
+        """The pairs a chunk at a time, in order (for splits.leakage_report)."""
+        for part in self.parts():
+            yield from (part[start:start + _PAIR_CHUNK] for start in range(0, max(len(part), 1), _PAIR_CHUNK))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+_PAIR_CHUNK = 1 << 18
+
+
+def find_duplicates(stage, near, progress):
     """Exact duplicates from the content keys, near duplicates from LSH candidates confirmed by
-    their MinHash-estimated Jaccard, then one representative per duplicate set (keep-first)."""
+    their MinHash-estimated Jaccard (into `near`, a PairStore), then one representative per
+    duplicate set (keep-first)."""
     progress("deduplicating", 0, 1)
     first = dedup.first_rows(stage.facts.read("key"))
-    near = confirmed_pairs(stage, first)
+    confirmed_pairs(stage, first, near)
     exact = dedup.exact_duplicate_summary(first)
-    exact_pairs = dedup.pack_pairs(dedup.pairs_to_first(first))  # packed: 8 bytes a pair
-    pairs = np.concatenate([exact_pairs, near])
-    near = pairs[len(exact_pairs):]  # a view: the near pairs are not held twice
-    del exact_pairs
-    reps = dedup.keep_first(stage.rows, pairs)
-    units = split_units(stage.rows, pairs, reps)
-    del pairs
+    reps = dedup.keep_first_in_order(stage.rows, _pairs_in_order(first, near))
+    units = split_units(stage.rows, _pairs_in_order(first, near), reps)
     report = _dedup_report(exact, near, reps)
     clusters = dedup.cluster_ids(reps)
     del reps
     rows_analysis.give_back_memory()  # the splits and the write start from what is live
-    return Duplicates(first, near, clusters, units, report)
+    return Duplicates(first, clusters, units, report)
+
+
+def _pairs_in_order(first, near):
+    """Every duplicate pair, a range of rows at a time, by larger row then smaller (packed):
+    each row with its exact key's first row, and the near pairs of that range."""
+    parts = near.parts()
+    for start in range(0, len(first), dedup.ROWS_PER_PART):
+        part = next(parts, np.zeros(0, np.uint64))  # the store has a part for every range
+        heads = first[start:start + dedup.ROWS_PER_PART]
+        rows = np.flatnonzero(heads != np.arange(start, start + len(heads)))
+        exact = dedup.pack_rows(heads[rows], rows + start)
+        both = np.concatenate([exact, part])
+        yield both[np.argsort(dedup.by_larger_row(both))]
 
 
 # Estimated Jaccard from 64 MinHash values has a standard deviation of about 0.05 near 0.8:
@@ -452,7 +505,7 @@ VERIFY_SLICE = 1 << 16
 SIGNATURE_BLOCK = 65_536
 
 
-def confirmed_pairs(stage, first, chunk=1 << 16):
+def confirmed_pairs(stage, first, near):
     """The LSH candidates whose shingle Jaccard reaches the threshold; `first` is each row's
     first row with the same exact key (dedup.first_rows).
 
@@ -461,8 +514,10 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
     of those rows only. Sure pairs and uncertain ones go to temporary files, and only the
     distinct pairs of texts the uncertain ones stand for (see `_kept_texts`) are checked on
     their exact shingle sets, which at ~20 µs a pair in Python would otherwise dominate the
-    ingest of templated text with millions of candidates.
+    ingest of templated text with millions of candidates. The pairs kept go to `near` (a
+    PairStore) part by part.
     """
+    spans = []  # per part: (sure pairs, uncertain pairs) written
     with (open(stage.signatures_path, "rb") as signatures,
           tempfile.TemporaryFile(prefix="lifecycle-sure-") as sure,
           tempfile.TemporaryFile(prefix="lifecycle-uncertain-") as uncertain,
@@ -470,9 +525,11 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
           _range_files(len(first), "lifecycle-on-first-") as on_first):
         for _, packed in stage.near.candidate_parts(forget=True):
             estimate = _estimates(signatures, packed, stage.near.hasher.num_perm, stage.rows)
-            sure.write(packed[estimate >= SURELY_NEAR].tobytes())
+            surely = packed[estimate >= SURELY_NEAR]
+            sure.write(surely.tobytes())
             doubtful = packed[(estimate >= SURELY_NOT) & (estimate < SURELY_NEAR)]
             uncertain.write(doubtful.tobytes())
+            spans.append((len(surely), len(doubtful)))
             # The pairs of texts to check, on disk by range of their larger row (bounded, as
             # the candidate parts are), made distinct one range at a time below.
             dedup.spill_by_row(_on_first_rows(doubtful, first), on_first, dedup.ROWS_PER_PART)
@@ -490,16 +547,13 @@ def confirmed_pairs(stage, first, chunk=1 << 16):
 
         kept = _kept_texts(stage, slices, len(first))
         kept.sort()  # by range of the larger row so far: _in_sorted needs them sorted
-        uncertain.seek(0)
-        # A small chunk at a time: each costs ~40 bytes a pair while it is checked.
-        checked = list(_pairs_kept(dedup.uint64_blocks(uncertain, chunk), kept, first))
-        del kept
         sure.seek(0)
-        near = np.concatenate([np.fromfile(sure, dtype=np.uint64), *checked])
-    del checked
-    near.sort()  # packed pairs sort as (smaller row, larger row)
+        uncertain.seek(0)
+        for sure_count, doubtful_count in spans:  # part by part, the sure ones and those that passed
+            doubtful = np.fromfile(uncertain, dtype=np.uint64, count=doubtful_count)
+            near.add_part(np.concatenate([np.fromfile(sure, dtype=np.uint64, count=sure_count),
+                                          *_pairs_kept([doubtful], kept, first)]))
     rows_analysis.give_back_memory()
-    return near
 
 
 @contextmanager
@@ -649,12 +703,12 @@ def _signatures_for_rows(spilled, rows, perms, total_rows):
     return found
 
 
-def split_units(n, pairs, reps):
+def split_units(n, chunks, reps):
     """Rows that must share a split: whole duplicate components, so no near-duplicate pair
     crosses splits — except where a component is huge (templated text chains into one), which
     would starve the small splits; those rows fall back to their keep-first duplicate set, and
     the leakage report counts whatever pairs still cross."""
-    components = dedup.components(n, pairs)
+    components = dedup.components_of_chunks(n, chunks)
     huge = _in_huge_component(components, cap=max(50, n // 100))
     # Each unit is named by one of its rows (its component's smallest, or its kept row), so
     # the split links rows to their unit without sorting (see splits._same_id_pairs).
@@ -678,9 +732,9 @@ def _dedup_report(exact, near, reps):
     return {
         "exact_duplicate_rows": exact["rows"],
         "exact_groups": exact["groups"],
-        "near_duplicate_pairs": int(len(near)),
+        "near_duplicate_pairs": int(near.count),
         "removable_rows": int((reps != np.arange(len(reps))).sum()),
-        "pairs": dedup.unpack_pairs(near[:50]).tolist(),
+        "pairs": dedup.unpack_pairs(near.lowest).tolist(),
         "examples": exact["examples"],
     }
 
@@ -721,10 +775,15 @@ def leakage(stage, assigned, first, near, groups):
 def find_splits(stage, options, progress):
     """Duplicates, splits and leakage. Returns what the write needs: each row's split and
     duplicate set, and the dedup and leakage reports; the rest is let go on the way."""
-    duplicates = find_duplicates(stage, progress)
+    with PairStore() as near:
+        return _find_splits(stage, near, options, progress)
+
+
+def _find_splits(stage, near, options, progress):
+    duplicates = find_duplicates(stage, near, progress)
     units, report = duplicates.units, duplicates.report
     # What the leakage report and the write need waits on disk while the split runs.
-    with Parked(first=duplicates.first, near=duplicates.near, clusters=duplicates.clusters) as parked:
+    with Parked(first=duplicates.first, clusters=duplicates.clusters) as parked:
         del duplicates
         # The heap handed back after each step (see rows.give_back_memory): each next one's
         # arrays then land in that room instead of on top of it.
@@ -734,7 +793,7 @@ def find_splits(stage, options, progress):
         del units
         rows_analysis.give_back_memory()
         progress("checking leakage", 0, 1)
-        leak = leakage(stage, assigned, parked.take("first"), parked.take("near"), groups)
+        leak = leakage(stage, assigned, parked.take("first"), near, groups)
         leak["splits_from"] = how
         return assigned, parked.take("clusters"), report, leak
 

@@ -463,13 +463,21 @@ def _shared_named_ids(codes, splits, noun):
 
 
 def _crossing_pairs(pairs, splits):
-    """Near-duplicate pairs ((k, 2) rows, or packed: see dedup.pack_pairs) across splits."""
-    low, high = pair_columns(pairs, len(splits), row_kind(len(splits)))
-    a, b = splits[low], splits[high]
-    crossing = (a >= 0) & (b >= 0) & (a != b)
-    low, high = low[crossing], high[crossing]
-    return {"pairs": int(len(low)), "rows": int(len(sorted_unique(np.concatenate([low, high])))),
-            "examples": _examples(np.stack([low, high], axis=1))}
+    """Near-duplicate pairs across splits: pairs as (k, 2) rows or packed (dedup.pack_pairs),
+    or anything whose chunks() yields arrays of them (the ingest's pairs on disk), checked a
+    chunk at a time."""
+    chunks = pairs.chunks() if hasattr(pairs, "chunks") else [pairs]
+    n, kind = len(splits), row_kind(len(splits))
+    count, in_pair, examples = 0, np.zeros(n, dtype=bool), np.zeros((0, 2), kind)
+    for chunk in chunks:
+        low, high = pair_columns(chunk, n, kind)
+        a, b = splits[low], splits[high]
+        crossing = (a >= 0) & (b >= 0) & (a != b)
+        low, high = low[crossing], high[crossing]
+        count += len(low)
+        in_pair[low] = in_pair[high] = True
+        examples = np.array(_examples(np.concatenate([examples, np.stack([low, high], axis=1)])), dtype=kind).reshape(-1, 2)
+    return {"pairs": count, "rows": int(in_pair.sum()), "examples": _examples(examples)}
 
 
 def _examples(pairs):

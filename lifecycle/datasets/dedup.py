@@ -819,7 +819,18 @@ def _walk_keep_first(n, ordered_chunks):
     return reps
 
 
-def cluster_ids(reps):
-    """The duplicate set of each row (its representative), -1 for rows in no set."""
-    in_set = np.bincount(reps, minlength=len(reps)) > 1
-    return np.where(in_set[reps], reps, -1).astype(reps.dtype if reps.dtype.kind == "i" else np.int64)
+def cluster_ids(reps, chunk=1 << 16):
+    """The duplicate set of each row (its representative), -1 for rows in no set. A row is in
+    a set when it points at another row, or another row points at it: marked a chunk at a
+    time, with no count per row (8 bytes each)."""
+    reps = np.asarray(reps)
+    reps = reps if reps.dtype.kind == "i" else reps.astype(np.int64)
+    in_set = np.zeros(len(reps), dtype=bool)
+    for start in range(0, len(reps), chunk):
+        pointing = reps[start:start + chunk]
+        duplicate = pointing != np.arange(start, start + len(pointing))
+        in_set[start:start + chunk] |= duplicate
+        in_set[pointing[duplicate]] = True
+    clusters = reps.copy()
+    np.putmask(clusters, ~in_set, -1)
+    return clusters

@@ -213,13 +213,22 @@ class _BlockStrata:
 
 def _block_strata(block, stratum):
     n_blocks, n_strata = int(block.max()) + 1, int(stratum.max()) + 1
-    pair = block.astype(np.int64) * n_strata + stratum
+    # 32-bit (block, stratum) codes where they fit: these are the split's biggest arrays.
+    kind = np.int32 if n_blocks * n_strata < 2**31 else np.int64
+    pair = block.astype(kind)
+    pair *= n_strata
+    pair += stratum
     pair.sort()  # in place: np.unique would sort a copy
-    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-    count = np.diff(np.r_[starts, len(pair)])
+    new = np.empty(len(pair), dtype=bool)
+    new[0] = True
+    np.not_equal(pair[1:], pair[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    del new
+    count = np.diff(starts, append=len(pair)).astype(np.int32)
     pair = pair[starts]
+    del starts
     owner, which = pair // n_strata, pair % n_strata
-    del pair, starts
+    del pair
     per_block = np.bincount(owner, minlength=n_blocks)
     alone = per_block[owner] == 1
     single = np.full(n_blocks, -1, dtype=np.int32)

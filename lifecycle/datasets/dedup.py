@@ -718,7 +718,8 @@ def components_of_chunks(n, chunks, start=None):
     after chunk: components only ever merge, so that gives the same forest, and the per-pair
     temporaries stay a chunk's size."""
     kind = row_kind(n)
-    parent = np.arange(n, dtype=kind) if start is None else _compress(np.asarray(start).astype(kind, copy=False))
+    # A copy of `start`: hooking changes parents in place, and the caller's forest stays its own.
+    parent = np.arange(n, dtype=kind) if start is None else _compress(np.array(start, dtype=kind))
     for chunk in chunks:
         left, right = pair_columns(chunk, n, kind)
         while len(left):

@@ -448,3 +448,65 @@ def test_components_on_a_long_chain_and_out_of_range_pairs():
     assert (components(n, chain) == 0).all()
     with pytest.raises(ValueError):
         components(3, [[0, 3]])
+
+
+# ---------------------------------------------------------------- bounded-memory forms
+
+
+def _reference_first_rows(keys, ignore_negative=False):
+    seen = {}
+    return [row if ignore_negative and key < 0 else seen.setdefault(key, row) for row, key in enumerate(keys)]
+
+
+@pytest.mark.parametrize("rows_per_range", [1, 7, 64, 1 << 16])
+def test_first_rows_by_key_range_match_a_reference(rows_per_range):
+    """first_rows sorts one key range at a time from a scratch file: the same answer for any
+    range size, for 63-bit hashes, small codes and negative keys."""
+    rng = np.random.default_rng(3)
+    for keys in (rng.integers(-2**63, 2**63 - 1, 400)[rng.integers(0, 400, 1000)],  # hashes, repeated
+                 rng.integers(-1, 30, 1000),  # small codes, -1 = none
+                 np.zeros(0, np.int64), np.array([5])):
+        for ignore in (False, True):
+            found = first_rows(keys, ignore_negative=ignore, rows_per_range=rows_per_range)
+            assert found.dtype == np.int32
+            assert found.tolist() == _reference_first_rows(keys.tolist(), ignore)
+    with pytest.raises(ValueError):
+        first_rows(np.array([0.5, 1.5]))
+
+
+def test_components_from_a_start_forest_equal_the_pairs_way_and_leave_the_forest_alone():
+    rng = np.random.default_rng(8)
+    n = 2_000
+    groups = rng.integers(-1, 300, n)
+    pairs = rng.integers(0, n, size=(500, 2))
+    start = first_rows(groups, ignore_negative=True)
+    before = start.copy()
+    group_pairs = np.stack([start, np.arange(n)], axis=1)
+    assert (components(n, pairs, start=start) == components(n, np.concatenate([pairs, group_pairs]))).all()
+    assert (start == before).all()  # hooking works on a copy
+
+
+def test_packed_pairs_and_chunks_give_the_same_components_and_keep_first(monkeypatch):
+    from lifecycle.datasets import dedup
+
+    rng = np.random.default_rng(9)
+    n = 3_000
+    pairs = np.sort(rng.integers(0, n, size=(2_500, 2)), axis=1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    whole, reps = components(n, pairs), dedup.keep_first(n, pairs)
+    monkeypatch.setattr(dedup, "_PAIR_CHUNK", 17)
+    packed = dedup.pack_pairs(pairs)
+    assert (components(n, packed) == whole).all() and (dedup.keep_first(n, packed) == reps).all()
+    ordered = packed[np.argsort(dedup.by_larger_row(packed))]
+    assert (dedup.keep_first_in_order(n, np.array_split(ordered, 9)) == reps).all()
+    assert (dedup.components_of_chunks(n, np.array_split(packed, 5)) == whole).all()
+    assert reps.dtype == np.int32 and whole.dtype == np.int32
+
+
+def test_cluster_ids_mark_kept_rows_with_duplicates_and_their_duplicates(monkeypatch):
+    from lifecycle.datasets import dedup
+
+    reps = np.array([0, 0, 2, 3, 3, 3, 6])
+    assert dedup.cluster_ids(reps).tolist() == [0, 0, -1, 3, 3, 3, -1]
+    assert dedup.cluster_ids(reps, chunk=2).tolist() == [0, 0, -1, 3, 3, 3, -1]
+    assert dedup.cluster_ids(np.zeros(0, np.int32)).tolist() == []

@@ -492,3 +492,36 @@ def test_near_duplicates_found_in_many_small_parts_match_one_part(tmp_path, monk
     assert parts.content_sha256 == whole.content_sha256  # every row's hash and split
     clusters = [list(v.examples.order_by("row").values_list("duplicate_cluster", flat=True)) for v in (whole, parts)]
     assert clusters[0] == clusters[1]
+
+
+def test_spilled_columns_and_parked_arrays_come_back_as_written():
+    """The ingest's per-row numbers wait on disk (SpilledColumns while rows stream, Parked
+    between steps); a bad append writes nothing, so the columns stay row-aligned."""
+    import numpy as np
+
+    columns = ingest.SpilledColumns(a=np.int32, b=np.float64)
+    columns.append(a=[1, 2], b=[0.5, 1.5])
+    columns.append(a=[3], b=[2.5])
+    with pytest.raises(ValueError):
+        columns.append(a=[4], b=[1.0, 2.0])  # different lengths
+    with pytest.raises(ValueError):
+        columns.append(a=[4])  # a column missing
+    assert columns.rows == 3
+    assert columns.read("a").tolist() == [1, 2, 3] and columns.read("b").tolist() == [0.5, 1.5, 2.5]
+    columns.close()
+    with ingest.Parked(x=np.arange(5, dtype=np.int32), y=np.array([[1, 2], [3, 4]], np.uint64)) as parked:
+        assert parked.take("y").tolist() == [[1, 2], [3, 4]]
+        assert parked.take("x").tolist() == [0, 1, 2, 3, 4]
+
+
+def test_the_pair_store_hands_pairs_back_by_larger_row_then_smaller():
+    from lifecycle.datasets import dedup
+
+    with ingest.PairStore() as store:
+        store.add_part(dedup.pack_pairs([[3, 5], [0, 4], [1, 4], [2, 3]]))
+        store.add_part(dedup.pack_pairs([[0, 9], [6, 7]]))
+        parts = [dedup.unpack_pairs(part).tolist() for part in store.parts()]
+        assert parts == [[[2, 3], [0, 4], [1, 4], [3, 5]], [[6, 7], [0, 9]]]
+        assert [dedup.unpack_pairs(chunk).tolist() for chunk in store.chunks()] == parts
+        assert store.count == 6
+        assert dedup.unpack_pairs(store.lowest).tolist() == [[0, 4], [0, 9], [1, 4], [2, 3], [3, 5], [6, 7]]

@@ -236,3 +236,54 @@ def test_integer_group_ids_split_like_the_same_ids_as_strings():
     small = np.where(hashed >= 0, groups, -1).astype(np.int32)  # another integer kind, the same groups
     assert np.array_equal(assign_splits(labels, groups=small, units=units, seed=4), by_text)
     assert_groups_intact(by_text[hashed >= 0], hashed[hashed >= 0])
+
+
+def test_groups_and_units_given_as_row_names_split_like_any_ids():
+    """The ingest hands groups as each row's first row in its group and units as a row of
+    their own: the split and the leakage report take those without sorting, and agree with
+    the general path on the same groups and units written as arbitrary ids."""
+    from lifecycle.datasets.dedup import first_rows
+
+    rng = np.random.default_rng(12)
+    n = 5_000
+    labels = rng.integers(-1, 6, n)
+    groups = rng.integers(-1, 900, n)
+    units = np.arange(n)
+    duplicate = rng.random(n) < 0.1
+    units[duplicate] = np.minimum(rng.integers(0, n, n), units)[duplicate]
+    while (units[units] != units).any():  # until each unit is named by a row of its own
+        units = units[units]
+    named_groups = first_rows(groups, ignore_negative=True)
+    as_text = np.array([f"g{g}" if g >= 0 else "" for g in groups], dtype=object)
+    unit_codes = np.array([f"u{u}" for u in units], dtype=object)
+    for seed in (0, 4):
+        fast = assign_splits(labels, groups=named_groups, units=units, seed=seed)
+        slow = assign_splits(labels, groups=as_text, units=unit_codes, seed=seed)
+        assert (fast == slow).all()
+    careless = rng.integers(0, 3, n)
+    near = rng.integers(0, n, size=(300, 2))
+    fast = leakage_report(careless, exact_keys=units, near_pairs=near, groups=named_groups)
+    slow = leakage_report(careless, exact_keys=-1 - units, near_pairs=near, groups=as_text)  # negative: sorted to codes
+    assert fast["near_duplicates"] == slow["near_duplicates"] and fast["has_leakage"] == slow["has_leakage"]
+    for kind, codes in (("exact_duplicates", units), ("groups", named_groups)):
+        assert {k: v for k, v in fast[kind].items() if k != "examples"} == {k: v for k, v in slow[kind].items() if k != "examples"}
+        # Examples may be other pairs of the same leaks: each a row and the row its code names.
+        assert len(fast[kind]["examples"]) == len(slow[kind]["examples"]) == 20
+        for low, high in fast[kind]["examples"]:
+            assert codes[low] == codes[high] and careless[low] != careless[high]
+
+
+def test_leakage_report_reads_near_pairs_chunk_by_chunk():
+    from lifecycle.datasets.dedup import pack_pairs
+
+    rng = np.random.default_rng(13)
+    splits = rng.integers(0, 3, 1_000)
+    near = rng.integers(0, 1_000, size=(700, 2))
+
+    class OnDisk:
+        def chunks(self):
+            return np.array_split(pack_pairs(near), 6)
+
+    whole = leakage_report(splits, exact_keys=np.arange(1_000), near_pairs=near)
+    assert leakage_report(splits, exact_keys=np.arange(1_000), near_pairs=OnDisk()) == whole
+    assert whole["near_duplicates"]["pairs"] > 0 and len(whole["near_duplicates"]["examples"]) == 20

@@ -709,7 +709,7 @@ def components(n, pairs, start=None):
     first_rows gives): rows it joins are joined without a pair each.
     """
     pairs = _pairs_array(pairs)
-    return components_of_chunks(n, (pairs[begin:begin + _PAIR_CHUNK] for begin in range(0, len(pairs), _PAIR_CHUNK)),
+    return components_of_chunks(n, (pairs[begin:begin + PAIR_CHUNK] for begin in range(0, len(pairs), PAIR_CHUNK)),
                                 start=start)
 
 
@@ -732,7 +732,8 @@ def components_of_chunks(n, chunks, start=None):
     return parent
 
 
-_PAIR_CHUNK = 1 << 18
+# Pairs components and keep-first take at a time: their temporaries stay a chunk's size.
+PAIR_CHUNK = 1 << 18
 
 
 def _pairs_array(pairs):
@@ -786,8 +787,8 @@ def keep_first(n, pairs):
     # By later row, then earlier: one uint64 a pair (later << 32 | earlier), made a chunk at a
     # time and sorted in place, instead of a lexsort's order and the pairs it orders.
     ordered = np.empty(len(pairs), dtype=np.uint64)
-    for begin in range(0, len(pairs), _PAIR_CHUNK):
-        low, high = pair_columns(pairs[begin:begin + _PAIR_CHUNK], n, np.uint64)
+    for begin in range(0, len(pairs), PAIR_CHUNK):
+        low, high = pair_columns(pairs[begin:begin + PAIR_CHUNK], n, np.uint64)
         ordered[begin:begin + len(low)] = high << np.uint64(32) | low
     ordered.sort()
     return _walk_keep_first(n, (ordered[start:start + 100_000] for start in range(0, len(ordered), 100_000)))

@@ -453,16 +453,13 @@ class PairStore:
     def chunks(self):
         """The pairs a chunk at a time, in order (for splits.leakage_report)."""
         for part in self.parts():
-            yield from (part[start:start + _PAIR_CHUNK] for start in range(0, max(len(part), 1), _PAIR_CHUNK))
+            yield from (part[start:start + dedup.PAIR_CHUNK] for start in range(0, max(len(part), 1), dedup.PAIR_CHUNK))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self._file.close()
-
-
-_PAIR_CHUNK = 1 << 18
 
 
 def find_duplicates(stage, near, progress):
@@ -715,12 +712,12 @@ def split_units(n, chunks, reps):
     return np.where(huge, reps, components)
 
 
-def _in_huge_component(components, cap):
+def _in_huge_component(components, cap, chunk=1 << 16):
     """Whether each row's component has more than `cap` rows; counted from the rows that are
     not their component's first (duplicates: a few in a hundred), not a count for every row."""
     linked = [np.zeros(0, components.dtype)]
-    for start in range(0, len(components), SIGNATURE_BLOCK):
-        roots = components[start:start + SIGNATURE_BLOCK]
+    for start in range(0, len(components), chunk):
+        roots = components[start:start + chunk]
         linked.append(roots[roots != np.arange(start, start + len(roots))])
     roots, others = np.unique(np.concatenate(linked), return_counts=True)
     huge = np.zeros(len(components), dtype=bool)

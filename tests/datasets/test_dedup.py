@@ -494,7 +494,7 @@ def test_packed_pairs_and_chunks_give_the_same_components_and_keep_first(monkeyp
     pairs = np.sort(rng.integers(0, n, size=(2_500, 2)), axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     whole, reps = components(n, pairs), dedup.keep_first(n, pairs)
-    monkeypatch.setattr(dedup, "_PAIR_CHUNK", 17)
+    monkeypatch.setattr(dedup, "PAIR_CHUNK", 17)
     packed = dedup.pack_pairs(pairs)
     assert (components(n, packed) == whole).all() and (dedup.keep_first(n, packed) == reps).all()
     ordered = packed[np.argsort(dedup.by_larger_row(packed))]

@@ -137,13 +137,12 @@ def run_one(path, rows):
     [version] = ingest.ingest_staged(dataset, stage, problems, options, progress=progress)
     lap(current[0], t)
     total = time.perf_counter() - started
-    reports = {"dedup": version.dedup_report, "pii": version.pii_report}
     dedup_report, leak = version.dedup_report, version.leakage_report
     result = {"rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
               "phases": {name: {"s": s, "rows_per_s": rows / s} for name, s in times.items()},
               "inside_stage": {name: {"s": s, "rows_per_s": rows / s} for name, s in stage.timings.items()},
               "peak_rss_mb": peak_rss_mb(), "helper_peak_rss_mb": helpers.peak_mb, "peak_after_phase_mb": peaks, "cpu": cpu, "dedup": {k: dedup_report[k] for k in ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows")},
-              "pii_rows": reports["pii"]["rows_with_pii"], "has_leakage": leak["has_leakage"]}
+              "pii_rows": version.pii_report["rows_with_pii"], "has_leakage": leak["has_leakage"]}
     result["browse_ms"] = time_browser(version)
     print(json.dumps(result))
 

@@ -110,18 +110,24 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it mod 2**64 is a bi
 
 
 def _mixed_keys(keys, start, ignore_negative):
-    """(first position, keys) of one chunk for _spill_by_range, keys mixed so that any keys
-    (small codes, 63-bit hashes) spread over the key ranges; ignored rows left out."""
-    positions = np.arange(start, start + len(keys), dtype=np.int64)
+    """(positions, keys) of one chunk for _spill_by_range, keys mixed so that any keys (small
+    codes, 63-bit hashes) spread over the key ranges; ignored rows left out."""
+    positions = start
     if ignore_negative and keys.dtype.kind == "i":
-        keep = keys >= 0
-        keys, positions = keys[keep], positions[keep]
+        keep = np.flatnonzero(keys >= 0)
+        keys, positions = keys[keep], keep + start
     return positions, keys.astype(np.int64).view(np.uint64) * _MIX
 
 
 def exact_pairs(keys):
     """(k, 2) pairs linking each duplicate row to the first row with its key (for `components`)."""
     return pairs_to_first(first_rows(keys))
+
+
+def names_another_row(codes, start):
+    """For a slice of per-row codes that name rows (first rows, kept rows, roots) beginning
+    at row `start`: whether each names a row other than its own."""
+    return codes != np.arange(start, start + len(codes))
 
 
 def pairs_to_first(first):
@@ -830,7 +836,7 @@ def cluster_ids(reps, chunk=1 << 16):
     in_set = np.zeros(len(reps), dtype=bool)
     for start in range(0, len(reps), chunk):
         pointing = reps[start:start + chunk]
-        duplicate = pointing != np.arange(start, start + len(pointing))
+        duplicate = names_another_row(pointing, start)
         in_set[start:start + chunk] |= duplicate
         in_set[pointing[duplicate]] = True
     clusters = reps.copy()

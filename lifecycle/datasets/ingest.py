@@ -9,6 +9,7 @@ id, group id, time, content key — in temporary files too). Each later step rea
 the columns it needs, and hands to the next only what that one needs: see docs/datasets.md
 for what is held per row at each step.
 """
+import itertools
 import logging
 import math
 import mmap
@@ -293,7 +294,8 @@ class Stage:
 class SpilledColumns:
     """Fixed-width numbers per row, appended batch by batch to one unnamed temporary file per
     column, and read back whole by the step that needs a column, which lets it go when done:
-    held by no step that does not use them, and by none while the rows stream."""
+    held by no step that does not use them, and by none while the rows stream. Also what one
+    step leaves for a later one (a context manager then)."""
 
     def __init__(self, **dtypes):
         self.dtypes = {name: np.dtype(kind) for name, kind in dtypes.items()}
@@ -320,6 +322,12 @@ class SpilledColumns:
     def close(self):
         for spilled in self.files.values():
             spilled.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def analysis_pool(path):
@@ -441,7 +449,8 @@ class PairStore:
         self._file.write(ordered.tobytes())
         self._parts.append(len(ordered))
         self.count += len(ordered)
-        self.lowest = np.sort(np.concatenate([self.lowest, np.sort(packed)[:self.REPORTED]]))[:self.REPORTED]
+        lowest = np.partition(packed, self.REPORTED)[:self.REPORTED] if len(packed) > self.REPORTED else packed
+        self.lowest = np.sort(np.concatenate([self.lowest, lowest]))[:self.REPORTED]
 
     def parts(self):
         """Each part's pairs, in order."""
@@ -471,7 +480,8 @@ def find_duplicates(stage, near, progress):
     confirmed_pairs(stage, first, near)
     exact = dedup.exact_duplicate_summary(first)
     reps = dedup.keep_first_in_order(stage.rows, _pairs_in_order(first, near))
-    units = split_units(stage.rows, _pairs_in_order(first, near), reps)
+    # The units need no order: the exact pairs at once (duplicates only), the near ones as stored.
+    units = split_units(stage.rows, itertools.chain([dedup.pack_pairs(dedup.pairs_to_first(first))], near.parts()), reps)
     report = _dedup_report(exact, near, reps)
     clusters = dedup.cluster_ids(reps)
     del reps
@@ -486,7 +496,7 @@ def _pairs_in_order(first, near):
     for start in range(0, len(first), dedup.ROWS_PER_PART):
         part = next(parts, np.zeros(0, np.uint64))  # the store has a part for every range
         heads = first[start:start + dedup.ROWS_PER_PART]
-        rows = np.flatnonzero(heads != np.arange(start, start + len(heads)))
+        rows = np.flatnonzero(dedup.names_another_row(heads, start))
         exact = dedup.pack_rows(heads[rows], rows + start)
         both = np.concatenate([exact, part])
         yield both[np.argsort(dedup.by_larger_row(both))]
@@ -718,7 +728,7 @@ def _in_huge_component(components, cap, chunk=1 << 16):
     linked = [np.zeros(0, components.dtype)]
     for start in range(0, len(components), chunk):
         roots = components[start:start + chunk]
-        linked.append(roots[roots != np.arange(start, start + len(roots))])
+        linked.append(roots[dedup.names_another_row(roots, start)])
     roots, others = np.unique(np.concatenate(linked), return_counts=True)
     huge = np.zeros(len(components), dtype=bool)
     huge[roots[others + 1 > cap]] = True
@@ -780,7 +790,8 @@ def _find_splits(stage, near, options, progress):
     duplicates = find_duplicates(stage, near, progress)
     units, report = duplicates.units, duplicates.report
     # What the leakage report and the write need waits on disk while the split runs.
-    with Parked(first=duplicates.first, clusters=duplicates.clusters) as parked:
+    with SpilledColumns(first=duplicates.first.dtype, clusters=duplicates.clusters.dtype) as parked:
+        parked.append(first=duplicates.first, clusters=duplicates.clusters)
         del duplicates
         # The heap handed back after each step (see rows.give_back_memory): each next one's
         # arrays then land in that room instead of on top of it.
@@ -790,33 +801,9 @@ def _find_splits(stage, near, options, progress):
         del units
         rows_analysis.give_back_memory()
         progress("checking leakage", 0, 1)
-        leak = leakage(stage, assigned, parked.take("first"), near, groups)
+        leak = leakage(stage, assigned, parked.read("first"), near, groups)
         leak["splits_from"] = how
-        return assigned, parked.take("clusters"), report, leak
-
-
-class Parked:
-    """Arrays written to an unnamed temporary file and let go, each read back once by `take`:
-    what a later step needs is not held while the steps between run. A context manager."""
-
-    def __init__(self, **arrays):
-        self._file = tempfile.TemporaryFile(prefix="lifecycle-parked-")
-        self._where = {}
-        for name, array in arrays.items():
-            self._where[name] = (self._file.tell(), array.dtype, array.shape)
-            self._file.write(np.ascontiguousarray(array).tobytes())
-
-    def take(self, name):
-        offset, dtype, shape = self._where.pop(name)
-        self._file.flush()
-        self._file.seek(offset)
-        return np.fromfile(self._file, dtype=dtype, count=math.prod(shape)).reshape(shape)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._file.close()
+        return assigned, parked.read("clusters"), report, leak
 
 
 # --- the whole thing --------------------------------------------------------------------------------

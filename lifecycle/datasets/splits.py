@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lifecycle.datasets.dedup import components, first_rows, pair_columns, row_kind, sorted_unique
+from lifecycle.datasets.dedup import components, first_rows, names_another_row, pair_columns, row_kind, sorted_unique
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "validation", "test")
@@ -159,7 +159,7 @@ def _links_to_named_rows(codes):
     links = [np.zeros((0, 2), kind)]
     for start in range(0, len(codes), _CHUNK):  # a chunk at a time: no row-sized temporaries
         named = codes[start:start + _CHUNK]
-        rows = np.flatnonzero((named >= 0) & (named != np.arange(start, start + len(named))))
+        rows = np.flatnonzero((named >= 0) & names_another_row(named, start))
         links.append(np.stack([named[rows].astype(kind), (rows + start).astype(kind)], axis=1))
     return np.concatenate(links)
 

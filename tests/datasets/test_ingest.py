@@ -495,7 +495,7 @@ def test_near_duplicates_found_in_many_small_parts_match_one_part(tmp_path, monk
 
 
 def test_spilled_columns_and_parked_arrays_come_back_as_written():
-    """The ingest's per-row numbers wait on disk (SpilledColumns while rows stream, Parked
+    """The ingest's per-row numbers wait on disk (SpilledColumns, while rows stream and
     between steps); a bad append writes nothing, so the columns stay row-aligned."""
     import numpy as np
 
@@ -509,9 +509,11 @@ def test_spilled_columns_and_parked_arrays_come_back_as_written():
     assert columns.rows == 3
     assert columns.read("a").tolist() == [1, 2, 3] and columns.read("b").tolist() == [0.5, 1.5, 2.5]
     columns.close()
-    with ingest.Parked(x=np.arange(5, dtype=np.int32), y=np.array([[1, 2], [3, 4]], np.uint64)) as parked:
-        assert parked.take("y").tolist() == [[1, 2], [3, 4]]
-        assert parked.take("x").tolist() == [0, 1, 2, 3, 4]
+    with ingest.SpilledColumns(x=np.int32, y=np.uint64) as parked:
+        parked.append(x=np.arange(5, dtype=np.int32), y=np.array([1, 2, 3, 4, 5], np.uint64))
+        assert parked.read("y").tolist() == [1, 2, 3, 4, 5]
+        assert parked.read("x").tolist() == [0, 1, 2, 3, 4]
+    assert all(spilled.closed for spilled in parked.files.values())
 
 
 def test_the_pair_store_hands_pairs_back_by_larger_row_then_smaller():

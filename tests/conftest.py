@@ -58,11 +58,14 @@ def admin_user(db):
 
 @pytest.fixture
 def redis():
-    """The test Redis (db 15 only), emptied before and after: real queues for real workers."""
+    """The test Redis (db 15 unless LIFECYCLE_TEST_REDIS_DB), emptied before and after: real
+    queues for real workers."""
+    from django.conf import settings
+
     from lifecycle.core import queues
 
     conn = queues.get_connection("default")
-    assert conn.connection_pool.connection_kwargs.get("db") == 15, "the tests use Redis db 15 only"
+    assert conn.connection_pool.connection_kwargs.get("db") == settings.TEST_REDIS_DB, "refusing to flush this Redis db"
     conn.flushdb()
     yield conn
     conn.flushdb()

@@ -7,7 +7,10 @@ import os
 import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
+# Tests flush their Redis database: db 15 unless LIFECYCLE_TEST_REDIS_DB picks another (two
+# suites on one machine each need their own).
+TEST_REDIS_DB = int(os.environ.get("LIFECYCLE_TEST_REDIS_DB", "15"))
+os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{TEST_REDIS_DB}")
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production-0123456789abcdefghijklmnop")
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")

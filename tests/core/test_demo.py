@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,8 +62,8 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     """What `scripts/demo` leaves to its worker: the ingest, then a LoRA fine-tune of MiniLM."""
     import redis as redis_lib
 
-    url = os.environ["REDIS_URL"]  # the test Redis (db 15), emptied first: the demo's jobs only
-    assert url.endswith("/15")
+    url = os.environ["REDIS_URL"]  # the test Redis, emptied first: the demo's jobs only
+    assert url.endswith(f"/{settings.TEST_REDIS_DB}")
     redis_lib.Redis.from_url(url).flushdb()
     env = {"PATH": os.environ["PATH"], "DEBUG": "true", "LIFECYCLE_DATA_DIR": str(tmp_path), "REDIS_URL": url}
     subprocess.run([sys.executable, "manage.py", "demo", "--no-server"], cwd=ROOT, env=env, check=True,

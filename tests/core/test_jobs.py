@@ -36,7 +36,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def redis():
     conn = queues.get_connection("default")
     db = conn.connection_pool.connection_kwargs.get("db")
-    assert db == 15, f"refusing to flush Redis db {db}: the tests use db 15"
+    assert db == settings.TEST_REDIS_DB, f"refusing to flush Redis db {db}: not the test database"
     conn.flushdb()
     yield conn
     conn.flushdb()

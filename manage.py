@@ -5,6 +5,11 @@ import sys
 
 
 def main():
+    if sys.argv[1:2] != ["collectstatic"]:
+        # What Lifecycle writes (the SQLite file with sessions and password hashes, artifacts,
+        # logs) is its own user's alone. Static files are public, and an image build collects
+        # them as root for the app user to read.
+        os.umask(0o077)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lifecycle.settings")
     from django.core.exceptions import ImproperlyConfigured
 

@@ -5,6 +5,7 @@ Embedded defaults (no variables set) are a SQLite file and a local artifact fold
 and ALLOWED_HOSTS; see docs/deployment.md for the full list.
 """
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,8 +50,14 @@ def _database_config():
         raise ImproperlyConfigured("DATABASE_URL names no database; expected e.g. postgres://user@host:5432/name")
     if engine.endswith("sqlite3"):
         # IMMEDIATE makes every transaction take the write lock up front, which is how
-        # SQLite serializes the audit chain (it has no SELECT ... FOR UPDATE).
-        config.setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 20})
+        # SQLite serializes the audit chain (it has no SELECT ... FOR UPDATE). WAL lets pages
+        # read while a job writes (the default journal locks readers out of a long write), and
+        # under WAL, synchronous=NORMAL is still safe against a crash, with no fsync per commit.
+        # A write waits up to `timeout` seconds for the lock (long writes commit in slices).
+        config.setdefault("OPTIONS", {}).update({
+            "transaction_mode": "IMMEDIATE", "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        })
     return config
 
 
@@ -66,6 +73,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_rq",
+    "axes",
     "lifecycle.core",
     "lifecycle.datasets",
     "lifecycle.runs",
@@ -77,6 +85,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before WhiteNoise and the login check, so static files and early answers carry it too.
+    "lifecycle.core.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -87,6 +97,8 @@ MIDDLEWARE = [
     "lifecycle.core.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: it turns a refused login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "lifecycle.urls"
@@ -117,6 +129,31 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+# --- Login throttling (lifecycle/core/login_throttle.py; docs/deployment.md) ---
+AUTHENTICATION_BACKENDS = [
+    "lifecycle.core.login_throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failures of one username from one address, and from one address for any usernames.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("LOGIN_ADDRESS_FAILURE_LIMIT", 50)
+# Minutes a lock lasts after the last counted failure; 0: until an admin unlocks.
+LOGIN_COOLOFF_MINUTES = env_int("LOGIN_COOLOFF_MINUTES", 15)
+# Proxies in front of the web process that append to X-Forwarded-For; 0 trusts only REMOTE_ADDR.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+AXES_HANDLER = "lifecycle.core.login_throttle.LoginThrottleHandler"
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], ["ip_address"]]  # the handler reads them in this order
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES) if LOGIN_COOLOFF_MINUTES else None
+# Refused attempts do not extend a lock: it ends on time even while a guesser keeps trying.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success must not wipe the address's count: one valid account would reset it for a guesser.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "lifecycle.core.login_throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "lifecycle.core.login_throttle.lockout_response"
+# Successful logins are not kept in a second, never-pruned table.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False  # no banner in every manage.py command's output
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -150,6 +187,21 @@ CSRF_COOKIE_HTTPONLY = False  # the small fetch() helpers read it to send X-CSRF
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# No inline scripts or styles of ours. Two hashes let Plotly 2.x (plotly.js 2.35.2) start, and
+# nothing else: the empty string's (Plotly adds empty <style> elements and fills them through
+# CSSOM, which CSP allows) and the maplibre-gl stylesheet its bundle writes into one. A new
+# Plotly that writes another shows up as a CSP violation in the browser tests, with its hash.
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'", "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",
+                  "'sha256-gG0b4ixT/IQUp7JJLbyKcpYcYDjq2Wp8NGv3f+aasqo='"],
+    "img-src": ["'self'", "data:"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
@@ -162,6 +214,9 @@ if not DEBUG:
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
+# JSON API bodies: the largest accepted (bytes; 413 above) and the deepest nesting (400 above).
+JSON_BODY_MAX_BYTES = env_int("JSON_BODY_MAX_BYTES", 1024 * 1024)
+JSON_BODY_MAX_DEPTH = env_int("JSON_BODY_MAX_DEPTH", 32)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
 FILE_UPLOAD_HANDLERS = [
@@ -173,6 +228,9 @@ FILE_UPLOAD_HANDLERS = [
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 2 * 1024**3)
 # Files at least this big are analysed by helper processes during ingest (both cores busy).
 DATASET_PARALLEL_MIN_BYTES = env_int("DATASET_PARALLEL_MIN_BYTES", 16 * 1024**2)
+# Most columns (JSON Lines: distinct keys) an uploaded file may have; wider files are refused
+# as soon as the header is read, before the mapping page would offer every column.
+DATASET_MAX_COLUMNS = env_int("DATASET_MAX_COLUMNS", 1000)
 
 # --- Training ---
 # Base models are local Hugging Face directories under these roots, never fetched from a hub.
@@ -221,6 +279,11 @@ RQ_SHOW_ADMIN_LINK = False
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 5)
 JOB_HEARTBEAT_WINDOW_SECONDS = env_int("JOB_HEARTBEAT_WINDOW_SECONDS", 3 * JOB_HEARTBEAT_SECONDS)
 JOB_MAINTENANCE_SECONDS = env_int("JOB_MAINTENANCE_SECONDS", JOB_HEARTBEAT_SECONDS)
+# Memory (MB) one job's work horse may allocate on the default and monitoring queues (its data
+# segment, RLIMIT_DATA); past it the job fails, "ran out of its memory limit". 0: no limit.
+# Training is unlimited unless set: torch and CUDA map large ranges up front.
+JOB_MEMORY_LIMIT_MB = env_int("JOB_MEMORY_LIMIT_MB", 4096)
+TRAINING_JOB_MEMORY_LIMIT_MB = env_int("TRAINING_JOB_MEMORY_LIMIT_MB", 0)
 
 # --- Artifacts ---
 ARTIFACT_BACKEND = env_str("ARTIFACT_BACKEND", "local")  # local | s3
@@ -238,5 +301,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # axes logs a line at INFO for every login; failures and lockouts are WARNING.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

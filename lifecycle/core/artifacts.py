@@ -238,7 +238,8 @@ class LocalArtifactStore(ArtifactStore):
         return self.root / _fan_out(validate_key(sha256))
 
     def put_stream(self, fileobj):
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="put-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -258,7 +259,7 @@ class LocalArtifactStore(ArtifactStore):
             # size is damaged, and the rename below replaces it with a good copy.
             os.unlink(tmp)
             return
-        os.chmod(tmp, 0o444)
+        os.chmod(tmp, 0o400)  # read-only, and for the owner alone like the rest of the data dir
         # Concurrent writers of the same content each rename a complete file; whichever
         # lands last wins, and a reader only ever sees one whole file.
         os.replace(tmp, final)
@@ -268,7 +269,7 @@ class LocalArtifactStore(ArtifactStore):
     def _make_parents(self, directory):
         for level in (directory.parent, directory):
             try:
-                level.mkdir()
+                level.mkdir(mode=0o700)
             except FileExistsError:
                 continue
             _fsync_dir(level.parent)

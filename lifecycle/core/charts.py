@@ -15,13 +15,27 @@ LAYOUT = dict(
 )
 
 
+def plain(value):
+    """A string as literal chart text; other values (numbers, None) pass through.
+
+    Plotly reads every text it draws (ticks, legends, hover boxes, titles) as a small HTML
+    subset, so a label `<a href=…>` would become a link and `<span style=…>` restyle the chart.
+    It decodes entities when it draws, so the escaped string shows exactly as typed. Each
+    builder passes every text argument through here; hover and text templates stay markup.
+    """
+    if not isinstance(value, str):
+        return value
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def chart_json(fig):
     return fig.to_plotly_json()
 
 
 def grouped_bars(categories, series, *, title="", height=320):
     """One bar per category for each named series: `series` is {name: [values…]}."""
-    fig = go.Figure([go.Bar(name=name, x=list(categories), y=list(values)) for name, values in series.items()])
-    fig.update_layout(barmode="group", title=title, height=height, **LAYOUT)
+    x = [plain(category) for category in categories]
+    fig = go.Figure([go.Bar(name=plain(name), x=x, y=list(values)) for name, values in series.items()])
+    fig.update_layout(barmode="group", title=plain(title), height=height, **LAYOUT)
     return chart_json(fig)
 

@@ -1,6 +1,7 @@
 from django import forms
 
 from lifecycle.core.models import ApiToken
+from lifecycle.lib.params import MAX_ID
 
 
 class AuditFilterForm(forms.Form):
@@ -10,8 +11,8 @@ class AuditFilterForm(forms.Form):
     action = forms.CharField(required=False, max_length=100)
     since = forms.DateTimeField(required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     until = forms.DateTimeField(required=False, label="Until", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
-    after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    before = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, widget=forms.HiddenInput)
 
     def clean(self):
         data = super().clean()

@@ -17,8 +17,10 @@ See docs/jobs.md for the states, the heartbeat, the reaper and the reconciler.
 """
 import copy
 import importlib
+import importlib.util
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.job import Job as RQJob
@@ -65,21 +68,38 @@ class TaskSpec:
     name: str
     func: Callable
     queue: str
+    # Who may read this task's jobs besides their creator (and superusers): the roles that
+    # may see the object the job works on. Results can hold what a page keeps from a role.
+    roles: tuple = ()
 
 
 _registry: dict[str, TaskSpec] = {}
 
 
-def task(queue="default"):
-    """Register a function as a task named by its dotted path, run on `queue`."""
+def task(queue="default", roles=()):
+    """Register a function as a task named by its dotted path, run on `queue`, its jobs
+    readable by `roles` (and by whoever started them)."""
 
     def register(func):
         name = f"{func.__module__}.{func.__qualname__}"
-        _registry[name] = TaskSpec(name, func, queue)
+        _registry[name] = TaskSpec(name, func, queue, tuple(roles))
         func.task_name = name
         return func
 
     return register
+
+
+def tasks_readable_by(roles):
+    """Names of the registered tasks whose jobs any of `roles` may read."""
+    _import_app_tasks()
+    return sorted(name for name, spec in _registry.items() if set(spec.roles) & set(roles))
+
+
+def _import_app_tasks():
+    # A task registers when its module is imported; a page listing jobs must know them all.
+    for app in apps.get_app_configs():
+        if app.name.startswith("lifecycle.") and importlib.util.find_spec(f"{app.name}.tasks"):
+            importlib.import_module(f"{app.name}.tasks")
 
 
 def get_task(name):
@@ -237,9 +257,34 @@ class JobContext:
         self._stop.set()
 
 
+def alive_key(job_id):
+    return f"lifecycle:jobs:alive:{job_id}"
+
+
+def alive_seconds():
+    """How long a liveness key outlasts its last refresh: the heartbeat window, plus the
+    longest a write may wait for the database's lock before it fails (SQLite's busy timeout;
+    nothing on PostgreSQL), so that a beat stuck behind a long write is still covered."""
+    lock_wait = settings.DATABASES["default"].get("OPTIONS", {}).get("timeout", 0)
+    return math.ceil(settings.JOB_HEARTBEAT_WINDOW_SECONDS + lock_wait)
+
+
+def waited_for_lock(exc):
+    """SQLite gave up waiting for its write lock: the database is busy, not lost."""
+    return isinstance(exc, OperationalError) and "locked" in str(exc)
+
+
 class Heartbeat(threading.Thread):
     """Writes heartbeat_at every JOB_HEARTBEAT_SECONDS on its own database connection and
-    tells the task when a cancel was requested or the row left `running` (reaped)."""
+    tells the task when a cancel was requested or the row left `running` (reaped).
+
+    SQLite has one writer: while another process writes for long, a beat waits for the lock
+    and may fail with "database is locked", and heartbeat_at goes stale although this job
+    is alive. So every write of this thread that succeeded, or only waited out the lock,
+    also refreshes a liveness key in Redis (which no database lock holds up); the reaper
+    spares a job whose key is fresh. Any other failure (the database is gone) refreshes
+    nothing, and the job is reaped as before.
+    """
 
     def __init__(self, job, context):
         super().__init__(name=f"job-{job.pk}-heartbeat", daemon=True)
@@ -258,6 +303,7 @@ class Heartbeat(threading.Thread):
 
     def run(self):
         try:
+            self.refresh_alive()  # the claim has just beaten; its first write may wait already
             next_beat = time.monotonic() + settings.JOB_HEARTBEAT_SECONDS
             while not self.done.is_set():
                 self.context.wake.wait(max(0.0, next_beat - time.monotonic()))
@@ -272,37 +318,57 @@ class Heartbeat(threading.Thread):
 
     def write_progress(self):
         progress = self.context.take_progress()
-        if progress is None:
-            return
-        try:
-            self.row.set_progress(**progress)
-        except DatabaseError:
-            log.exception("job %s: writing progress failed", self.row.pk)
-            connections.close_all()
+        if progress is not None:
+            self.write(lambda: self.row.set_progress(**progress), "writing progress")
 
     def beat(self):
-        try:
-            alive = self.row.heartbeat()
-        except DatabaseError:
-            # One missed beat is survivable (the window allows three); reconnect next time.
-            log.exception("job %s: heartbeat failed", self.row.pk)
-            connections.close_all()
-            return
-        if not alive or self.row.cancel_requested_at:
+        alive = self.write(self.row.heartbeat, "heartbeat")
+        if alive is False or self.row.cancel_requested_at:
             self.context.request_stop()
+
+    def write(self, update, what):
+        """Run one of this thread's writes; None if it failed. One missed beat is survivable
+        (the window allows three): reconnect and try again next time."""
+        try:
+            result = update()
+        except DatabaseError as exc:
+            log.exception("job %s: %s failed", self.row.pk, what)
+            connections.close_all()
+            if waited_for_lock(exc):
+                self.refresh_alive()
+            return None
+        self.refresh_alive()
+        return result
+
+    def refresh_alive(self):
+        try:
+            queues.get_connection(self.row.queue).set(alive_key(self.row.pk), 1, ex=alive_seconds())
+        except (RedisError, OSError) as exc:
+            log.warning("job %s: liveness key not refreshed, Redis is unavailable (%s)", self.row.pk, exc)
 
 
 # --- Maintenance: the reaper and the reconciler
 
 
 def reap_interrupted(window_seconds=None):
-    """Mark running jobs whose heartbeat is older than the window as interrupted; returns how many."""
+    """Mark running jobs whose heartbeat is older than the window as interrupted, unless their
+    liveness key says the beats only waited for the database's lock; returns how many."""
     window = window_seconds or settings.JOB_HEARTBEAT_WINDOW_SECONDS
     cutoff = timezone.now() - timedelta(seconds=window)
     reason = f"no heartbeat for {window} s: the worker died or lost the database"
     stale = Job.objects.filter(status=Job.Status.RUNNING, heartbeat_at__lt=cutoff)
     # stale_before re-checks the heartbeat inside the UPDATE, so a beat that lands now wins.
-    return sum(job.mark_interrupted(reason, stale_before=cutoff) for job in stale)
+    return sum(job.mark_interrupted(reason, stale_before=cutoff) for job in stale if not still_alive(job))
+
+
+def still_alive(job):
+    """Whether the job's heartbeat refreshed its liveness key lately (see Heartbeat). When
+    Redis cannot say, the database heartbeat decides alone."""
+    try:
+        return bool(queues.get_connection(job.queue).exists(alive_key(job.pk)))
+    except (RedisError, OSError) as exc:
+        log.warning("reaper: Redis is unavailable (%s); judging job %s by its database heartbeat", exc, job.pk)
+        return False
 
 
 def interrupt_rq_job(rq_id, reason):
@@ -353,7 +419,12 @@ def maintenance_step(name):
 def run_maintenance():
     """One pass of the reaper, the reconciler and the apps' steps. Safe to run from many
     processes at once."""
-    interrupted = reap_interrupted()
+    try:
+        interrupted = reap_interrupted()
+    except DatabaseError:
+        # SQLite busy past its timeout, say: the reconciler and the other steps still run.
+        log.exception("reaper failed")
+        interrupted = 0
     try:
         resent = reconcile_queued()
     except (RedisError, OSError) as exc:

@@ -2,11 +2,12 @@ import hashlib
 import json
 import secrets
 import uuid
+from datetime import timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, models, transaction
+from django.db import OperationalError, connection, models, transaction
 from django.utils import timezone
 
 GENESIS_HASH = "0" * 64
@@ -192,8 +193,21 @@ class ApiToken(models.Model):
         token = cls.objects.active().select_related("user").filter(key_hash=cls.hash_key(key)).first()
         if token is None or not token.user.is_active:
             return None
-        cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        token.touch()
         return token.user
+
+    def touch(self):
+        """Record the use, at most once a minute (the token page shows minutes). A read must
+        not fail for it: on SQLite a long write may hold the lock past its timeout."""
+        now = timezone.now()
+        if self.last_used_at and now - self.last_used_at < timedelta(minutes=1):
+            return
+        try:
+            with transaction.atomic():
+                ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
+        except OperationalError as exc:
+            if "locked" not in str(exc):  # only SQLite's lock timeout is forgiven
+                raise
 
     def revoke(self, user):
         with transaction.atomic():
@@ -201,6 +215,20 @@ class ApiToken(models.Model):
             if updated:
                 AuditEvent.record(user, "api_token.revoked", self, {"name": self.name})
         return bool(updated)
+
+
+class JobQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """The jobs `user` may read: those they started, and those whose task works on an
+        object their roles may see (each task names those roles). Superusers read all."""
+        from lifecycle.core.jobs import tasks_readable_by
+        from lifecycle.core.roles import user_roles
+
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_superuser:
+            return self
+        return self.filter(models.Q(created_by=user) | models.Q(task__in=tasks_readable_by(user_roles(user))))
 
 
 class Job(models.Model):
@@ -238,6 +266,8 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
     error = models.TextField(blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,9 +1,13 @@
 """Built-in background tasks of the core app (see core/jobs.py for how tasks run)."""
 from lifecycle.core.jobs import task
 from lifecycle.core.models import AuditEvent
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, ONCALL
+
+# Who may read the audit trail (core/views.py AUDIT_ROLES).
+AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
 
 
-@task(queue="monitoring")
+@task(queue="monitoring", roles=AUDIT_ROLES)
 def verify_audit_chain(job):
     """Walk the whole audit chain and report the first broken link, if any."""
     job.set_progress(phase="verifying")

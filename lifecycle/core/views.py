@@ -29,6 +29,7 @@ from lifecycle.core.roles import (
 )
 from lifecycle.lib.csvsafe import csv_lines
 from lifecycle.lib.pagination import keyset_page
+from lifecycle.lib.params import BadParameter, parse_optional_id
 
 AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
 ARTIFACT_ROLES = (ML_ENGINEER, APPROVER)
@@ -147,15 +148,18 @@ def token_revoke(request, token_id):
 
 
 def _get_job_for_user(request, job_id):
-    # Any role may read job status; the job rows carry primary keys and progress only.
-    return get_object_or_404(Job, pk=job_id)
+    # 404, not 403, for a job the user may not read: its id says nothing about it.
+    return get_object_or_404(Job.objects.visible_to(request.user), pk=job_id)
 
 
 @role_required(*ROLES)
 @require_GET
 def job_list(request):
-    before = request.GET.get("before")
-    page = keyset_page(Job.objects.select_related("created_by"), "id", before=int(before) if before and before.isdigit() else None)
+    try:
+        before = parse_optional_id(request.GET.get("before"), "before")
+    except BadParameter as exc:
+        return HttpResponseBadRequest(str(exc), content_type="text/plain; charset=utf-8")
+    page = keyset_page(Job.objects.visible_to(request.user).select_related("created_by"), "id", before=before)
     return render(request, "core/job_list.html", {"page": page, "can_start": has_role(request.user, *AUDIT_ROLES)})
 
 

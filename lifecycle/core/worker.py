@@ -5,8 +5,13 @@ and the reconciler (core/jobs.py) every JOB_MAINTENANCE_SECONDS from its main pr
 idle, by waking from the blocking dequeue that often; when busy, from the loop that watches
 the work horse. Start it with `manage.py lifecycle_worker default monitoring` (or
 `manage.py rqworker ... --worker-class lifecycle.core.worker.LifecycleWorker`).
+
+Each work horse runs under a memory limit (JOB_MEMORY_LIMIT_MB; the training queue's own,
+unlimited by default): past it an allocation fails with MemoryError and the job fails,
+instead of the machine swapping or the kernel's OOM killer taking the worker with it.
 """
 import logging
+import resource
 import time
 
 from django.conf import settings
@@ -25,6 +30,41 @@ MAINTENANCE_LOCK_KEY = "lifecycle:jobs:maintenance"
 
 def maintenance_seconds():
     return max(1, settings.JOB_MAINTENANCE_SECONDS)
+
+
+def memory_limit_mb(queue_name):
+    """The memory (MB) one job on this queue may use; 0 for no limit."""
+    if queue_name == "training":
+        return settings.TRAINING_JOB_MEMORY_LIMIT_MB
+    return settings.JOB_MEMORY_LIMIT_MB
+
+
+def limit_memory(megabytes):
+    """Cap this process's data segment: its heap and private writable mappings, which is
+    what allocations draw on. Not the address space (RLIMIT_AS): libraries reserve large
+    ranges they never touch. Processes it starts inherit the limit, each on its own."""
+    if megabytes <= 0:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = megabytes * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def memory_limit_in_force():
+    """This process's memory limit in MB, or None when it has none."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else soft // (1024 * 1024)
+
+
+def out_of_memory_message(exc):
+    """What a job that failed with MemoryError records: the limit it ran into, if any."""
+    limit = memory_limit_in_force()
+    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if limit is None:
+        return detail
+    return f"the job ran out of its memory limit ({limit:,} MB): {detail}"
 
 
 class LifecycleWorker(Worker):
@@ -77,6 +117,11 @@ class LifecycleWorker(Worker):
     def fork_work_horse(self, job, queue):
         connections.close_all()  # each horse opens its own database connection
         super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job, queue):
+        # In the horse only: the worker itself must outlive whatever a job allocates.
+        limit_memory(memory_limit_mb(queue.name))
+        super().main_work_horse(job, queue)
 
     def perform_job(self, job, queue, execution):
         try:

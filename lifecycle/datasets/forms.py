@@ -2,6 +2,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from lifecycle.datasets.models import Dataset, Example, Upload
+from lifecycle.lib.params import MAX_ID
 
 TARGETS = {
     Dataset.Task.CLASSIFICATION: (("text", True), ("label", True)),
@@ -81,7 +82,7 @@ class BrowseForm(forms.Form):
     split = forms.ChoiceField(choices=SPLITS, required=False)
     label = forms.CharField(required=False, max_length=200)
     pii = forms.ChoiceField(choices=PII, required=False, label="PII")
-    after = forms.IntegerField(required=False, min_value=-1, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=-1, max_value=MAX_ID, widget=forms.HiddenInput)
 
     def filters(self):
         data = self.cleaned_data

@@ -20,6 +20,8 @@ import json
 import math
 import os
 import stat
+import struct
+from collections import Counter
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -43,6 +45,14 @@ JSONL_SAMPLE_ROWS = 1000
 JSONL_SAMPLE_BYTES = 8 * MiB
 PARQUET_BATCH_BYTES = 32 * MiB
 PARQUET_MAX_BATCH_ROWS = 8192
+# A row group whose column holds more than this, uncompressed, and more than its rows could
+# hold within the cell limit, is not decompressed at all: it cannot be read in bounded memory,
+# and some cell of it is over the limit anyway. Below this size reading it is cheap, and the
+# cell lengths (from Arrow, before any Python string is made) say which rows are at fault.
+PARQUET_UNREAD_GROUP_BYTES = 64 * MiB
+# The most UTF-8 bytes a character takes, plus a value's length prefix and level bytes.
+_CELL_BYTES_PER_CHAR = 4
+_CELL_OVERHEAD_BYTES = 16
 
 _EXTENSIONS = {
     "csv": "csv", "tsv": "csv", "txt": "csv",
@@ -125,25 +135,32 @@ def _refuse_archive(head):
 
 
 def open_rows(path, fmt, *, max_bytes=None, max_cell_chars=DEFAULT_MAX_CELL_CHARS, encoding_check=True,
-              columns=None):
+              columns=None, max_columns=None):
     """Open a file for streaming; return a RowReader (also a context manager).
 
     `path` is a filesystem path or an open binary file object (read from where it is; not
     closed by us). `columns` limits which source columns are read (None or empty: all);
     for Parquet the others are never decoded. `encoding_check=False` replaces bytes that
-    are not UTF-8 with U+FFFD instead of refusing the file.
+    are not UTF-8 with U+FFFD instead of refusing the file. `max_columns` refuses a file
+    with more columns (JSON Lines: more distinct keys in the sampled rows, or in any one
+    row) as soon as the header or schema is read.
     """
     readers = {"csv": CsvReader, "jsonl": JsonlReader, "parquet": ParquetReader}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     return readers[fmt](path, max_bytes=max_bytes, max_cell_chars=max_cell_chars,
-                        encoding_check=encoding_check, columns=columns)
+                        encoding_check=encoding_check, columns=columns, max_columns=max_columns)
 
 
 def check_columns(columns, required):
     """The names in `required` that are not in `columns`, in the order given."""
     present = set(columns)
     return [name for name in required if name not in present]
+
+
+def duplicate_names(names):
+    """The names that occur more than once, sorted (one pass: a header may be very wide)."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 def _too_large(max_bytes):
@@ -171,8 +188,9 @@ def _file_size(fileobj):
 class RowReader:
     """Iterate once for Row / RowError items. Use as a context manager, or call close()."""
 
-    def __init__(self, path, *, max_bytes, max_cell_chars, encoding_check, columns):
+    def __init__(self, path, *, max_bytes, max_cell_chars, encoding_check, columns, max_columns=None):
         self.max_bytes = max_bytes
+        self.max_columns = max_columns
         self.max_cell_chars = max_cell_chars
         self.encoding_check = encoding_check
         self.wanted = list(columns) if columns else None
@@ -226,6 +244,11 @@ class RowReader:
         # Refused before a byte is read when the size is known; streams are cut off later.
         if self.max_bytes is not None and self.total_bytes is not None and self.total_bytes > self.max_bytes:
             raise _too_large(self.max_bytes)
+
+    def _check_column_count(self, count, what="columns"):
+        if self.max_columns is not None and count > self.max_columns:
+            raise FileFormatError(f"the file has {count:,} {what}, more than the limit of {self.max_columns:,} "
+                                  "columns: keep only the columns the dataset needs")
 
     def _check_wanted(self):
         missing = check_columns(self.columns, self.wanted or ())
@@ -397,6 +420,8 @@ class CsvReader(_TextReader):
             for fields in self._csv:
                 if any(field.strip() for field in fields):
                     self._header_line = self._csv.line_num
+                    # Counted before any per-name work: a header may be a million names long.
+                    self._check_column_count(len(fields))
                     return _header_names(fields)
         except csv.Error as exc:
             raise FileFormatError(f"line {self._csv.line_num}: {exc}") from None
@@ -457,7 +482,7 @@ def _header_names(fields):
         if _is_number(name):
             raise FileFormatError(f"the first row looks like data, not a header ({name!r} is a number): "
                                   "add a header row with column names")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = duplicate_names(names)
     if duplicates:
         raise FileFormatError(f"the header row names a column more than once: {', '.join(duplicates)}")
     return names
@@ -481,10 +506,15 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
 
 class JsonlReader(_TextReader):
     def _open_text(self):
+        # The sampled rows' keys are the columns, so the sample is checked as a whole; a later
+        # row with more keys than the file may have columns is a row error.
+        self._max_keys = math.inf
         items = self._parse_lines()
         sample = self._sample(items)
         self.columns = self._columns_from(sample)
         self._check_wanted()
+        if self.max_columns is not None:
+            self._max_keys = self.max_columns
         self._items = self._select(itertools.chain(sample, items))
 
     def _sample(self, items):
@@ -503,6 +533,7 @@ class JsonlReader(_TextReader):
             if isinstance(item, Row):
                 keys.update(dict.fromkeys(item.values))
         if keys or any(isinstance(item, Row) for item in sample):
+            self._check_column_count(len(keys), "keys (columns)")
             return list(keys)
         errors = [item for item in sample if isinstance(item, RowError)]
         if errors:
@@ -530,7 +561,8 @@ class JsonlReader(_TextReader):
             except UnicodeDecodeError as exc:
                 raise _not_utf8(exc, number) from None
             value = _parse_json(text)
-            if type(value) is dict and len(raw) <= limit and b"\\u0000" not in raw:
+            if (type(value) is dict and len(raw) <= limit and len(value) <= self._max_keys
+                    and (b"\\u" not in raw or _plain_escapes(raw))):
                 yield Row(number, value)
             elif item := self._odd_line(number, raw, value):
                 yield item
@@ -543,8 +575,14 @@ class JsonlReader(_TextReader):
             return RowError(number, f"invalid JSON: {value.msg} (column {value.colno})")
         if type(value) is not dict:
             return RowError(number, f"expected a JSON object, found {_JSON_KINDS.get(type(value), 'something else')}")
-        if b"\\u0000" in raw and _has_nul(value):
+        if len(value) > self._max_keys:
+            return RowError(number, f"the object has {len(value):,} keys, more than the limit of "
+                                    f"{self._max_keys:,} columns")
+        if b"\\u0000" in raw and _any_text(value, _has_nul):
             return RowError(number, "the row contains a NUL character (\\u0000), which cannot be stored")
+        if b"\\u" in raw and _any_text(value, _has_surrogate):
+            return RowError(number, "the row contains a lone surrogate escape (such as \\ud800): "
+                                    "it is not a character and cannot be stored as text")
         return self._over_limit(number, value) or Row(number, value)
 
     def _skip_rest_of_line(self):
@@ -553,6 +591,12 @@ class JsonlReader(_TextReader):
 
 
 _BLANK = object()
+
+
+def _plain_escapes(raw):
+    """False when a \\u escape may stand for a NUL or a lone surrogate (\\ud800), which no
+    database stores as text. Escaped emoji (surrogate pairs) take the slow path too, and pass it."""
+    return not (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)
 
 
 def _parse_json(text):
@@ -578,13 +622,28 @@ def _parse_json_slowly(text):
         return json.JSONDecodeError("nested too deeply", text, 0)
 
 
-def _has_nul(value):
+def _any_text(value, test):
+    """Whether `test` holds for any string in a decoded JSON value, its keys included."""
     if isinstance(value, str):
-        return "\0" in value
+        return test(value)
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(test(k) or _any_text(v, test) for k, v in value.items())
     if isinstance(value, list):
-        return any(map(_has_nul, value))
+        return any(_any_text(item, test) for item in value)
+    return False
+
+
+def _has_nul(text):
+    return "\0" in text
+
+
+def _has_surrogate(text):
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
 
 
@@ -669,6 +728,11 @@ class ParquetReader(RowReader):
             raise FileFormatError("a Parquet file must be read from a seekable file (its index is at the end)")
         self._check_size(source)
         _check_parquet_head(source)
+        if self.max_columns is not None:
+            # pyarrow parses the whole footer first, which takes seconds at a million columns.
+            nodes = _parquet_schema_nodes(source)
+            if nodes is not None:
+                self._check_column_count(nodes - 1, "columns (counting nested fields)")
 
     def _parquet_file(self, source):
         try:
@@ -678,39 +742,78 @@ class ParquetReader(RowReader):
             raise FileFormatError(f"this is not a valid Parquet file: {exc}") from None
 
     def _check_names(self):
-        duplicates = sorted({name for name in self.columns if self.columns.count(name) > 1})
+        self._check_column_count(len(self.columns))
+        duplicates = duplicate_names(self.columns)
         if duplicates:
             raise FileFormatError(f"the Parquet schema names a column more than once: {', '.join(duplicates)}")
         self._check_wanted()
 
-    def _batch_size(self):
-        meta = self._parquet.metadata
-        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        per_row = max(1, size // max(1, meta.num_rows))
-        # Batches are counted in rows; size them so one batch of long texts stays small.
-        return max(1, min(PARQUET_MAX_BATCH_ROWS, PARQUET_BATCH_BYTES // per_row))
-
     def _rows(self):
+        meta, leaves = self._parquet.metadata, self._read_leaves()
         try:
-            batches = self._parquet.iter_batches(batch_size=self._batch_size(), columns=self._read_names)
-            for batch in batches:
-                yield from self._batch_rows(batch, self._rows_done + 1)
-                self._rows_done += batch.num_rows
+            for index in range(meta.num_row_groups):
+                yield from self._group_rows(index, meta.row_group(index), leaves)
         except (pa.ArrowException, OSError) as exc:
             raise FileFormatError(f"the Parquet file is damaged near row {self._rows_done + 1}: {exc}") from None
 
-    def _batch_rows(self, batch, first):
-        odd = _odd_string_rows(batch, self.max_cell_chars)
-        rows = batch.to_pylist()
-        if not odd:
-            return map(Row, itertools.count(first), rows)
-        return (self._odd_row(first + i, values) if i in odd else Row(first + i, values)
-                for i, values in enumerate(rows))
+    def _read_leaves(self):
+        """{leaf column index: top-level column name} for the columns that are read."""
+        schema = self._parquet.schema_arrow
+        owners = [field.name for field in schema for _ in range(_leaf_count(field.type))]
+        if len(owners) != self._parquet.metadata.num_columns:  # not expected; the paths then
+            owners = [column.path.split(".")[0] for column in self._parquet.schema]
+        wanted = set(self._read_names)
+        return {i: name for i, name in enumerate(owners) if name in wanted}
 
-    def _odd_row(self, number, values):
-        if any(isinstance(v, str) and "\0" in v for v in values.values()):
-            return RowError(number, "the row contains a NUL character (0x00), which cannot be stored")
-        return self._over_limit(number, values) or Row(number, values)
+    def _group_rows(self, index, group, leaves):
+        first = self._rows_done + 1
+        if too_big := self._oversized_column(group, leaves):
+            return self._unread_rows(first, group.num_rows, self._unread_reason(group.num_rows, first, *too_big))
+        # Batches are counted in rows; size them so one batch of long texts stays small.
+        per_row = max(1, group.total_byte_size // max(1, group.num_rows))
+        batch_size = max(1, min(PARQUET_MAX_BATCH_ROWS, PARQUET_BATCH_BYTES // per_row))
+        batches = self._parquet.iter_batches(batch_size=batch_size, row_groups=[index], columns=self._read_names)
+        return self._batches_rows(batches, first)
+
+    def _batches_rows(self, batches, first):
+        for batch in batches:
+            yield from self._batch_rows(batch, first)
+            first += batch.num_rows
+            self._rows_done += batch.num_rows
+
+    def _unread_rows(self, first, count, reason):
+        for i in range(count):
+            yield RowError(first + i, reason)
+        self._rows_done += count
+
+    def _oversized_column(self, group, leaves):
+        """(column, bytes) when a read column of this row group holds more, uncompressed, than
+        is cheap to read and than its rows could hold within the cell limit; else None."""
+        room = group.num_rows * (self.max_cell_chars * _CELL_BYTES_PER_CHAR + _CELL_OVERHEAD_BYTES)
+        for leaf, name in leaves.items():
+            size = group.column(leaf).total_uncompressed_size
+            if size > PARQUET_UNREAD_GROUP_BYTES and size > room:
+                return name, size
+        return None
+
+    def _unread_reason(self, rows, first, name, size):
+        limit = f"the limit of {self.max_cell_chars:,} characters"
+        if rows == 1:
+            return f"the cell in column {name!r} is {_size_text(size)} uncompressed, over {limit}"
+        return (f"not read: column {name!r} holds {_size_text(size)} uncompressed in rows {first:,} to "
+                f"{first + rows - 1:,} (one Parquet row group), more than {rows:,} cells within {limit} can")
+
+    def _batch_rows(self, batch, first):
+        problems = _cell_problems(batch, self.max_cell_chars)
+        good = batch.filter(pa.array([i not in problems for i in range(batch.num_rows)])) if problems else batch
+        try:
+            values = good.to_pylist()
+        except UnicodeDecodeError:  # some cell is not UTF-8: find it row by row
+            values = [_python_row(good, i) for i in range(good.num_rows)]
+        else:
+            if not problems:
+                return map(Row, itertools.count(first), values)
+        return _merge_rows(first, batch.num_rows, problems, iter(values))
 
 
 def _check_parquet_head(fileobj):
@@ -725,16 +828,112 @@ def _check_parquet_head(fileobj):
         raise FileFormatError("this is not a valid Parquet file: it does not start with PAR1")
 
 
-def _odd_string_rows(batch, limit):
-    """Indexes of rows with a string cell over `limit` or holding NUL, found column-wise."""
-    odd = set()
-    for column in batch.columns:
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+def _parquet_schema_nodes(fileobj):
+    """How many schema elements the footer declares, from its first bytes alone; None when
+    it does not start the usual way (pyarrow parses it then, and the count is checked after)."""
+    here = fileobj.tell()
+    try:
+        end = fileobj.seek(0, io.SEEK_END)
+        if end < 12:
+            return None
+        fileobj.seek(end - 8)
+        length, magic = struct.unpack("<I4s", fileobj.read(8))
+        if magic != b"PAR1" or length > end - 12:
+            return None
+        fileobj.seek(end - 8 - length)
+        return _thrift_schema_count(fileobj.read(min(length, 32)))
+    finally:
+        fileobj.seek(here)
+
+
+def _thrift_schema_count(data):
+    """FileMetaData in Thrift's compact protocol opens with field 1 (version, i32: 0x15 and a
+    varint) and field 2 (schema, a list: 0x19 and the list's header, 0xC for structs)."""
+    if len(data) < 3 or data[0] != 0x15:
+        return None
+    version, pos = _varint(data, 1)
+    if version is None or pos + 1 >= len(data) or data[pos] != 0x19 or data[pos + 1] & 0x0F != 0x0C:
+        return None
+    size = data[pos + 1] >> 4
+    return size if size != 0x0F else _varint(data, pos + 2)[0]
+
+
+def _varint(data, pos):
+    value = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+    return None, pos
+
+
+def _leaf_count(kind):
+    """How many Parquet leaf columns an Arrow type is stored as."""
+    if pa.types.is_struct(kind):
+        return sum(_leaf_count(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_map(kind):
+        return _leaf_count(kind.key_type) + _leaf_count(kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaf_count(kind.value_type)
+    return 1
+
+
+_NUL_IN_ROW = "the row contains a NUL character (0x00), which cannot be stored"
+
+
+def _cell_problems(batch, limit):
+    """{row index: reason} for rows with a NUL or an over-long cell, found in Arrow before any
+    Python object is made: a cell of a gigabyte is measured, never copied."""
+    long, nul = {}, {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        kind = column.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            # Bytes bound characters from above, and cost nothing to count (the offsets).
+            if pc.any(pc.greater(pc.binary_length(column), limit)).as_py():
+                chars = pc.utf8_length(column)
+                for i in _true_at(pc.greater(chars, limit)):
+                    long.setdefault(i, f"text cell in column {name!r} is {chars[i].as_py():,} characters, "
+                                       f"over the limit of {limit:,}")
+            nul.update(dict.fromkeys(_true_at(pc.match_substring(column, "\0")), _NUL_IN_ROW))
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            sizes = pc.binary_length(column)
+            for i in _true_at(pc.greater(sizes, limit * _CELL_BYTES_PER_CHAR)):
+                long.setdefault(i, f"cell in column {name!r} is {sizes[i].as_py():,} bytes, "
+                                   f"over the limit of {limit:,} characters")
+    return {**long, **nul}  # a NUL is named first, as for the other formats
+
+
+def _true_at(flags):
+    if not pc.any(flags).as_py():
+        return []
+    return pc.indices_nonzero(pc.fill_null(flags, False)).to_pylist()
+
+
+def _python_row(batch, i):
+    """Row `i` as Python values, or why it cannot be: a cell that is not UTF-8."""
+    row = {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        try:
+            row[name] = column[i].as_py()
+        except UnicodeDecodeError:
+            return (f"the cell in column {name!r} is not valid UTF-8 (a broken character, or a lone "
+                    "surrogate such as \\ud800), so it cannot be stored as text")
+    return row
+
+
+def _merge_rows(first, count, problems, values):
+    """Rows and RowErrors in file order: `problems` by position, the others' values in turn."""
+    for i in range(count):
+        if i in problems:
+            yield RowError(first + i, problems[i])
             continue
-        flags = pc.or_(pc.greater(pc.utf8_length(column), limit), pc.match_substring(column, "\0"))
-        if pc.any(flags).as_py():
-            odd.update(pc.indices_nonzero(pc.fill_null(flags, False)).to_pylist())
-    return odd
+        values_or_reason = next(values)
+        if isinstance(values_or_reason, str):
+            yield RowError(first + i, values_or_reason)
+        else:
+            yield Row(first + i, values_or_reason)
 
 
 # --- column mapping -----------------------------------------------------------------------------

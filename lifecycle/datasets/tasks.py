@@ -6,9 +6,13 @@ from django.db import transaction
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.jobs import task
 from lifecycle.core.models import AuditEvent
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER
 from lifecycle.datasets import ingest
 from lifecycle.datasets.models import DatasetVersion, Upload
 from lifecycle.datasets.readers import ColumnMapping
+
+# Who may read these jobs: those who see dataset, upload and version pages (datasets/views.py).
+READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 
 
 def _progress(job):
@@ -19,7 +23,7 @@ def _progress(job):
     return report
 
 
-@task(queue="default")
+@task(queue="default", roles=READ_ROLES)
 def ingest_upload(job, *, upload_id):
     """Turn an upload into a version. A refusal keeps its report on the upload and makes nothing else."""
     upload = Upload.objects.select_related("dataset", "created_by").get(pk=upload_id)
@@ -53,7 +57,7 @@ def _record_success(upload, versions):
         AuditEvent.record(upload.created_by, "upload.ingested", upload, {"versions": [v.number for v in versions]})
 
 
-@task(queue="default")
+@task(queue="default", roles=READ_ROLES)
 def derive_version(job, *, version_id, operation, user_id=None, seed=None):
     """Make a child version: remove duplicates, redact PII, or split again."""
     from django.contrib.auth import get_user_model

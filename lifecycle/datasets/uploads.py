@@ -3,6 +3,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+from django.conf import settings
 from django.db import transaction
 
 from lifecycle.core.artifacts import get_store
@@ -38,11 +39,13 @@ def local_path(uploaded):
 
 
 def sniff(path, filename, max_cell_chars, fmt=None):
-    """Format and columns of a file, or FileFormatError with a message for people."""
+    """Format and columns of a file, or FileFormatError with a message for people. A file
+    with more than DATASET_MAX_COLUMNS columns is refused as soon as its header is read."""
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
     fmt = fmt or detect_format(filename, head)
-    return fmt, open_rows(path, fmt, max_cell_chars=max_cell_chars).columns
+    with open_rows(path, fmt, max_cell_chars=max_cell_chars, max_columns=settings.DATASET_MAX_COLUMNS) as reader:
+        return fmt, reader.columns
 
 
 def receive(dataset, path, filename, *, user, on_error, mapping=None, fmt=None):

@@ -1,5 +1,6 @@
 """Writing an immutable dataset version: rows to Parquet in the artifact store, examples to
-the database, a manifest that hashes it all — in one transaction, or not at all.
+the database, a manifest that hashes it all — the version appears in one transaction, or
+not at all.
 
 The row stream arrives in batches (dicts of equal-length column lists) so that a version of
 any size is written with flat memory. Every path that makes a version — an upload, a
@@ -7,7 +8,6 @@ redaction, a dedup, a new split, frozen labels — goes through `VersionWriter`.
 """
 import hashlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -60,8 +60,16 @@ def _copy_sql(model, columns):
     return f"COPY {model._meta.db_table} ({quoted}) FROM STDIN WITH (FORMAT csv)"
 
 
+def _insert_sql(model, columns):
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    return f"INSERT INTO {model._meta.db_table} ({quoted}) VALUES ({', '.join(['%s'] * len(columns))})"
+
+
 COPY_EXAMPLES = _copy_sql(Example, EXAMPLE_COLUMNS)
 COPY_TEXTS = _copy_sql(ExampleText, ("version_id", "row", "text"))
+INSERT_EXAMPLES = _insert_sql(Example, EXAMPLE_COLUMNS)
+# Examples removed per transaction when a version written in slices is given up (SQLite).
+DELETE_SLICE = 20_000
 
 
 class VersionWriter:
@@ -74,6 +82,14 @@ class VersionWriter:
     discard(), nothing else may use this thread's connection: job progress goes through the
     heartbeat's own connection for that reason. (psycopg would make such a query wait for
     ever; an execute wrapper makes it fail with a clear message instead.)
+
+    SQLite has one writer for the whole database, so one transaction over a big version's
+    rows would lock every other writer out (heartbeats, the reaper, people's clicks) for as
+    long. There each batch's examples commit on their own, under the reserved id of a version
+    row that does not exist yet: no page reaches examples but through their version, so
+    nothing half-written shows, and discard() (or a failed commit) deletes them again. The
+    foreign key is off on this connection meanwhile (it would refuse every batch's commit).
+    Inside a caller's transaction no batch could commit: the examples go in at commit() then.
     """
 
     def __init__(self, dataset, *, operation, parent=None, user=None, source_sha256="", texts=None):
@@ -89,8 +105,11 @@ class VersionWriter:
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-version-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
+        # What the row stream holds open: the transaction and the COPY (PostgreSQL), or the
+        # foreign key switched off (SQLite, in slices).
         self._transaction, self._copying = ExitStack(), ExitStack()
-        self._copy, self._streamed = None, False  # the COPY while it is open; whether one ran
+        self._copy, self._streamed = None, False  # the COPY while it is open; whether rows streamed
+        self._sliced = connection.vendor == "sqlite" and not connection.in_atomic_block
 
     def add(self, batch):
         """Append a batch: a dict of column lists, or an Arrow table, with every SCHEMA column but `row`."""
@@ -101,6 +120,8 @@ class VersionWriter:
             if not self._streamed:
                 self._start_copy()
             _copy_rows(self._copy, _example_table(self.version_id, table))
+        elif self._sliced:
+            self._commit_slice(table)
         self.rows += table.num_rows
 
     def _count(self, table):
@@ -123,17 +144,33 @@ class VersionWriter:
         self._copying.enter_context(connection.execute_wrapper(_refuse_during_copy))
         self._streamed = True
 
+    def _commit_slice(self, table):
+        if not self._streamed:
+            self.version_id = reserve_version_id()
+            self._copying.callback(connection.enable_constraint_checking)
+            connection.disable_constraint_checking()
+            self._streamed = True
+        with transaction.atomic():
+            insert_rows(_example_table(self.version_id, table))
+
     def _rollback(self, exc):
-        """End the COPY and the transaction with `exc`: PostgreSQL drops every streamed row."""
+        """End the COPY and the transaction with `exc`: PostgreSQL drops every streamed row;
+        on SQLite, the slices already committed are deleted."""
         for stack in (self._copying, self._transaction):
             try:
                 stack.__exit__(type(exc), exc, exc.__traceback__)
             except Exception:
                 log.exception("rolling back a version's examples")
+        if self._sliced and self._streamed:
+            try:
+                delete_examples(self.version_id)
+            except Exception:
+                log.exception("deleting the examples of version id %s, which was not made", self.version_id)
 
     def end_rows(self):
         """No more rows: the COPY ends (the transaction goes on), so the connection can be used
-        again — for reports that need every row, say. commit() calls it too."""
+        again — for reports that need every row, say; on SQLite the foreign key is back on.
+        commit() calls it too."""
         self._copying.close()
         self._copy = None
 
@@ -254,12 +291,33 @@ def iter_row_batches(version, columns=None, batch_size=READ_BATCH):
 
 
 def insert_examples(version, path):
-    """Bulk-insert the version's rows from its Parquet file at `path` (the local file just
-    stored) into `Example`: the path where nothing was streamed (SQLite; on PostgreSQL the
-    rows went in by COPY as they were added, see VersionWriter)."""
+    """Insert the version's rows from its Parquet file at `path` (the local file just stored)
+    into `Example`: the path where nothing was streamed (SQLite inside a caller's transaction;
+    otherwise the rows went in as they were added, see VersionWriter)."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH):
-        rows = _example_table(version.pk, batch).to_pylist()
-        Example.objects.bulk_create([Example(**row | {"metadata": json.loads(row["metadata"])}) for row in rows], batch_size=2000)
+        insert_rows(_example_table(version.pk, batch))
+
+
+def insert_rows(table):
+    """Example rows (an _example_table) by one executemany: a model instance per row, as
+    bulk_create makes, took several times as long (SQLite; PostgreSQL uses COPY)."""
+    columns = [table.column(name).to_pylist() for name in EXAMPLE_COLUMNS]
+    when = EXAMPLE_COLUMNS.index("timestamp")
+    columns[when] = [connection.ops.adapt_datetimefield_value(value) for value in columns[when]]
+    with connection.cursor() as cursor:
+        cursor.executemany(INSERT_EXAMPLES, list(zip(*columns)))
+
+
+def delete_examples(version_id):
+    """Delete the examples under `version_id`, DELETE_SLICE rows per transaction (SQLite's
+    lock is held for one slice at a time)."""
+    table = Example._meta.db_table
+    sql = f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE version_id = %s LIMIT {DELETE_SLICE})"
+    deleted = None
+    while deleted != 0:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [version_id])
+            deleted = cursor.rowcount
 
 
 def _copy_rows(copy, table):
@@ -289,11 +347,26 @@ def _as_table(batch, first_row):
 
 
 def reserve_version_id():
-    """The next DatasetVersion id, taken now (PostgreSQL): rows can refer to a version that is
-    inserted later in the same transaction, or in another one."""
+    """The next DatasetVersion id, taken now: rows can refer to a version that is inserted
+    later in the same transaction, or in another one."""
+    table = DatasetVersion._meta.db_table
+    if connection.vendor == "sqlite":
+        return _reserve_sqlite_id(table)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [DatasetVersion._meta.db_table])
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id'))", [table])
         return cursor.fetchone()[0]
+
+
+def _reserve_sqlite_id(table):
+    # The table is AUTOINCREMENT (as Django makes it), so SQLite never hands out an id at or
+    # below its sqlite_sequence entry: raising that entry takes the id for good.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = %s), 0), "
+                       f"coalesce((SELECT max(id) FROM {table}), 0)) + 1", [table])
+        reserved = cursor.fetchone()[0]
+        cursor.execute("DELETE FROM sqlite_sequence WHERE name = %s", [table])
+        cursor.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (%s, %s)", [table, reserved])
+    return reserved
 
 
 def insert_texts(version_id, path, stop=None):

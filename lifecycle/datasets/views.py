@@ -23,6 +23,7 @@ from lifecycle.datasets.forms import (
 )
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, PiiSignOff, Upload
 from lifecycle.lib.csvsafe import csv_lines
+from lifecycle.lib.params import BadParameter, parse_id
 
 READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 # Example texts can hold personal data: statistics are for every reader, rows are not.
@@ -258,8 +259,8 @@ def version_export(request, slug, number):
 def version_diff(request, slug):
     dataset = _get_dataset(slug)
     try:
-        a, b = int(request.GET.get("a", "")), int(request.GET.get("b", ""))
-    except ValueError:
+        a, b = parse_id(request.GET.get("a", ""), "a"), parse_id(request.GET.get("b", ""), "b")
+    except BadParameter:
         return render(request, "datasets/diff.html", {"dataset": dataset, "error": "Choose two versions to compare."},
                       status=400 if request.GET else 200)
     old, new = _get_version(slug, a), _get_version(slug, b)

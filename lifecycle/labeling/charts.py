@@ -1,15 +1,16 @@
 """The QC page's figures, built from a stored QCReport's data."""
 import plotly.graph_objects as go
 
-from lifecycle.core.charts import LAYOUT, chart_json, grouped_bars
+from lifecycle.core.charts import LAYOUT, chart_json, grouped_bars, plain
 
 
 def _heatmap(x, y, z, *, title, hover, colorscale="Blues", zmin=None, zmax=None):
+    x, y = [plain(v) for v in x], [plain(v) for v in y]
     text = [["" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row] for row in z]
     fig = go.Figure(go.Heatmap(x=x, y=y, z=z, text=text, texttemplate="%{text}", colorscale=colorscale,
                                zmin=zmin, zmax=zmax, hovertemplate=hover + "<extra></extra>"))
     # A square-ish figure that grows with its rows keeps the cells readable.
-    fig.update_layout(title=title, height=min(720, max(320, 96 + 36 * len(y))), **LAYOUT)
+    fig.update_layout(title=plain(title), height=min(720, max(320, 96 + 36 * len(y))), **LAYOUT)
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category", autorange="reversed")
     return chart_json(fig)

@@ -4,6 +4,7 @@ from django.db.models import Exists, OuterRef
 
 from lifecycle.datasets.models import Dataset, DatasetVersion
 from lifecycle.labeling.models import MAX_LABELS, Assignment, LabelingProject
+from lifecycle.lib.params import MAX_ID
 
 VERSION_CHOICES_CAP = 200
 NOTE_MAX = 2000
@@ -61,7 +62,7 @@ class ProjectForm(forms.ModelForm):
 class AnswerForm(forms.Form):
     """A labeler's answer: a label, or a flag (with an optional note)."""
 
-    item = forms.IntegerField(min_value=1)
+    item = forms.IntegerField(min_value=1, max_value=MAX_ID)
     label = forms.CharField(required=False, max_length=200)
     flag = forms.BooleanField(required=False)
     note = forms.CharField(required=False, max_length=NOTE_MAX)
@@ -81,7 +82,7 @@ class AnswerForm(forms.Form):
 
 
 class ItemForm(forms.Form):
-    item = forms.IntegerField(min_value=1)
+    item = forms.IntegerField(min_value=1, max_value=MAX_ID)
 
 
 class DecisionForm(forms.Form):

@@ -1,4 +1,10 @@
 from lifecycle.core.jobs import maintenance_step, task
+from lifecycle.core.roles import APPROVER, LABELER, ML_ENGINEER, VIEWER
+
+# Who may read these jobs (labeling/views.py): QC results, frozen versions and model
+# suggestions are statistics, which labelers do not see; the project itself they do.
+STATS_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
+LIST_ROLES = (LABELER, ML_ENGINEER, APPROVER, VIEWER)
 
 
 @maintenance_step("expired_claims")
@@ -12,7 +18,7 @@ def expire_claims():
     return Assignment.expire_stale(settings.LABELING_CLAIM_TTL)
 
 
-@task(queue="monitoring")
+@task(queue="monitoring", roles=STATS_ROLES)
 def compute_qc(job, *, project_id):
     """Agreement statistics and threshold verdicts of a project (labeling/qc.py)."""
     from lifecycle.labeling import qc
@@ -24,7 +30,7 @@ def compute_qc(job, *, project_id):
     return {"report": report.pk, "passes": report.passes, "answers": report.answers, "alpha": report.data["alpha"]}
 
 
-@task(queue="default")
+@task(queue="default", roles=STATS_ROLES)
 def freeze_project(job, *, project_id, qc_report_id):
     """Write the project's final labels into a child version of its dataset version."""
     from lifecycle.labeling import freezing
@@ -33,7 +39,7 @@ def freeze_project(job, *, project_id, qc_report_id):
     return {"version": version.pk, "number": version.number}
 
 
-@task(queue="default")
+@task(queue="default", roles=LIST_ROLES)
 def seed_demo_project(job):
     """The demo's labeling project, once the demo dataset's first version is in (labeling/demo.py)."""
     from lifecycle.labeling import demo
@@ -42,7 +48,7 @@ def seed_demo_project(job):
     return {"project": project.pk}
 
 
-@task(queue="training")
+@task(queue="training", roles=STATS_ROLES)
 def suggest_labels(job, *, project_id, run_id):
     """Model suggestions for every item of a project, from a trained run (labeling/suggestions.py)."""
     from lifecycle.labeling import suggestions

@@ -5,7 +5,7 @@ chart in the app and render through the same static/js/charts.js.
 """
 import plotly.graph_objects as go
 
-from lifecycle.core.charts import LAYOUT, chart_json, grouped_bars
+from lifecycle.core.charts import LAYOUT, chart_json, grouped_bars, plain
 
 # Fewer points than this and a line alone hides where the measurements are (an eval every
 # few hundred steps); more and the markers turn into noise.
@@ -17,16 +17,16 @@ def curves(series, *, title, y_title, height=300, log_y=False):
     fig = go.Figure()
     for name, (steps, values) in series.items():
         mode = "lines+markers" if len(steps) < MARKERS_BELOW else "lines"
-        fig.add_trace(go.Scatter(name=name, x=list(steps), y=list(values), mode=mode))
-    fig.update_layout(title=title, height=height, **LAYOUT)
+        fig.add_trace(go.Scatter(name=plain(name), x=list(steps), y=list(values), mode=mode))
+    fig.update_layout(title=plain(title), height=height, **LAYOUT)
     fig.update_xaxes(title_text="Step")
-    fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    fig.update_yaxes(title_text=plain(y_title), type="log" if log_y else "linear")
     return chart_json(fig)
 
 
 def confusion_heatmap(labels, matrix, *, title="Confusion matrix"):
     """Counts per (true, predicted) pair, true classes top to bottom in label order."""
-    labels = [str(label) for label in labels]
+    labels = [plain(str(label)) for label in labels]
     fig = go.Figure(
         go.Heatmap(
             x=labels,
@@ -40,7 +40,7 @@ def confusion_heatmap(labels, matrix, *, title="Confusion matrix"):
     )
     # A square-ish figure that grows with the labels keeps the cells readable.
     height = min(720, max(320, 48 + 36 * len(labels) + 48))
-    fig.update_layout(title=title, height=height, **LAYOUT)
+    fig.update_layout(title=plain(title), height=height, **LAYOUT)
     # Category axes: labels like "0" and "1" would otherwise be read as numbers.
     fig.update_xaxes(title_text="Predicted", type="category")
     fig.update_yaxes(title_text="True", type="category", autorange="reversed")
@@ -71,7 +71,7 @@ def reliability_diagram(bins, *, title="Reliability"):
             ),
         ]
     )
-    fig.update_layout(title=title, height=320, **LAYOUT)
+    fig.update_layout(title=plain(title), height=320, **LAYOUT)
     fig.update_xaxes(title_text="Confidence", range=[0, 1])
     fig.update_yaxes(title_text="Accuracy", range=[0, 1])
     return chart_json(fig)

@@ -9,6 +9,8 @@ worker use the same code as the form.
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from lifecycle.lib.params import parse_float, parse_int
+
 TASKS = {"classification": "sequence classification", "causal_lm": "causal-LM supervised fine-tuning"}
 METHODS = {"full": "full fine-tuning", "lora": "LoRA", "ia3": "IA3", "prompt_tuning": "prompt tuning"}
 PRECISIONS = {"auto": "auto (bf16 on GPU, fp32 on CPU)", "fp32": "fp32", "bf16": "bf16"}
@@ -153,21 +155,12 @@ def _coerce(value, default):
         if not isinstance(value, (list, tuple)):
             raise TypeError("must be a list of module names")
         return [str(v) for v in value]
+    # Ranges are checked with every other problem by _range_errors; these bounds only keep
+    # a number small enough for the database and for int(float(...)).
     if isinstance(default, int):
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError("must be a whole number")
-        try:
-            return int(float(value)) if isinstance(value, str) and "." in value else int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a whole number (got {value!r})") from None
+        return parse_int(value)
     if isinstance(default, float):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a number (got {value!r})") from None
-        if math.isnan(number):
-            raise ValueError("must be a number, not NaN")
-        return number
+        return parse_float(value)
     return str(value).strip()
 
 

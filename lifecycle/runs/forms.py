@@ -6,6 +6,7 @@ from django.db.models import Q
 
 from lifecycle.core.models import Job
 from lifecycle.datasets.models import Dataset, DatasetVersion
+from lifecycle.lib.params import MAX_ID, BadParameter, parse_ids
 from lifecycle.runs import basemodels
 from lifecycle.runs.config import DEFAULT_LR, EARLY_STOPPING_METRICS, METHODS, PRECISIONS, SPLITS, TASKS, RunConfig
 
@@ -143,15 +144,10 @@ class CompareForm(forms.Form):
         super().__init__({"runs": ",".join(query.getlist("runs"))})
 
     def clean_runs(self):
-        ids = []
-        for part in self.cleaned_data["runs"].split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if not part.isdigit():
-                raise ValidationError(f"{part!r} is not a run id.")
-            if int(part) not in ids:
-                ids.append(int(part))
+        try:
+            ids = parse_ids(self.cleaned_data["runs"], "runs")
+        except BadParameter as exc:
+            raise ValidationError(f"{exc}.") from None
         if not COMPARE_MIN <= len(ids) <= COMPARE_MAX:
             raise ValidationError(f"Choose {COMPARE_MIN} to {COMPARE_MAX} runs to compare (got {len(ids)}).")
         return ids
@@ -162,8 +158,8 @@ class SinceForm(forms.Form):
     points land later than the training points of the same step, so a poll may give the
     evaluation curves their own `eval_since`; it defaults to `since`."""
 
-    since = forms.IntegerField(min_value=-1, required=False)
-    eval_since = forms.IntegerField(min_value=-1, required=False)
+    since = forms.IntegerField(min_value=-1, max_value=MAX_ID, required=False)
+    eval_since = forms.IntegerField(min_value=-1, max_value=MAX_ID, required=False)
 
     def steps(self):
         since = self.cleaned_data.get("since")

@@ -1,7 +1,11 @@
 from lifecycle.core.jobs import task
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER
+
+# Who may read these jobs: those who see run pages (runs/views.py); results carry test metrics.
+READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 
 
-@task(queue="training")
+@task(queue="training", roles=READ_ROLES)
 def train_run(job, *, run_id, resume=False):
     """Train (or, with resume, continue) a run; see runs/training.py."""
     from lifecycle.runs import worker
@@ -9,7 +13,7 @@ def train_run(job, *, run_id, resume=False):
     return worker.train(job, run_id=run_id, resume=resume)
 
 
-@task(queue="default")
+@task(queue="default", roles=READ_ROLES)
 def start_demo_run(job):
     """Start the demo's run on the newest usable version of the demo dataset (runs/demo.py)."""
     from django.contrib.auth import get_user_model

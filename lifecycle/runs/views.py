@@ -13,6 +13,7 @@ from lifecycle.core.models import Job
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER, has_role, role_required
 from lifecycle.datasets.models import Example
+from lifecycle.lib import jsonbody
 from lifecycle.runs import charts, launch
 from lifecycle.runs.config import ConfigError, RunConfig
 from lifecycle.runs.forms import CompareForm, RunFilterForm, RunForm, SinceForm
@@ -315,11 +316,10 @@ def run_status(run):
 def api_create(request):
     """POST a JSON object of RunConfig settings (plus an optional "name") → 201 with the run."""
     try:
-        data = json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _config_errors({"": [f"the body is not valid JSON: {exc}"]})
-    if not isinstance(data, dict):
-        return _config_errors({"": ["the body must be a JSON object of run settings"]})
+        data = jsonbody.read_object(request, "a JSON object of run settings")
+    except jsonbody.JsonBodyError as exc:
+        # Both shapes: the API's {"error", "detail"} and the config's {"errors": {field: [...]}}.
+        return exc.response(errors={"": [exc.detail]})
     name = data.pop("name", "") or ""
     if not isinstance(name, str) or len(name) > Run._meta.get_field("name").max_length:
         return _config_errors({"name": ["must be text of at most 200 characters"]})

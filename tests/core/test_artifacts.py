@@ -110,7 +110,7 @@ def test_bytes_round_trip_and_layout(store):
     assert info == ArtifactInfo(sha(data), len(data))
     path = store.root / info.sha256[:2] / info.sha256[2:4] / info.sha256
     assert stored_files(store.root) == [path]
-    assert path.stat().st_mode & 0o777 == 0o444
+    assert path.stat().st_mode & 0o777 == 0o400
     assert store.read_bytes(info.sha256) == data
     assert store.exists(info.sha256) and store.size(info.sha256) == len(data)
     assert leftover_temp_files(store.root) == []
@@ -308,7 +308,7 @@ def assert_one_intact_file(store, data):
     digest = sha(data)
     assert stored_files(store.root) == [store.path(digest)]
     assert store.read_bytes(digest) == data
-    assert store.path(digest).stat().st_mode & 0o777 == 0o444
+    assert store.path(digest).stat().st_mode & 0o777 == 0o400
     assert leftover_temp_files(store.root) == []
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.core.test_file_modes import open_to_others
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,3 +98,4 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     careless = next(a for a in json.loads(data)["annotators"] if a["username"] == "demo-labeler-3")
     assert not passes and careless["unreliable"] and careless["gold_accuracy"] < 0.8
     assert suggested == sum(states.values())
+    assert open_to_others(tmp_path) == []  # checkpoints, model cache and run outputs included

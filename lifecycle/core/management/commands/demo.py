@@ -39,6 +39,7 @@ class Command(BaseCommand):
         self.children = []
         atexit.register(self.stop_children)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        self.prepare_data_dir()
         self.start_redis()
         call_command("migrate", interactive=False, verbosity=0)
         call_command("bootstrap", verbosity=0)
@@ -49,6 +50,13 @@ class Command(BaseCommand):
         self.start_worker()
         self.print_logins(credentials, port)
         call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True)
+
+    @staticmethod
+    def prepare_data_dir():
+        """Owner-only, also when an older version left it open: the folder's mode alone then
+        keeps what is inside out of other users' reach."""
+        settings.DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        settings.DATA_DIR.chmod(0o700)
 
     # --- Redis ---------------------------------------------------------------------------
 

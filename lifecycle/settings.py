@@ -196,6 +196,10 @@ SECURE_CSP = {
     "script-src": ["'self'"],
     "style-src": ["'self'", "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",
                   "'sha256-gG0b4ixT/IQUp7JJLbyKcpYcYDjq2Wp8NGv3f+aasqo='"],
+    # Plotly's heatmaps and colour bars set style="..." attributes through d3 at run time; a
+    # style attribute cannot run code or load anything img-src/font-src refuse, so attributes
+    # (only) may be inline. <style> elements stay under style-src; scripts are never inline.
+    "style-src-attr": ["'unsafe-inline'"],
     "img-src": ["'self'", "data:"],
     "object-src": ["'none'"],
     "base-uri": ["'self'"],

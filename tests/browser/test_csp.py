@@ -6,7 +6,7 @@ from tests.browser.conftest import log_in
 from tests.conftest import make_user
 
 INJECTED = ('<script>document.documentElement.dataset.injected = "ran"</script>'
-            '<p id="injected" style="color: rgb(255, 0, 0)">injected</p>')
+            '<style>#injected { color: rgb(255, 0, 0) }</style><p id="injected">injected</p>')
 
 
 def serve_with_injection(page, keep_csp=True):

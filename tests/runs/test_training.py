@@ -130,7 +130,7 @@ def test_restore_refuses_a_checkpoint_of_another_method(tiny_model_dir):
     ({"learning_rate": 0}, "learning_rate", "above 0"),
     ({"learning_rate": -1e-3}, "learning_rate", "above 0"),
     ({"learning_rate": "nan"}, "learning_rate", "not NaN"),
-    ({"learning_rate": float("inf")}, "learning_rate", "above 0"),
+    ({"learning_rate": float("inf")}, "learning_rate", "not infinite"),
     ({"batch_size": 0}, "batch_size", "between 1"),
     ({"batch_size": 2.5}, "batch_size", "whole number"),
     ({"method": "qlora"}, "method", "must be one of"),

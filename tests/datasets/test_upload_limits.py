@@ -98,7 +98,10 @@ READ = textwrap.dedent("""
         message = items[0].reason if items else ""
     except FileFormatError as exc:
         outcome, message = "refused", str(exc)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM belongs to this program's own memory map: ru_maxrss would carry over the peak of
+    # the (large) test process this one was forked from.
+    with open("/proc/self/status") as status:
+        peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
     print(outcome, round(peak_mb), message, sep="|")
 """)
 

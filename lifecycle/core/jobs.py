@@ -16,12 +16,13 @@ and is enqueued inside the transaction that made the rows it needs:
 See docs/jobs.md for the states, the heartbeat, the reaper and the reconciler.
 """
 import copy
+import functools
 import importlib
-import importlib.util
 import json
 import logging
 import math
 import os
+import resource
 import socket
 import threading
 import time
@@ -29,18 +30,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
 
-from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
+from django.utils.module_loading import autodiscover_modules
 from redis.exceptions import RedisError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
 from lifecycle.core import queues
-from lifecycle.core.models import Job
+from lifecycle.core.models import Job, waited_for_lock
 from lifecycle.core.queues import QueueUnavailable  # noqa: F401 (callers catch it from here)
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,10 @@ def tasks_readable_by(roles):
     return sorted(name for name, spec in _registry.items() if set(spec.roles) & set(roles))
 
 
+@functools.cache
 def _import_app_tasks():
     # A task registers when its module is imported; a page listing jobs must know them all.
-    for app in apps.get_app_configs():
-        if app.name.startswith("lifecycle.") and importlib.util.find_spec(f"{app.name}.tasks"):
-            importlib.import_module(f"{app.name}.tasks")
+    autodiscover_modules("tasks")
 
 
 def get_task(name):
@@ -203,6 +203,9 @@ def _run(job):
             result = _as_json(get_task(job.task).func(context, **job.kwargs))
     except JobCancelled as exc:
         finished = job.mark_cancelled() or job.mark_failed(f"JobCancelled without a cancel request: {exc}")
+    except MemoryError as exc:
+        log.exception("job %s (%s) ran out of memory", job.pk, job.task)
+        finished = job.mark_failed(out_of_memory_message(exc))
     except Exception as exc:
         log.exception("job %s (%s) failed", job.pk, job.task)
         finished = job.mark_failed(f"{type(exc).__name__}: {exc}")
@@ -211,6 +214,21 @@ def _run(job):
     if not finished:
         job.refresh_from_db(fields=["status"])
         log.warning("job %s ended, but its row was already %s; outcome discarded", job.pk, job.status)
+
+
+def memory_limit_in_force():
+    """This process's memory limit in MB, or None when it has none."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else soft // (1024 * 1024)
+
+
+def out_of_memory_message(exc):
+    """What a job that failed with MemoryError records: the limit it ran into, if any."""
+    limit = memory_limit_in_force()
+    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if limit is None:
+        return detail
+    return f"the job ran out of its memory limit ({limit:,} MB): {detail}"
 
 
 def _as_json(result):
@@ -267,11 +285,6 @@ def alive_seconds():
     nothing on PostgreSQL), so that a beat stuck behind a long write is still covered."""
     lock_wait = settings.DATABASES["default"].get("OPTIONS", {}).get("timeout", 0)
     return math.ceil(settings.JOB_HEARTBEAT_WINDOW_SECONDS + lock_wait)
-
-
-def waited_for_lock(exc):
-    """SQLite gave up waiting for its write lock: the database is busy, not lost."""
-    return isinstance(exc, OperationalError) and "locked" in str(exc)
 
 
 class Heartbeat(threading.Thread):

@@ -11,6 +11,13 @@ from django.db import OperationalError, connection, models, transaction
 from django.utils import timezone
 
 GENESIS_HASH = "0" * 64
+
+
+def waited_for_lock(exc):
+    """SQLite gave up waiting for its write lock: the database is busy, not lost."""
+    return isinstance(exc, OperationalError) and "locked" in str(exc)
+
+
 # Any constant works; it only has to be the same in every process that writes the chain.
 AUDIT_CHAIN_LOCK_KEY = 7_420_011
 
@@ -206,7 +213,7 @@ class ApiToken(models.Model):
             with transaction.atomic():
                 ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
         except OperationalError as exc:
-            if "locked" not in str(exc):  # only SQLite's lock timeout is forgiven
+            if not waited_for_lock(exc):  # only SQLite's lock timeout is forgiven
                 raise
 
     def revoke(self, user):

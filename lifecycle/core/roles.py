@@ -14,6 +14,10 @@ APPROVER = "approver"
 ONCALL = "oncall"
 VIEWER = "viewer"
 ROLES = (LABELER, ML_ENGINEER, APPROVER, ONCALL, VIEWER)
+# Who reads the audit trail; who reads datasets, runs and their statistics. The pages and the
+# jobs working on their objects (core/jobs.py task roles) use the same tuples.
+AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
+READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 
 ROLE_DESCRIPTIONS = {
     LABELER: "reviews and labels examples",

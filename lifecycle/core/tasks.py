@@ -1,10 +1,7 @@
 """Built-in background tasks of the core app (see core/jobs.py for how tasks run)."""
 from lifecycle.core.jobs import task
 from lifecycle.core.models import AuditEvent
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, ONCALL
-
-# Who may read the audit trail (core/views.py AUDIT_ROLES).
-AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
+from lifecycle.core.roles import AUDIT_ROLES
 
 
 @task(queue="monitoring", roles=AUDIT_ROLES)

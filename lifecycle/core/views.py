@@ -18,8 +18,8 @@ from lifecycle.core.queues import QueueUnavailable, redis_status
 from lifecycle.core.tasks import verify_audit_chain
 from lifecycle.core.roles import (
     APPROVER,
+    AUDIT_ROLES,
     ML_ENGINEER,
-    ONCALL,
     ROLE_DESCRIPTIONS,
     ROLES,
     forbidden,
@@ -31,7 +31,6 @@ from lifecycle.lib.csvsafe import csv_lines
 from lifecycle.lib.pagination import keyset_page
 from lifecycle.lib.params import BadParameter, parse_optional_id
 
-AUDIT_ROLES = (APPROVER, ML_ENGINEER, ONCALL)
 ARTIFACT_ROLES = (ML_ENGINEER, APPROVER)
 AUDIT_COLUMNS = ("seq", "created_at", "actor", "action", "object_type", "object_id", "payload", "prev_hash", "hash")
 

@@ -52,21 +52,6 @@ def limit_memory(megabytes):
     resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-def memory_limit_in_force():
-    """This process's memory limit in MB, or None when it has none."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
-    return None if soft == resource.RLIM_INFINITY else soft // (1024 * 1024)
-
-
-def out_of_memory_message(exc):
-    """What a job that failed with MemoryError records: the limit it ran into, if any."""
-    limit = memory_limit_in_force()
-    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if limit is None:
-        return detail
-    return f"the job ran out of its memory limit ({limit:,} MB): {detail}"
-
-
 class LifecycleWorker(Worker):
     def __init__(self, *args, **kwargs):
         # The horse-watching loop wakes this often; it is also where a busy worker does maintenance.

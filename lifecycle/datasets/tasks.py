@@ -6,13 +6,10 @@ from django.db import transaction
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.jobs import task
 from lifecycle.core.models import AuditEvent
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER
+from lifecycle.core.roles import READ_ROLES
 from lifecycle.datasets import ingest
 from lifecycle.datasets.models import DatasetVersion, Upload
 from lifecycle.datasets.readers import ColumnMapping
-
-# Who may read these jobs: those who see dataset, upload and version pages (datasets/views.py).
-READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 
 
 def _progress(job):

@@ -10,7 +10,7 @@ from lifecycle.core.charts import grouped_bars
 from lifecycle.core.jobs import enqueue
 from lifecycle.core.models import Job
 from lifecycle.core.queues import QueueUnavailable
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER, has_role, role_required
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, has_role, role_required
 from lifecycle.datasets import diff, tasks, uploads
 from lifecycle.datasets.forms import (
     BrowseForm,
@@ -25,7 +25,6 @@ from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, PiiS
 from lifecycle.lib.csvsafe import csv_lines
 from lifecycle.lib.params import BadParameter, parse_id
 
-READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 # Example texts can hold personal data: statistics are for every reader, rows are not.
 ROW_ROLES = (ML_ENGINEER, APPROVER)
 PAGE_SIZE = 50

@@ -1,10 +1,10 @@
 from lifecycle.core.jobs import maintenance_step, task
-from lifecycle.core.roles import APPROVER, LABELER, ML_ENGINEER, VIEWER
+from lifecycle.core.roles import LABELER, READ_ROLES
 
-# Who may read these jobs (labeling/views.py): QC results, frozen versions and model
+# Who may read these jobs (as labeling/views.py): QC results, frozen versions and model
 # suggestions are statistics, which labelers do not see; the project itself they do.
-STATS_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
-LIST_ROLES = (LABELER, ML_ENGINEER, APPROVER, VIEWER)
+STATS_ROLES = READ_ROLES
+LIST_ROLES = (LABELER, *READ_ROLES)
 
 
 @maintenance_step("expired_claims")

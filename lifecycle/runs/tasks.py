@@ -1,8 +1,6 @@
 from lifecycle.core.jobs import task
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER
-
-# Who may read these jobs: those who see run pages (runs/views.py); results carry test metrics.
-READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
+# Those who see run pages read run jobs too: their results carry test metrics.
+from lifecycle.core.roles import READ_ROLES
 
 
 @task(queue="training", roles=READ_ROLES)

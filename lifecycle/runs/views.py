@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from lifecycle.core.models import Job
 from lifecycle.core.queues import QueueUnavailable
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, VIEWER, has_role, role_required
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, has_role, role_required
 from lifecycle.datasets.models import Example
 from lifecycle.lib import jsonbody
 from lifecycle.runs import charts, launch
@@ -19,7 +19,6 @@ from lifecycle.runs.config import ConfigError, RunConfig
 from lifecycle.runs.forms import CompareForm, RunFilterForm, RunForm, SinceForm
 from lifecycle.runs.models import Run, RunError
 
-READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER)
 # Example texts can hold personal data: as in datasets, rows are for engineers and approvers.
 ROW_ROLES = (ML_ENGINEER, APPROVER)
 PAGE_SIZE = 50

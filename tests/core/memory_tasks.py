@@ -1,7 +1,7 @@
 """Tasks that exist only for tests/core/test_job_memory_limit.py (imported by worker
 subprocesses by the task's dotted name, as tests/core/jobtasks.py is)."""
 from lifecycle.core.jobs import task
-from lifecycle.core.worker import memory_limit_in_force
+from lifecycle.core.jobs import memory_limit_in_force
 
 MiB = 1024 * 1024
 

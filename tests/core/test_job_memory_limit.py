@@ -16,6 +16,6 @@ def test_a_job_over_its_memory_limit_fails_and_says_so(tmp_path, redis, engineer
     log = run_burst(tmp_path, "default", env={"JOB_MEMORY_LIMIT_MB": "600"})
     over, under = Job.objects.get(pk=over.pk), Job.objects.get(pk=under.pk)
     assert over.status == "failed", log
-    print(over.error)
+    assert "ran out of its memory limit (600 MB)" in over.error, over.error
     assert under.status == "succeeded", log
     print(under.result)

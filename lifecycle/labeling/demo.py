@@ -1,13 +1,18 @@
 """Demo labeling: a review project over the demo support-intents version, with answers already
 given by the three demo labelers (mostly agreeing, some 2–1 disagreements, a few gold misses by
 the careless one, one three-way tie and one flag waiting for adjudication), and QC computed.
+Nobody looked at those examples, so their answer times are scripted too (each labeler's own
+pace, the careless one fastest): QC's median time per answer reads like a real team's.
 
 Like the demo run, it is made by a default-queue job queued after the demo dataset's ingest,
 and it asks for model suggestions from the demo run once that run has trained."""
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from lifecycle.core.jobs import enqueue
-from lifecycle.labeling.models import Item, LabelingProject
+from lifecycle.labeling.models import Assignment, Item, LabelingProject
 
 NAME = "Demo: support intents review"
 INSTRUCTIONS = ("Pick the customer's main intent. If a message asks two things, pick what they want done first; "
@@ -17,6 +22,13 @@ LABELERS = ("demo-labeler", "demo-labeler-2", "demo-labeler-3")
 # answered fewer, so each answer they give completes an example and moves the QC numbers.
 ANSWERED = {"demo-labeler": 40, "demo-labeler-2": 80, "demo-labeler-3": 80}
 TIE_AT, FLAG_AT = 7, 12  # non-gold examples (by order met) that end in a tie and a flag
+PACE = {"demo-labeler": 7.0, "demo-labeler-2": 5.0, "demo-labeler-3": 2.5}  # seconds per example
+
+
+def _think_seconds(username, n):
+    """The scripted time a demo labeler took on their n-th example: half to one and a half
+    times their pace, spread evenly."""
+    return PACE[username] * (0.5 + (n * 7 % 11) / 10)
 
 
 def seed(stdout):
@@ -75,6 +87,8 @@ def build():
         met = gold_met = 0
         for _ in range(ANSWERED[username]):
             assignment = project.next_for(user)
+            shown = timezone.now() - timedelta(seconds=_think_seconds(username, met + gold_met))
+            Assignment.objects.filter(pk=assignment.pk).update(shown_at=shown)
             item = Item.objects.select_related("example").get(pk=assignment.item_id)
             assignment.answer(**_answer_for(username, item, met, gold_met, project.label_set))
             gold_met += item.is_gold

@@ -28,6 +28,9 @@ from lifecycle.datasets.models import DatasetVersion, Example
 # undo keys; `?` shows them all).
 LABEL_KEYS = "1234567890abcdeghijklmnopqrtvwxyz"
 MAX_LABELS = len(LABEL_KEYS)
+# The start page counts a labeler's waiting examples up to this many ("1000+"): a bounded
+# index walk whatever the project's size.
+WAITING_CAP = 1000
 
 
 class LabelingError(Exception):
@@ -137,11 +140,14 @@ class LabelingProject(models.Model):
     # --- queues ---------------------------------------------------------------------------
 
     def next_for(self, user):
-        """The labeler's current item: their newest pending claim (an undone answer comes back
-        first), or a newly claimed slot."""
+        """The labeler's current item, handed out to be shown now: their newest pending claim (an
+        undone answer comes back first), or a newly claimed slot. Its answer time counts from
+        this moment (`shown_at`), so a claim reloaded after a break is not timed from the claim."""
         self.check_open()
         pending = self.pending_for(user)
         if pending is not None:
+            pending.shown_at = timezone.now()
+            Assignment.objects.filter(pk=pending.pk).update(shown_at=pending.shown_at)
             return pending
         for _ in range(3):
             try:
@@ -165,8 +171,9 @@ class LabelingProject(models.Model):
             item.slots_taken += 1
             item.is_open = item.is_gold or item.slots_taken < self.overlap
             Item.objects.filter(pk=item.pk).update(slots_taken=item.slots_taken, is_open=item.is_open)
+            now = timezone.now()
             return Assignment.objects.create(project=self, item=item, annotator=user, position=item.position,
-                                             served_at=timezone.now())
+                                             served_at=now, shown_at=now)
 
     def _open_item(self, user):
         # Items past the labeler's last claim are new to them (claims only move forward).
@@ -186,6 +193,21 @@ class LabelingProject(models.Model):
             seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
             item = items.select_for_update(of=("self",)).filter(~Exists(seen)).first()
         return item
+
+    def waiting_for(self, user, limit=WAITING_CAP):
+        """How many examples wait for the labeler, counted up to `limit`: the one on their screen
+        and the open items past their last claim (new to them: claims only move forward). Only
+        when none is ahead are the open items behind it that they never met counted (slots freed
+        by skips) — the queue's own rare path, the one a pull would take next."""
+        mine = Assignment.objects.filter(project=self, annotator=user)
+        pending = mine.filter(state=Assignment.State.PENDING).exists()
+        last = mine.aggregate(last=Max("position"))["last"]
+        items = Item.objects.filter(project=self, is_open=True)
+        ahead = items.filter(position__gt=-1 if last is None else last)[:limit].count()
+        if ahead == 0 and last is not None:
+            seen = Assignment.objects.filter(item=OuterRef("pk"), annotator=user)
+            ahead = items.filter(~Exists(seen))[:limit].count()
+        return min(limit, pending + ahead)
 
     def assignment_for(self, user, item_id):
         assignment = (Assignment.objects.filter(project=self, annotator=user, item_id=item_id)
@@ -472,6 +494,9 @@ class Assignment(models.Model):
     flagged = models.BooleanField(default=False)
     note = models.TextField(blank=True)
     served_at = models.DateTimeField()
+    # When the review page last handed the example out; None for claims made before it was
+    # recorded. The answer time is answered_at − shown_at.
+    shown_at = models.DateTimeField(null=True, blank=True)
     answered_at = models.DateTimeField(null=True, blank=True)
     seconds = models.FloatField(null=True, blank=True)
     changed_at = models.DateTimeField(auto_now=True)
@@ -508,9 +533,12 @@ class Assignment(models.Model):
             now = timezone.now()
             Assignment.objects.filter(pk=me.pk).update(
                 state=self.State.ANSWERED, label=label, flagged=flagged, note=note, answered_at=now,
-                seconds=max(0.0, (now - me.served_at).total_seconds()), changed_at=now)
+                seconds=me.seconds_since_shown(now), changed_at=now)
             item.refresh_consensus(me.project.overlap)
         return me
+
+    def seconds_since_shown(self, now):
+        return None if self.shown_at is None else max(0.0, (now - self.shown_at).total_seconds())
 
     def skip(self):
         """Pass on the item: its slot goes back to the pool, and it never comes back to this labeler."""
@@ -559,7 +587,7 @@ class Assignment(models.Model):
             now = timezone.now()
             Assignment.objects.filter(pk=me.pk).update(
                 state=self.State.PENDING, label="", flagged=False, note="", answered_at=None, seconds=None,
-                served_at=now, changed_at=now)
+                served_at=now, shown_at=now, changed_at=now)
             item.refresh_consensus(item.project.overlap)
 
 

@@ -10,6 +10,7 @@ import math
 import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from lifecycle.labeling import agreement
@@ -173,6 +174,9 @@ def freeze_reasons(project, data, progress):
     states = progress["states"]
     unfinished = states[Item.State.OPEN] + states[Item.State.TIE] + states[Item.State.FLAGGED]
     if unfinished:
-        reasons.append(f"{unfinished} examples have no final label yet ({states[Item.State.OPEN]} waiting for answers, "
-                       f"{states[Item.State.TIE]} ties and {states[Item.State.FLAGGED]} flagged to adjudicate).")
+        ties = states[Item.State.TIE]
+        has = "has" if unfinished == 1 else "have"
+        reasons.append(f"{unfinished} example{pluralize(unfinished)} {has} no final label yet "
+                       f"({states[Item.State.OPEN]} waiting for answers, {ties} tie{pluralize(ties)} and "
+                       f"{states[Item.State.FLAGGED]} flagged to adjudicate).")
     return reasons

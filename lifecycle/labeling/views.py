@@ -3,6 +3,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -51,7 +52,8 @@ def project_create(request):
         except LabelingError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Project created with {project.item_count} examples, {project.gold_count} of them gold.")
+            n = project.item_count
+            messages.success(request, f"Project created with {n} example{pluralize(n)}, {project.gold_count} of them gold.")
             return redirect(project)
     return render(request, "labeling/project_form.html", {"form": form})
 

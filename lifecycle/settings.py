@@ -97,6 +97,7 @@ MIDDLEWARE = [
     "lifecycle.core.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "lifecycle.core.middleware.NotFoundPageMiddleware",
     # Last, as axes asks: it turns a refused login into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 
 handler403 = "lifecycle.core.views.permission_denied"
+handler404 = "lifecycle.core.views.page_not_found"
 
 urlpatterns = [
     path("", include("lifecycle.core.urls")),

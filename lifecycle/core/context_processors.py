@@ -1,4 +1,6 @@
-from django.urls import NoReverseMatch, reverse
+import functools
+
+from django.urls import NoReverseMatch, resolve, reverse
 
 from lifecycle.core.roles import user_roles
 
@@ -15,17 +17,29 @@ NAVIGATION = (
 )
 
 
-def _nav_items():
-    items = []
+@functools.cache
+def _sections():
+    """(label, url, roles) per routed section. The roles are read from the view the item links
+    to (its @role_required), so the menu can never offer a page that answers 403; None means
+    any logged-in user."""
+    sections = []
     for label, name in NAVIGATION:
         try:
-            items.append((label, reverse(name)))
+            url = reverse(name)
         except NoReverseMatch:
             continue
-    return items
+        sections.append((label, url, getattr(resolve(url).func, "lifecycle_roles", None)))
+    return tuple(sections)
+
+
+def nav_items(user):
+    """The sections `user` may open, as (label, url)."""
+    roles = user_roles(user)
+    return [(label, url) for label, url, needed in _sections() if needed is None or roles & set(needed)]
 
 
 def navigation(request):
     user = getattr(request, "user", None)
-    roles = sorted(user_roles(user)) if user is not None else []
-    return {"nav_items": _nav_items(), "user_role_names": roles}
+    if user is None or not user.is_authenticated:
+        return {"nav_items": [], "user_role_names": []}
+    return {"nav_items": nav_items(user), "user_role_names": sorted(user_roles(user))}

@@ -1,8 +1,9 @@
 from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequiredMiddleware
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 
 from lifecycle.core.models import ApiToken
+from lifecycle.core.views import page_not_found
 
 
 def is_api(request):
@@ -59,8 +60,32 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         header = csp_header(settings.SECURE_CSP)
-        # Django's debug error pages (DEBUG only) are built from inline CSS and scripts.
-        debug_page = settings.DEBUG and response.status_code in (404, 500)
+        # Django's debug error page (DEBUG only) is built from inline CSS and scripts; its 404
+        # page never shows (NotFoundPageMiddleware answers with ours).
+        debug_page = settings.DEBUG and response.status_code == 500
         if header and not debug_page:
             response.headers.setdefault("Content-Security-Policy", header)
         return response
+
+
+class NotFoundPageMiddleware:
+    """With DEBUG on, every 404 still gets our page. Django then answers one with its technical
+    page instead of handler404, listing every URL pattern, and the demo runs with DEBUG on.
+
+    Inside CommonMiddleware, so that a missing trailing slash is still redirected.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        # No resolver match: no route took the path (a view's own 404 comes through process_exception).
+        if settings.DEBUG and response.status_code == 404 and request.resolver_match is None:
+            return page_not_found(request)
+        return response
+
+    def process_exception(self, request, exception):
+        if settings.DEBUG and isinstance(exception, Http404):
+            return page_not_found(request, exception)
+        return None

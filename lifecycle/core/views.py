@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from lifecycle.core.artifacts import ArtifactNotFound, InvalidArtifactKey, get_store, validate_key
 from lifecycle.core.forms import ApiTokenForm, AuditFilterForm
+from lifecycle.core.home import panels_for
 from lifecycle.core.models import ApiToken, AuditEvent, Job
 from lifecycle.core.jobs import enqueue
 from lifecycle.core.queues import QueueUnavailable, redis_status
@@ -44,11 +45,31 @@ def permission_denied(request, exception=None):
     return render(request, "403.html", {"message": str(exception or "")}, status=403)
 
 
+def page_not_found(request, exception=None):
+    """Our 404 page (handler404, and NotFoundPageMiddleware when DEBUG is on): never a list of routes."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": "not_found", "detail": "There is nothing at this address."}, status=404)
+    return render(request, "404.html", status=404)
+
+
+# Sections whose apps are not built yet (core/urls.py routes them here); each goes when its app
+# routes its own pages.
+NOT_AVAILABLE = {
+    "registry": "The model registry",
+    "deployments": "Deployments",
+    "monitoring": "Monitoring",
+}
+
+
+def not_available(request, section, rest=""):
+    return render(request, "core/not_available.html", {"what": NOT_AVAILABLE[section]}, status=404)
+
+
 @require_GET
 def home(request):
     roles = user_roles(request.user)
     descriptions = [(role, ROLE_DESCRIPTIONS[role]) for role in ROLES if role in roles]
-    return render(request, "core/home.html", {"role_descriptions": descriptions})
+    return render(request, "core/home.html", {"role_descriptions": descriptions, "panels": panels_for(request)})
 
 
 @login_not_required

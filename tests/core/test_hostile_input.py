@@ -162,7 +162,7 @@ def _seed(tmp):
     token, _ = ApiToken.issue(admin, "walk")
     values = {"job_id": run.job_id, "run_id": run.pk, "project_id": project.pk, "item_id": project.items.first().pk,
               "upload_id": upload.pk, "token_id": token.pk, "slug": version.dataset.slug, "number": version.number,
-              "operation": "resplit", "fmt": "csv", "sha256": "0" * 64}
+              "operation": "resplit", "fmt": "csv", "sha256": "0" * 64, "rest": "v1/below"}
     config = {"dataset_version": version.pk, "base_model": run.base_model, "epochs": 1, "max_length": 64}
     bases = {"runs:api_create": config, "runs:create": config, "labeling:skip": {"item": values["item_id"]},
              "labeling:answer": {"item": values["item_id"], "label": project.label_set[0]},

@@ -10,6 +10,7 @@ import functools
 
 from django.utils.module_loading import autodiscover_modules
 
+from lifecycle.core.context_processors import nav_items
 from lifecycle.core.roles import APPROVER, ONCALL, VIEWER, user_roles
 
 _registry = []
@@ -70,7 +71,5 @@ def production(request):
 
 @panel(VIEWER, order=90)
 def readable(request):
-    from lifecycle.core.context_processors import nav_items
-
     return Panel("What you may read", rows=[(label, url, "") for label, url in nav_items(request.user)],
                  id="home-readable")

@@ -1,7 +1,9 @@
 """Every response carries the strict Content-Security-Policy (the browser side is in
 tests/browser/test_csp.py)."""
 import pytest
+from django.http import HttpResponseServerError
 
+from lifecycle.core.middleware import ContentSecurityPolicyMiddleware
 from tests.conftest import make_user
 
 
@@ -37,10 +39,14 @@ def test_an_anonymous_redirect_and_an_api_401_carry_it_too(client, db):
     assert_strict(client.get("/api/v1/runs"))
 
 
-def test_django_debug_pages_go_without_it_and_pages_keep_it(client, db, settings):
-    # The yellow debug pages are inline CSS and script; they exist only with DEBUG on.
+def test_django_debug_pages_go_without_it_and_pages_keep_it(client, db, settings, rf):
+    # The yellow debug error page is inline CSS and script; it exists only with DEBUG on. A 404
+    # is our own page even then (NotFoundPageMiddleware), so it keeps the policy.
     settings.DEBUG = True
     client.force_login(make_user("erin-engineer", "ml_engineer"))
     missing = client.get("/datasets/no-such-dataset/")
-    assert missing.status_code == 404 and "Content-Security-Policy" not in missing.headers
+    assert missing.status_code == 404 and "There is nothing at this address." in missing.content.decode()
+    assert_strict(missing)
     assert_strict(client.get("/datasets/"))
+    debug_500 = ContentSecurityPolicyMiddleware(lambda request: HttpResponseServerError("debug page"))(rf.get("/"))
+    assert "Content-Security-Policy" not in debug_500.headers

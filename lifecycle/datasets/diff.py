@@ -28,7 +28,7 @@ MAX_PAGE = 1_000_000  # 50 million changed rows: past any version a page can be 
 EDITED, ADDED, REMOVED = "edited", "added", "removed"
 KINDS = (EDITED, ADDED, REMOVED)
 BY_IDENTITY, BY_CONTENT = "identity", "content"
-FIELDS = ("row", "text", "response", "label", "split", "group", "timestamp", "metadata", "row_sha256")
+FIELDS = ("version", "row", "text", "response", "label", "split", "group", "timestamp", "metadata", "row_sha256")
 _WORDS = re.compile(r"(\s+)")
 
 

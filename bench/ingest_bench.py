@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/ingest_bench.py                 # 100k and 1M rows
     .venv/bin/python bench/ingest_bench.py --rows 20000    # a quick run
+    .venv/bin/python bench/ingest_bench.py --rows 200000 --databases sqlite postgresql   # side by side
 
 Each size runs in its own process (so peak RSS is that size's alone) against a PostgreSQL
-database `lifecycle_bench` (dropped and made afresh) and a temporary artifact folder. After
+database `lifecycle_bench` (dropped and made afresh), or a new SQLite file (`--databases
+sqlite`, the embedded default), and a temporary artifact folder. After
 the ingest it times the example browser's server side on the new version: pages and filters
 through Django's test client, as a logged-in engineer. Results are appended to
 bench/RESULTS.md with the machine and date.
@@ -83,8 +85,8 @@ def cpu_seconds():
     return sum(own), sum(children), busy / os.sysconf("SC_CLK_TCK")
 
 
-def setup_django(artifacts):
-    os.environ.update(DATABASE_URL=DB_URL, SECRET_KEY="bench-" + "x" * 50, DEBUG="false", ALLOWED_HOSTS="testserver",
+def setup_django(artifacts, database_url=DB_URL):
+    os.environ.update(DATABASE_URL=database_url, SECRET_KEY="bench-" + "x" * 50, DEBUG="false", ALLOWED_HOSTS="testserver",
                       SECURE_SSL_REDIRECT="false", ARTIFACT_DIR=str(artifacts), LIFECYCLE_DATA_DIR=str(artifacts.parent),
                       DJANGO_SETTINGS_MODULE="lifecycle.settings")
     sys.path.insert(0, str(ROOT))
@@ -97,10 +99,10 @@ def setup_django(artifacts):
     call_command("collectstatic", interactive=False, verbosity=0)  # DEBUG is off: pages need the manifest
 
 
-def run_one(path, rows):
+def run_one(path, rows, database="postgresql"):
     """One size, in this process: the ingest phases, then the example browser."""
     work = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
-    setup_django(work / "artifacts")
+    setup_django(work / "artifacts", f"sqlite:///{work / 'bench.sqlite3'}" if database == "sqlite" else DB_URL)
     from lifecycle.datasets import ingest
     from lifecycle.datasets.models import Dataset
     from lifecycle.datasets.readers import ColumnMapping
@@ -138,7 +140,7 @@ def run_one(path, rows):
     lap(current[0], t)
     total = time.perf_counter() - started
     dedup_report, leak = version.dedup_report, version.leakage_report
-    result = {"rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
+    result = {"database": database, "rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
               "phases": {name: {"s": s, "rows_per_s": rows / s} for name, s in times.items()},
               "inside_stage": {name: {"s": s, "rows_per_s": rows / s} for name, s in stage.timings.items()},
               "peak_rss_mb": peak_rss_mb(), "helper_peak_rss_mb": helpers.peak_mb, "peak_after_phase_mb": peaks, "cpu": cpu, "dedup": {k: dedup_report[k] for k in ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows")},
@@ -191,17 +193,19 @@ def machine():
 
 
 def report(results):
-    lines = [f"\n## Dataset ingest — {date.today().isoformat()}\n", f"Machine: {machine()}. PostgreSQL 15 on the same machine.",
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    lines = [f"\n## Dataset ingest — {date.today().isoformat()}, commit {commit}\n",
+             f"Machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end. PostgreSQL 15 on the same machine.",
              "Command: `.venv/bin/python bench/ingest_bench.py`. Generated JSONL (lifecycle.datasets.synthetic): "
              "customer-support messages, 5 % with PII, 3 % exact or near duplicates, customer ids as groups.\n",
-             "| rows | end to end | rows/s | peak RSS | largest helper's peak RSS | duplicates removable | PII rows |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| database | rows | end to end | rows/s | peak RSS | largest helper's peak RSS | duplicates removable | PII rows |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         helper = f"{r['helper_peak_rss_mb']:,.0f} MB" if r.get("helper_peak_rss_mb") else "none"
-        lines.append(f"| {r['rows']:,} | {r['total_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} MB | {helper} | "
+        lines.append(f"| {r.get('database', 'postgresql')} | {r['rows']:,} | {r['total_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} MB | {helper} | "
                      f"{r['dedup']['removable_rows']:,} | {r['pii_rows']:,} |")
     for r in results:
-        lines += [f"\nPhases at {r['rows']:,} rows (CPU seconds: this process, its helper processes, the rest of the "
+        lines += [f"\nPhases at {r['rows']:,} rows on {r.get('database', 'postgresql')} (CPU seconds: this process, its helper processes, the rest of the "
                   "machine, which is PostgreSQL):\n",
                   "| phase | seconds | rows/s | peak RSS so far | CPU main / helpers / PostgreSQL |", "| --- | --- | --- | --- | --- |"]
         phases = list(r["phases"].items())
@@ -210,6 +214,11 @@ def report(results):
             peak, cpu = r["peak_after_phase_mb"].get(name), r["cpu"].get(name)
             used = f"{cpu['main']:.1f} / {cpu['helpers']:.1f} / {cpu['rest']:.1f}" if cpu else ""
             lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} | {used} |")
+    for rows in sorted({r["rows"] for r in results}):
+        by = {r.get("database", "postgresql"): r for r in results if r["rows"] == rows}
+        if {"sqlite", "postgresql"} <= set(by):
+            lines.append(f"\nAt {rows:,} rows SQLite takes {by['sqlite']['total_s'] / by['postgresql']['total_s']:.2f}× "
+                         "PostgreSQL's time end to end.")
     last = results[-1]
     lines += [f"\nExample browser, server time (median of 5, ms) on the {last['rows']:,}-row version:\n",
               "| page / filter | ms |", "| --- | --- |"] + [f"| {k} | {v:.1f} |" for k, v in last["browse_ms"].items()]
@@ -221,21 +230,26 @@ def report(results):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
-    parser.add_argument("--run", nargs=2, metavar=("FILE", "ROWS"), help=argparse.SUPPRESS)
+    parser.add_argument("--databases", nargs="+", choices=["postgresql", "sqlite"], default=["postgresql"])
+    parser.add_argument("--run", nargs=3, metavar=("FILE", "ROWS", "DATABASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        return run_one(Path(args.run[0]), int(args.run[1]))
+        return run_one(Path(args.run[0]), int(args.run[1]), args.run[2])
     results = []
     for rows in args.rows:
-        reset_database()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "data.jsonl"
             generate(path, rows)
-            out = subprocess.run([sys.executable, __file__, "--run", str(path), str(rows)], capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"the {rows:,}-row run failed:\n{out.stderr[-3000:]}")
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"{rows:,} rows: {results[-1]['rows_per_s']:,.0f} rows/s, peak {results[-1]['peak_rss_mb']:,.0f} MB", flush=True)
+            for database in args.databases:
+                if database == "postgresql":
+                    reset_database()
+                out = subprocess.run([sys.executable, __file__, "--run", str(path), str(rows), database],
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"the {rows:,}-row run on {database} failed:\n{out.stderr[-3000:]}")
+                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"{rows:,} rows on {database}: {results[-1]['rows_per_s']:,.0f} rows/s, "
+                      f"peak {results[-1]['peak_rss_mb']:,.0f} MB", flush=True)
     report(results)
 
 

@@ -893,7 +893,9 @@ def derive_version(parent, operation, transform, *, user=None, reports=None, pii
     reports = reports if reports is not None else inherited_reports(parent)
     try:
         for batch in iter_row_batches(parent):
-            batch.pop("row")
+            # A parent written before origin_row was kept: its row is the identity (right for
+            # an upload; for any other parent, DatasetVersion.origin() says the family has none).
+            batch.setdefault("origin_row", batch.pop("row"))
             new = transform(batch)
             if new["text"]:
                 writer.add(new)

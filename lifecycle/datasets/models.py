@@ -156,6 +156,17 @@ class DatasetVersion(models.Model):
     def split_counts(self):
         return self.manifest.get("counts", {})
 
+    def origin(self):
+        """The upload this version's rows descend from (itself for an upload), or None where
+        some version on the way was written without `Example.origin_row`."""
+        version = self
+        while True:
+            if "origin_row" not in version.manifest.get("schema", {}):
+                return None
+            if version.operation == self.Operation.UPLOAD or version.parent_id is None:
+                return version
+            version = DatasetVersion.objects.only("id", "parent_id", "operation", "manifest").get(pk=version.parent_id)
+
 
 class PiiSignOff(models.Model):
     """An approver's recorded acceptance of the PII in one version (policy "allow")."""
@@ -210,6 +221,11 @@ class Example(models.Model):
     # and each index costs time on a million-row COPY.
     version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="examples", db_index=False)
     row = models.PositiveIntegerField()
+    # The row's identity across a version's family: its row number in the upload it descends
+    # from (an upload's own rows: `row`). Children keep it through redaction, dedup, new splits
+    # and frozen labels, so the diff matches a row to itself even where dedup moved `row`.
+    # Null only for rows written before it was kept.
+    origin_row = models.PositiveIntegerField(null=True, blank=True)
     text = models.TextField()  # the prompt, for instruction pairs
     response = models.TextField(blank=True)
     label = models.CharField(max_length=200, blank=True)
@@ -235,6 +251,9 @@ class Example(models.Model):
             # Only the rows with PII (a few percent): the "no PII" filter reads the (version,
             # row) order and skips the few, and the import maintains a far smaller index.
             models.Index(fields=["version", "row"], condition=models.Q(has_pii=True), name="example_pii_rows_idx"),
+            # The diff's join. Cheap to keep up: origin_row rises with row in every version,
+            # so an import appends to this index as it does to (version, row).
+            models.Index(fields=["version", "origin_row"], name="example_origin_row_idx"),
             # No index on content_key: the diff compares whole versions, which PostgreSQL does
             # with a hash anti-join, and a randomly ordered index costs seconds per million rows
             # on every import.

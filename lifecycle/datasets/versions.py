@@ -35,6 +35,7 @@ MANIFEST_FORMAT = 1
 ROW_FIELDS = ("text", "response", "label", "group", "timestamp", "metadata")
 SCHEMA = pa.schema([
     ("row", pa.uint32()),
+    ("origin_row", pa.uint32()),  # Example.origin_row: the row's identity across versions
     ("text", pa.string()),
     ("response", pa.string()),
     ("label", pa.string()),
@@ -47,7 +48,7 @@ SCHEMA = pa.schema([
     ("pii_kinds", pa.string()),
     ("duplicate_cluster", pa.int64()),
 ])
-EXAMPLE_COLUMNS = ("version_id", "row", "text", "response", "label", "split", "group", "timestamp",
+EXAMPLE_COLUMNS = ("version_id", "row", "origin_row", "text", "response", "label", "split", "group", "timestamp",
                    "row_sha256", "content_key", "has_pii", "pii_kinds", "duplicate_cluster", "metadata")
 READ_BATCH = 20_000
 # Rows turned into COPY data at a time: a slice's CSV (~2 MB) and Arrow's copy of it are all
@@ -112,7 +113,8 @@ class VersionWriter:
         self._sliced = connection.vendor == "sqlite" and not connection.in_atomic_block
 
     def add(self, batch):
-        """Append a batch: a dict of column lists, or an Arrow table, with every SCHEMA column but `row`."""
+        """Append a batch: a dict of column lists, or an Arrow table, with every SCHEMA column but
+        `row` (and `origin_row` for an upload, whose rows are their own origin)."""
         table = _as_table(batch, self.rows)
         self._count(table)
         self.writer.write_table(table)
@@ -340,10 +342,11 @@ def _refuse_during_copy(execute, sql, params, many, context):
 
 def _as_table(batch, first_row):
     if isinstance(batch, dict):
-        size = len(batch["text"])
-        return pa.Table.from_pydict(dict(batch, row=list(range(first_row, first_row + size))), schema=SCHEMA)
+        rows = list(range(first_row, first_row + len(batch["text"])))
+        return pa.Table.from_pydict({"origin_row": rows, **batch, "row": rows}, schema=SCHEMA)
     rows = pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.uint32))
-    return pa.table([rows if name == "row" else batch.column(name) for name in SCHEMA.names], schema=SCHEMA)
+    given = {"row": rows, "origin_row": rows} | {name: batch.column(name) for name in batch.column_names if name != "row"}
+    return pa.table([given[name] for name in SCHEMA.names], schema=SCHEMA)
 
 
 def reserve_version_id():
@@ -476,7 +479,7 @@ def _example_table(version_id, batch):
     kinds = pc.fill_null(column("pii_kinds"), empty)
     return pa.table([
         pa.array(np.full(batch.num_rows, version_id, dtype=np.int64)),
-        column("row"), column("text"),
+        column("row"), column("origin_row"), column("text"),
         pc.fill_null(column("response"), empty), pc.fill_null(column("label"), empty),
         pc.index_in(column("split"), value_set=pa.array(SPLIT_NAMES)),
         pc.fill_null(column("group"), empty), column("timestamp"), column("row_sha256"), column("content_key"),

@@ -1,4 +1,6 @@
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import transaction
@@ -23,7 +25,7 @@ from lifecycle.datasets.forms import (
 )
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, PiiSignOff, Upload
 from lifecycle.lib.csvsafe import csv_lines
-from lifecycle.lib.params import BadParameter, parse_id
+from lifecycle.lib.params import BadParameter, parse_id, parse_int
 
 # Example texts can hold personal data: statistics are for every reader, rows are not.
 ROW_ROLES = (ML_ENGINEER, APPROVER)
@@ -262,11 +264,33 @@ def version_diff(request, slug):
     except BadParameter:
         return render(request, "datasets/diff.html", {"dataset": dataset, "error": "Choose two versions to compare."},
                       status=400 if request.GET else 200)
+    try:
+        pages = _diff_pages(request.GET)
+    except BadParameter as exc:
+        return render(request, "datasets/diff.html", {"dataset": dataset, "error": f"{exc}."}, status=400)
     old, new = _get_version(slug, a), _get_version(slug, b)
-    result = diff.compare(old, new)
+    result = diff.compare(old, new, pages)
     chart = grouped_bars(result["labels"], {f"v{old.number}": result["old_counts"], f"v{new.number}": result["new_counts"]},
                          title="Label distribution")
-    return render(request, "datasets/diff.html", {"dataset": dataset, "old": old, "new": new, "diff": result, "chart": chart})
+    return render(request, "datasets/diff.html", {"dataset": dataset, "old": old, "new": new, "diff": result, "chart": chart,
+                                                  "sections": _diff_sections(result["pages"], a, b)})
+
+
+def _diff_pages(query):
+    """{kind: page number} from ?edited=2&added=1&removed=3 (each 1 when not given)."""
+    return {kind: parse_int(query[kind], f"page of {kind} rows", low=1, high=diff.MAX_PAGE)
+            for kind in diff.KINDS if query.get(kind, "") != ""}
+
+
+def _diff_sections(pages, a, b):
+    """Each kind's page with the links to its previous and next page (the other kinds stay
+    on theirs)."""
+    def link(kind, number):
+        numbers = {k: page.number for k, page in pages.items()} | {kind: number}
+        return "?" + urlencode({"a": a, "b": b, **numbers}) + f"#{kind}"
+
+    return [{"page": page, "previous": link(kind, page.number - 1) if page.has_previous else None,
+             "next": link(kind, page.number + 1) if page.has_next else None} for kind, page in pages.items()]
 
 
 # --- JSON API --------------------------------------------------------------------------------

@@ -371,8 +371,8 @@ def test_diff_reports_added_removed_and_relabeled(tmp_path):
     changed[0] = dict(changed[0], label="shipping" if changed[0]["label"] != "shipping" else "billing")
     [new] = run(dataset, write_jsonl(tmp_path / "b.jsonl", changed), "jsonl")
     result = diff.compare(old, new)
-    assert (result["added_count"], result["removed_count"], result["relabeled_count"]) == (4, 2, 1)
-    assert result["relabeled"][0].old_label == base[2]["label"]
+    assert (result["added_count"], result["removed_count"], result["edited_count"]) == (4, 2, 1)
+    assert result["pages"]["edited"].rows[0].old.label == base[2]["label"]
     assert sum(result["new_counts"]) - sum(result["old_counts"]) == 2
 
 

@@ -483,8 +483,9 @@ def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestam
 def feasibility(splits, fractions=DEFAULT_FRACTIONS, *, joins=None):
     """Whether the splits meet their fractions, JSON-ready; where they do not, why.
 
-    A split falls short when it should hold at least one row and holds less than half of
-    its share: a greedy split of whole blocks lands near its targets unless a block is big.
+    A split falls short when it should hold a row or more and holds none, or less than half
+    its share in whole rows: a greedy split of whole blocks lands near its targets unless a
+    block is big (on tiny data a split of one row in three is not held against it).
     fractions=None (splits given by the data) reports the rows and checks nothing. Where a
     split falls short, `units` says what the rows were joined into by `joins` (kind ->
     groups, exact keys, near-duplicate pairs or duplicate sets, as leakage_report takes
@@ -497,7 +498,7 @@ def feasibility(splits, fractions=DEFAULT_FRACTIONS, *, joins=None):
         return {"fractions": None, "rows": dict(zip(SPLIT_NAMES, counts)), "short": [], "meets_fractions": None}
     fractions = _check_fractions(fractions)
     targets = (fractions * sum(counts)).tolist()
-    short = [name for name, rows, target in zip(SPLIT_NAMES, counts, targets) if target >= 1 and rows * 2 < target]
+    short = [name for name, rows, target in zip(SPLIT_NAMES, counts, targets) if target >= 1 and rows < max(1, target // 2)]
     report = {"fractions": [round(f, 4) for f in fractions.tolist()], "rows": dict(zip(SPLIT_NAMES, counts)),
               "targets": {name: round(t, 1) for name, t in zip(SPLIT_NAMES, targets)},
               "short": short, "meets_fractions": not short}

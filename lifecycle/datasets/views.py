@@ -256,8 +256,9 @@ def version_action(request, slug, number, operation):
         options = form.options()
     existing = version.existing_child(operation, options)
     if existing is not None:
-        messages.info(request, f"v{existing.number} already is this {OPERATION_NOUNS[operation]} of v{version.number}"
-                               f"{' (' + options.describe() + ')' if operation == 'resplit' else ''}: nothing new was made.")
+        how = f" — {options.describe()}" if operation == "resplit" else ""
+        messages.info(request, f"v{existing.number} already is this {OPERATION_NOUNS[operation]} of v{version.number}{how}: "
+                               "nothing new was made.")
         return redirect(existing)
     try:
         with transaction.atomic():
@@ -381,4 +382,6 @@ def api_version_detail(request, slug, number):
     version = _get_version(slug, number)
     return JsonResponse({"dataset": slug, "version": version.number, "manifest": version.manifest,
                          "manifest_sha256": version.manifest_sha256, "pii_status": version.pii_status,
-                         "has_leakage": version.has_leakage, "usable_for_training": version.usable_for_training})
+                         "has_leakage": version.has_leakage, "usable_for_training": version.usable_for_training,
+                         "training_blockers": version.training_blockers(),
+                         "split_meets_fractions": version.split_meets_fractions})

@@ -6,7 +6,7 @@ from django.db.models import Q
 
 from lifecycle.core.models import Job
 from lifecycle.datasets.models import Dataset, DatasetVersion
-from lifecycle.lib.params import MAX_ID, BadParameter, parse_ids
+from lifecycle.lib.params import MAX_ID, BadParameter, parse_id, parse_ids
 from lifecycle.runs import basemodels
 from lifecycle.runs.config import DEFAULT_LR, EARLY_STOPPING_METRICS, METHODS, PRECISIONS, SPLITS, TASKS, RunConfig
 
@@ -58,8 +58,10 @@ class UsableVersionField(forms.TypedChoiceField):
         try:
             super().validate(value)
         except ValidationError:
-            known = str(value).isdigit() and int(value) <= MAX_ID
-            version = DatasetVersion.objects.select_related("dataset").filter(pk=int(value)).first() if known else None
+            try:
+                version = DatasetVersion.objects.select_related("dataset").filter(pk=parse_id(str(value))).first()
+            except BadParameter:
+                version = None
             blockers = version.training_blockers() if version else []
             if not blockers:
                 raise

@@ -1,7 +1,9 @@
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils.text import slugify
 
 from lifecycle.datasets.models import Dataset, Example, Upload
+from lifecycle.datasets.splits import KEEP_TOGETHER, SplitOptions
 from lifecycle.lib.params import MAX_ID
 
 TARGETS = {
@@ -19,7 +21,28 @@ class DatasetForm(forms.ModelForm):
     class Meta:
         model = Dataset
         fields = ["name", "slug", "description", "task", "pii_policy", "max_labels", "max_text_chars"]
-        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+        widgets = {"description": forms.Textarea(attrs={"rows": 3}),
+                   # dataset-form.js fills the slug from the name until the slug is edited.
+                   "name": forms.TextInput(attrs={"data-slug-source": "id_slug"})}
+        labels = {"pii_policy": "PII policy", "max_labels": "Most labels", "max_text_chars": "Longest text (characters)"}
+        help_texts = {"slug": "The dataset's name in addresses: lowercase letters, digits and hyphens. "
+                              "Filled from the name; change it if you like."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["slug"].required = False  # empty: made from the name, as the page's script does
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("slug") and "slug" not in self.errors and data.get("name"):
+            data["slug"] = slugify(data["name"])[:80]
+            if not data["slug"]:
+                self.add_error("slug", "Give a slug: the name has no letters or digits to make one from.")
+            elif Dataset.objects.filter(slug=data["slug"]).exists():
+                self.add_error("slug", f"A dataset with the slug “{data['slug']}” exists already: give another.")
+        elif not data.get("slug") and "slug" not in self.errors:
+            self.add_error("slug", "This field is required.")
+        return data
 
     def clean_labels(self):
         labels = [label.strip() for label in self.cleaned_data["labels"].split(",") if label.strip()]
@@ -83,6 +106,7 @@ class BrowseForm(forms.Form):
     label = forms.CharField(required=False, max_length=200)
     pii = forms.ChoiceField(choices=PII, required=False, label="PII")
     after = forms.IntegerField(required=False, min_value=-1, max_value=MAX_ID, widget=forms.HiddenInput)
+    before = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, widget=forms.HiddenInput)
 
     def filters(self):
         data = self.cleaned_data
@@ -100,4 +124,24 @@ class SignOffForm(forms.Form):
 
 
 class ResplitForm(forms.Form):
+    """Split a version again: another seed, less kept together, or a column of the data."""
+
     seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=1)
+    keep_together = forms.ChoiceField(choices=list(KEEP_TOGETHER.items()), initial="all", required=False,
+                                      label="Keep together")
+    column = forms.ChoiceField(required=False, label="Or take the splits from the column")
+
+    def __init__(self, *args, version, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["column"].choices = [("", "— none: split by seed —")] + [(c, c) for c in version.split_columns()]
+
+    def error_text(self):
+        if "seed" in self.errors:
+            return "The seed must be a whole number from 0 to 2147483647."
+        if "column" in self.errors:
+            return "That column does not give splits in this version: choose one of the columns offered."
+        return "Choose what to keep together from the options offered."
+
+    def options(self):
+        data = self.cleaned_data
+        return SplitOptions(seed=data["seed"], keep_together=data.get("keep_together") or "all", column=data.get("column") or "")

@@ -8,6 +8,16 @@ from django.urls import reverse
 from lifecycle.core.models import AuditEvent, Job, canonical_json
 
 SPLIT_NAMES = ("train", "validation", "test")
+# The names a split column's values may use (the ingest reads the same).
+SPLIT_ALIASES = {"train": 0, "training": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2, "testing": 2}
+JOIN_NAMES = {"groups": "groups", "exact_duplicates": "exact duplicates", "near_duplicates": "near duplicates",
+              "duplicate_sets": "duplicate sets (exact or near)"}
+
+
+def _seed_of(splits_from):
+    """The seed in an older report's "seeded (seed N)"; 0 where there is none."""
+    digits = splits_from.partition("(seed ")[2].partition(")")[0]
+    return int(digits) if digits.isdigit() else 0
 
 
 class DatasetQuerySet(models.QuerySet):
@@ -149,9 +159,86 @@ class DatasetVersion(models.Model):
 
     @property
     def usable_for_training(self):
-        """PII found and not signed off, or leakage across splits, keeps a version out of training."""
-        pii_ok = self.pii_status != self.PiiStatus.FOUND or self.pii_signed_off
-        return pii_ok and not self.has_leakage
+        return not self.training_blockers()
+
+    def training_blockers(self):
+        """Why this version may not be trained on (empty: it may): PII found and not signed
+        off, leakage across splits, or splits that fall short of their fractions."""
+        blockers = []
+        if self.pii_status == self.PiiStatus.FOUND and not self.pii_signed_off:
+            blockers.append("PII not cleared: redact it or get an approver's sign-off")
+        if self.has_leakage:
+            blockers.append("leakage across splits: split it again")
+        if self.split_meets_fractions is False:
+            blockers.append(f"the split cannot meet its fractions ({self.split_problem()})")
+        return blockers
+
+    def split_rows(self):
+        """(split, rows) in train, validation, test order, leaving out empty ones."""
+        rows = self.leakage_report.get("rows", {})
+        return [(name, rows[name]) for name in (*SPLIT_NAMES, "unassigned") if rows.get(name)]
+
+    def rows_kept(self):
+        """(rows kept, rows they were kept from, from what): a child's own rows of its
+        parent's; an upload's valid rows of the rows its file held."""
+        if self.parent_id and self.operation != self.Operation.UPLOAD:
+            return self.row_count, self.parent.row_count, f"v{self.parent.number}"
+        report = self.validation_report
+        return report.get("rows_kept", self.row_count), report.get("rows_read", self.row_count), "the file"
+
+    @property
+    def split_feasibility(self):
+        return self.leakage_report.get("feasibility")
+
+    @property
+    def split_meets_fractions(self):
+        """True or False; None where nothing was checked: a version made before the check, or
+        splits the data gave (no fractions to meet)."""
+        report = self.split_feasibility
+        if not report or self.leakage_report.get("splits_from") == "given":
+            return None
+        return report.get("meets_fractions")
+
+    def split_problem(self):
+        """The shortfall in words: which splits, and what joined the rows into big units."""
+        report = self.split_feasibility or {}
+        short = ", ".join(f"{name} {report['rows'][name]} of {report['targets'][name]:g} rows" for name in report.get("short", []))
+        units = report.get("units")
+        if not units:
+            return short
+        total = sum(report["rows"].values())
+        joined = " and ".join(JOIN_NAMES[kind] for kind in units["joined_by"]) or "nothing"
+        return (f"{short}; the {total} rows form {units['count']} units that must stay whole, the largest "
+                f"{units['largest']} rows ({units['largest'] * 100 // max(total, 1)} %), joined by {joined}")
+
+    def split_alone(self):
+        """(kind, largest unit) for each kind that joined rows, had it joined them alone."""
+        units = (self.split_feasibility or {}).get("units") or {}
+        return [(JOIN_NAMES[kind], size) for kind, size in units.get("largest_alone", {}).items()]
+
+    @property
+    def split_options(self):
+        return self.leakage_report.get("split_options") or {"seed": _seed_of(self.leakage_report.get("splits_from", "")),
+                                                            "keep_together": "all", "column": ""}
+
+    def split_columns(self):
+        """Columns kept as metadata whose value in the first row names a split: the ones
+        offered to give the splits (the job checks every row)."""
+        first = self.examples.order_by("row").values_list("metadata", flat=True).first() or {}
+        return sorted(key for key, value in first.items()
+                      if isinstance(value, str) and value.strip().lower() in SPLIT_ALIASES)
+
+    def existing_child(self, operation, options=None):
+        """The child this operation with these settings already made, or None. Redacting and
+        removing duplicates have no settings; a split again has its SplitOptions."""
+        children = self.children.filter(operation=operation).order_by("number")
+        if operation != self.Operation.RESPLIT:
+            return children.first()
+        wanted = options.as_dict()
+        for child in children.only("id", "number", "row_count", "leakage_report", "dataset_id"):
+            if child.split_options == wanted:
+                return child
+        return None
 
     def split_counts(self):
         return self.manifest.get("counts", {})

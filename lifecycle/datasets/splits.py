@@ -19,6 +19,15 @@ TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "validation", "test")
 UNLABELED_NAME = "(unlabeled)"
 MAX_EXAMPLES = 20
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+# What a split may keep together (SplitOptions.keep_together), strictest first.
+KEEP_TOGETHER = {
+    "all": "groups, exact and near duplicates",
+    "groups_exact": "groups and exact duplicates (near duplicates treated as separate rows)",
+    "groups": "groups only (duplicates treated as separate rows)",
+}
+# The leakage a choice of KEEP_TOGETHER accepts: reported, but not counted as leakage.
+ACCEPTED_LEAKAGE = {"all": (), "groups_exact": ("near_duplicates",), "groups": ("near_duplicates", "exact_duplicates")}
 
 
 def assign_splits(labels, *, groups=None, timestamps=None, units=None, fractions=(0.8, 0.1, 0.1), seed=0, by_time=False):
@@ -287,6 +296,63 @@ def _least_filled_mixed(filled, inverse, parts):
     return scores.index(min(scores))
 
 
+# ---------------------------------------------------------------- splitting again
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How to split a version again: the seed, what to keep together (KEEP_TOGETHER), or a
+    column of the data that gives each row's split instead (then keep_together says which
+    leakage across the given splits is accepted)."""
+    seed: int = 0
+    keep_together: str = "all"
+    column: str = ""
+
+    def __post_init__(self):
+        if self.keep_together not in KEEP_TOGETHER:
+            raise ValueError(f"keep_together must be one of {', '.join(KEEP_TOGETHER)}")
+
+    def as_dict(self):
+        return {"seed": self.seed, "keep_together": self.keep_together, "column": self.column}
+
+    def describe(self):
+        if self.column:
+            accepting = "" if self.keep_together == "all" else f", accepting what crosses beyond {KEEP_TOGETHER[self.keep_together]}"
+            return f"given by the column “{self.column}”{accepting}"
+        together = "" if self.keep_together == "all" else f", keeping {KEEP_TOGETHER[self.keep_together]}"
+        return f"seeded (seed {self.seed}){together}"
+
+
+def split_again(labels, *, groups, clusters, keys, options, given=None, fractions=DEFAULT_FRACTIONS):
+    """(splits, leakage report) for rows split again under `options`.
+
+    labels, groups: int codes (-1: none); clusters: each row's duplicate set, named by a row
+    (-1: in none), as the ingest stores it; keys: the exact-duplicate keys; given: each
+    row's split from options.column. Leakage is reported against every duplicate set, also
+    where the options treat duplicates as separate rows (and accept what crosses).
+    """
+    keys = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)[1] if len(keys) else np.zeros(0, np.int64)
+    groups = groups if groups is not None and (np.asarray(groups) >= 0).any() else None
+    kept = {"groups": groups}
+    kept |= {"all": {"duplicate_sets": clusters}, "groups_exact": {"exact_duplicates": keys},
+             "groups": {}}[options.keep_together]
+    if options.column:
+        assigned, fractions = np.asarray(given, dtype=np.int8), None
+    else:
+        units = kept.get("duplicate_sets", kept.get("exact_duplicates"))
+        assigned = assign_splits(labels, groups=groups, units=units, fractions=fractions, seed=options.seed)
+    accepted = ACCEPTED_LEAKAGE[options.keep_together]
+    leak = leakage_report(assigned, exact_keys=keys, near_pairs=_set_pairs(np.asarray(clusters)), groups=groups,
+                          kept_together=kept, fractions=fractions, accepted=accepted)
+    return assigned, leak | {"splits_from": options.describe(), "split_options": options.as_dict()}
+
+
+def _set_pairs(clusters):
+    """(k, 2) pairs linking each row of a duplicate set to the row that names the set."""
+    rows = np.flatnonzero((clusters >= 0) & (clusters != np.arange(len(clusters))))
+    return np.stack([clusters[rows], rows], axis=1).astype(np.int64)
+
+
 # ---------------------------------------------------------------- by time
 
 
@@ -381,13 +447,17 @@ def _json_time(value):
 # ---------------------------------------------------------------- reports
 
 
-def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestamps=None):
-    """What the evaluation splits share with each other, as a JSON-ready dict.
+def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestamps=None, kept_together=None,
+                   fractions=DEFAULT_FRACTIONS, accepted=()):
+    """What the evaluation splits share with each other, and whether they meet their
+    fractions, as a JSON-ready dict.
 
     Counts and up to 20 example row pairs for exact duplicates, near-duplicate pairs and
-    groups found in more than one split. has_leakage is true when any of them is non-zero;
-    a time overlap (with timestamps) is reported but does not count, since a random split
-    always has one.
+    groups found in more than one split. has_leakage is true when any of them is non-zero,
+    except the kinds named in `accepted` (a split asked to treat duplicates as separate rows
+    reports them all the same); a time overlap (with timestamps) is reported but does not
+    count, since a random split always has one. `feasibility` is `feasibility()`'s report,
+    explained by the groups, duplicates and `units` (duplicate sets) given.
     """
     splits = _as_splits(splits)
     n = len(splits)
@@ -396,9 +466,72 @@ def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestam
     report["near_duplicates"] = None if near_pairs is None else _crossing_pairs(near_pairs, splits)
     report["groups"] = None if groups is None else _shared_ids(_group_forest(groups, n), splits, "groups")
     report["time_overlap"] = None if timestamps is None else time_overlap(splits, timestamps)
-    counts = [report["exact_duplicates"], report["near_duplicates"], report["groups"]]
-    report["has_leakage"] = any(entry and entry["rows"] for entry in counts)
+    counted = [report[kind] for kind in ("exact_duplicates", "near_duplicates", "groups") if kind not in accepted]
+    report["has_leakage"] = any(entry and entry["rows"] for entry in counted)
+    if accepted:
+        report["accepted"] = list(accepted)
+    if kept_together is None:
+        kept_together = {"groups": groups, "exact_duplicates": exact_keys, "near_duplicates": near_pairs}
+    joins = {kind: value for kind, value in kept_together.items() if value is not None}
+    report["feasibility"] = feasibility(splits, fractions, joins=joins)
     return report
+
+
+# ---------------------------------------------------------------- feasibility
+
+
+def feasibility(splits, fractions=DEFAULT_FRACTIONS, *, joins=None):
+    """Whether the splits meet their fractions, JSON-ready; where they do not, why.
+
+    A split falls short when it should hold a row or more and holds none, or less than half
+    its share in whole rows: a greedy split of whole blocks lands near its targets unless a
+    block is big (on tiny data a split of one row in three is not held against it).
+    fractions=None (splits given by the data) reports the rows and checks nothing. Where a
+    split falls short, `units` says what the rows were joined into by `joins` (kind ->
+    groups, exact keys, near-duplicate pairs or duplicate sets, as leakage_report takes
+    them): how many units, the largest, and how big the largest would be with each kind
+    alone. Only then: finding the units again costs a union-find over every row.
+    """
+    splits = _as_splits(splits)
+    counts = np.bincount(splits[splits >= 0], minlength=3).tolist()
+    if fractions is None:
+        return {"fractions": None, "rows": dict(zip(SPLIT_NAMES, counts)), "short": [], "meets_fractions": None}
+    fractions = _check_fractions(fractions)
+    targets = (fractions * sum(counts)).tolist()
+    short = [name for name, rows, target in zip(SPLIT_NAMES, counts, targets) if target >= 1 and rows < max(1, target // 2)]
+    report = {"fractions": [round(f, 4) for f in fractions.tolist()], "rows": dict(zip(SPLIT_NAMES, counts)),
+              "targets": {name: round(t, 1) for name, t in zip(SPLIT_NAMES, targets)},
+              "short": short, "meets_fractions": not short}
+    if short:
+        report["units"] = _units_report(len(splits), joins or {})
+    return report
+
+
+def _units_report(n, joins):
+    links = {kind: _join_links(kind, value, n) for kind, value in joins.items()}
+    together = components(n, np.concatenate([np.zeros((0, 2), np.int64), *links.values()]).astype(np.int64))
+    sizes = np.bincount(together, minlength=1)
+    largest = int(sizes.argmax())
+    in_largest = together == largest
+    return {
+        "count": int((sizes > 0).sum()),
+        "largest": int(sizes[largest]),
+        # What joined the largest unit: the kinds with a link inside it.
+        "joined_by": [kind for kind, pairs in links.items() if len(pairs) and in_largest[pairs[:, 0]].any()],
+        "largest_alone": {kind: int(np.bincount(components(n, pairs.astype(np.int64)), minlength=1).max())
+                          for kind, pairs in links.items()},
+    }
+
+
+def _join_links(kind, value, n):
+    """(k, 2) int64 row pairs that join rows of one kind."""
+    if kind == "near_duplicates":
+        chunks = value.chunks() if hasattr(value, "chunks") else [value]
+        parts = [np.stack(pair_columns(chunk, n, np.int64), axis=1) for chunk in chunks]
+        return np.concatenate([np.zeros((0, 2), np.int64), *parts])
+    codes = _group_forest(value, n) if kind == "groups" else (
+        _exact_codes(value, n) if kind == "exact_duplicates" else _sortable_ids(value, n))
+    return _same_id_pairs(np.asarray(codes)).astype(np.int64)
 
 
 def _as_splits(splits):

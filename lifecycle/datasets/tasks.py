@@ -1,14 +1,16 @@
+import json
 import os
 import tempfile
 
+import numpy as np
 from django.db import transaction
 
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.jobs import task
 from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import READ_ROLES
-from lifecycle.datasets import ingest
-from lifecycle.datasets.models import DatasetVersion, Upload
+from lifecycle.datasets import ingest, splits
+from lifecycle.datasets.models import SPLIT_ALIASES, SPLIT_NAMES, DatasetVersion, Upload
 from lifecycle.datasets.readers import ColumnMapping
 
 
@@ -55,11 +57,16 @@ def _record_success(upload, versions):
 
 
 @task(queue="default", roles=READ_ROLES)
-def derive_version(job, *, version_id, operation, user_id=None, seed=None):
-    """Make a child version: remove duplicates, redact PII, or split again."""
+def derive_version(job, *, version_id, operation, user_id=None, seed=None, keep_together="all", column=""):
+    """Make a child version: remove duplicates, redact PII, or split again. A child the same
+    operation with the same settings already made is the answer instead of a second one."""
     from django.contrib.auth import get_user_model
 
     parent = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
+    options = splits.SplitOptions(seed=seed or 0, keep_together=keep_together, column=column)
+    existing = parent.existing_child(operation, options)
+    if existing is not None:
+        return {"version": existing.number, "rows": existing.row_count, "existing": True}
     user = get_user_model().objects.filter(pk=user_id).first()
     job.set_progress(phase=operation, done=0, total=parent.row_count)
     if operation == "dedup":
@@ -67,7 +74,61 @@ def derive_version(job, *, version_id, operation, user_id=None, seed=None):
     elif operation == "redact":
         child = ingest.redact_version(parent, user=user)
     elif operation == "resplit":
-        child = ingest.resplit_version(parent, seed=seed or 0, user=user)
+        child = resplit(parent, options, user=user)
     else:
         raise ValueError(f"unknown operation {operation!r}")
     return {"version": child.number, "rows": child.row_count}
+
+
+class SplitColumnInvalid(ValueError):
+    """The column chosen to give the splits does not name one for every row."""
+
+
+def resplit(parent, options, *, user=None):
+    """A child with the same rows and a new split under `options` (splits.split_again)."""
+    rows = _split_inputs(parent, options.column)
+    assigned, leak = splits.split_again(
+        _codes(rows["label"]), groups=_codes(rows["group"]), clusters=np.asarray(rows["cluster"], dtype=np.int64),
+        keys=np.asarray(rows["key"], dtype=np.int64), options=options,
+        given=_given_splits(rows["given"], options.column) if options.column else None)
+    offset = 0
+
+    def transform(batch):
+        nonlocal offset
+        n = len(batch["text"])
+        batch["split"] = [SPLIT_NAMES[s] for s in assigned[offset:offset + n]]
+        offset += n
+        return batch
+
+    reports = ingest.inherited_reports(parent) | {"leakage": leak}
+    return ingest.derive_version(parent, DatasetVersion.Operation.RESPLIT, transform, user=user, reports=reports,
+                                 has_leakage=bool(leak["has_leakage"]))
+
+
+def _split_inputs(parent, column):
+    from lifecycle.datasets.versions import iter_row_batches
+
+    columns = ["label", "group", "duplicate_cluster", "content_key"] + (["metadata"] if column else [])
+    rows = {"label": [], "group": [], "cluster": [], "key": [], "given": []}
+    for batch in iter_row_batches(parent, columns=columns):
+        rows["label"] += batch["label"]
+        rows["group"] += batch["group"]
+        rows["cluster"] += [-1 if c is None else c for c in batch["duplicate_cluster"]]
+        rows["key"] += batch["content_key"]
+        if column:
+            rows["given"] += [json.loads(m or "{}").get(column) for m in batch["metadata"]]
+    return rows
+
+
+def _codes(values):
+    ids = {}
+    return np.asarray([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=np.int64)
+
+
+def _given_splits(values, column):
+    given = [SPLIT_ALIASES.get(str(v).strip().lower(), -1) if v is not None else -1 for v in values]
+    missing = next((row for row, split in enumerate(given) if split < 0), None)
+    if missing is not None:
+        raise SplitColumnInvalid(f"the column “{column}” names no split (train, validation or test) in row {missing} "
+                                 f"(value {values[missing]!r}); nothing was made")
+    return given

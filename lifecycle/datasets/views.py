@@ -1,3 +1,4 @@
+import hashlib
 
 from urllib.parse import urlencode
 
@@ -10,10 +11,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from lifecycle.core.charts import grouped_bars
 from lifecycle.core.jobs import enqueue
-from lifecycle.core.models import Job
+from lifecycle.core.models import Job, canonical_json
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, has_role, role_required
-from lifecycle.datasets import diff, tasks, uploads
+from lifecycle.datasets import diff, splits, tasks, uploads
 from lifecycle.datasets.forms import (
     BrowseForm,
     DatasetForm,
@@ -157,7 +158,8 @@ def upload_status(upload):
         "progress": job.progress if job else {}, "error": job.error if job else "",
         "version": upload.version.number if upload.version_id else None,
         "version_url": upload.version.get_absolute_url() if upload.version_id else None,
-        "report": upload.report,
+        # The preview holds rows (maybe personal data): the mapping step shows it to engineers only.
+        "report": {key: value for key, value in upload.report.items() if key != "preview"},
     }
 
 
@@ -171,7 +173,9 @@ def version_detail(request, slug, number):
     form = BrowseForm(request.GET or None)
     can_see_rows = _can_see_rows(request.user)
     context = {"version": version, "dataset": version.dataset, "form": form, "can_see_rows": can_see_rows,
-               "chart": _label_chart(version), "signoff_form": SignOffForm(), "resplit_form": ResplitForm()}
+               "chart": _label_chart(version), "signoff_form": SignOffForm(),
+               "resplit_form": ResplitForm(version=version, initial={"seed": version.split_options["seed"] + 1}),
+               "ways_out": _ways_out(version)}
     if can_see_rows:
         if form.is_bound and not form.is_valid():
             return render(request, "datasets/version_detail.html", context, status=400)
@@ -179,50 +183,107 @@ def version_detail(request, slug, number):
     return render(request, "datasets/version_detail.html", context)
 
 
+WAY_LABELS = {"groups_exact": "Treat near duplicates as separate rows",
+              "groups": "Split by groups only (duplicates treated as separate rows)"}
+
+
+def _ways_out(version):
+    """Where a split falls short of its fractions: the splits again that may meet them, as
+    (label, POST fields) for one button each."""
+    if version.split_meets_fractions is not False:
+        return []
+    current = version.split_options
+    seed = current["seed"]
+    ways = [(label, {"seed": seed, "keep_together": keep})
+            for keep, label in WAY_LABELS.items() if keep != current["keep_together"]]
+    ways.append((f"Split again with seed {seed + 1}", {"seed": seed + 1, "keep_together": current["keep_together"]}))
+    ways += [(f"Take the splits from the column “{column}”", {"seed": 0, "column": column})
+             for column in version.split_columns()]
+    return ways
+
+
 def _can_see_rows(user):
     return has_role(user, *ROW_ROLES)
 
 
 def _browse(version, form):
+    """A page of examples by keyset on `row`: after a row (Next) or before one (Previous)."""
     filters = form.filters() if form.is_bound else {"split": None, "label": None, "pii": None, "search": ""}
-    after = form.cleaned_data.get("after") if form.is_bound else None
-    examples = version.examples.browse(**filters)
-    if after is not None:
-        examples = examples.filter(row__gt=after)
-    rows = list(examples.order_by("row").only("row", "text", "response", "label", "split", "group", "pii_kinds", "duplicate_cluster")[: PAGE_SIZE + 1])
-    query = {k: v for k, v in (form.data.items() if form.is_bound else []) if k != "after" and v}
-    return {"examples": rows[:PAGE_SIZE], "next_after": rows[PAGE_SIZE - 1].row if len(rows) > PAGE_SIZE else None,
-            "query": query, "labels": version.label_set}
+    data = form.cleaned_data if form.is_bound else {}
+    after, before = data.get("after"), data.get("before")
+    matching = version.examples.browse(**filters)
+    fields = ("row", "text", "response", "label", "split", "group", "pii_kinds", "duplicate_cluster")
+    if before is not None:
+        rows = list(matching.filter(row__lt=before).order_by("-row").only(*fields)[: PAGE_SIZE + 1])[::-1]
+        has_before, has_after, rows = len(rows) > PAGE_SIZE, True, rows[-PAGE_SIZE:]
+    else:
+        page = matching.filter(row__gt=after) if after is not None else matching
+        rows = list(page.order_by("row").only(*fields)[: PAGE_SIZE + 1])
+        has_after, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
+        has_before = after is not None and rows and matching.filter(row__lt=rows[0].row).exists()
+    query = {k: v for k, v in (form.data.items() if form.is_bound else []) if k not in ("after", "before") and v}
+    return {"examples": rows, "next_after": rows[-1].row if rows and has_after else None,
+            "prev_before": rows[0].row if rows and has_before else None,
+            "total": _matching_total(version, filters, matching), "query": query, "labels": version.label_set}
+
+
+def _matching_total(version, filters, matching):
+    """How many examples match: from the manifest's counts where they answer (no search, no
+    PII filter), else a count (the PII filter has its partial index, search its GIN index)."""
+    if filters["search"] or filters["pii"] is not None:
+        return matching.count()
+    counts = version.split_counts()
+    names = SPLIT_NAMES if filters["split"] is None else [SPLIT_NAMES[filters["split"]]]
+    per_split = [counts.get(name, {}) for name in names]
+    if filters["label"] is None:
+        return version.row_count if filters["split"] is None else sum(sum(c.values()) for c in per_split)
+    return sum(c.get(filters["label"], 0) for c in per_split)
+
+
+OPERATION_NOUNS = {"dedup": "removal of duplicates", "redact": "redaction", "resplit": "split"}
 
 
 @role_required(ML_ENGINEER)
 @require_POST
 def version_action(request, slug, number, operation):
     version = _get_version(slug, number)
-    if operation not in ("dedup", "redact", "resplit"):
+    if operation not in OPERATION_NOUNS:
         raise Http404("unknown operation")
-    seed = None
+    options = splits.SplitOptions()
     if operation == "resplit":
-        form = ResplitForm(request.POST)
+        form = ResplitForm(request.POST, version=version)
         if not form.is_valid():
-            messages.error(request, "The seed must be a whole number from 0 to 2147483647.")
+            messages.error(request, form.error_text())
             return redirect(version)
-        seed = form.cleaned_data["seed"]
+        options = form.options()
+    existing = version.existing_child(operation, options)
+    if existing is not None:
+        how = f" — {options.describe()}" if operation == "resplit" else ""
+        messages.info(request, f"v{existing.number} already is this {OPERATION_NOUNS[operation]} of v{version.number}{how}: "
+                               "nothing new was made.")
+        return redirect(existing)
     try:
         with transaction.atomic():
-            job = enqueue(tasks.derive_version, user=request.user, key=_derive_key(version, operation, seed),
-                          version_id=version.pk, operation=operation, user_id=request.user.pk, seed=seed)
+            job = enqueue(tasks.derive_version, user=request.user, key=_derive_key(version, operation, options),
+                          version_id=version.pk, operation=operation, user_id=request.user.pk, **_job_options(operation, options))
     except QueueUnavailable as exc:
         messages.error(request, str(exc))
         return redirect(version)
-    messages.success(request, f"Making a child version ({operation}) as job {job.pk}.")
+    messages.success(request, f"Making a child version ({OPERATION_NOUNS[operation]}) as job {job.pk}.")
     return redirect("job_detail", job_id=job.pk)
 
 
-def _derive_key(version, operation, seed):
+def _job_options(operation, options):
+    if operation != "resplit":
+        return {"seed": None}
+    return {"seed": options.seed, "keep_together": options.keep_together, "column": options.column}
+
+
+def _derive_key(version, operation, options):
     """One job per child version asked for: a second click finds the first job; after a job
     that ended without a result (failed, cancelled, interrupted) the next click is a new try."""
-    prefix = f"derive:{version.pk}:{operation}:{seed}:"
+    settings = "" if operation != "resplit" else hashlib.sha256(canonical_json(options.as_dict()).encode()).hexdigest()[:16]
+    prefix = f"derive:{version.pk}:{operation}:{settings}:"
     ended = Job.objects.filter(key__startswith=prefix, status__in=[
         Job.Status.FAILED, Job.Status.CANCELLED, Job.Status.INTERRUPTED]).count()
     return f"{prefix}{ended}"
@@ -345,4 +406,6 @@ def api_version_detail(request, slug, number):
     version = _get_version(slug, number)
     return JsonResponse({"dataset": slug, "version": version.number, "manifest": version.manifest,
                          "manifest_sha256": version.manifest_sha256, "pii_status": version.pii_status,
-                         "has_leakage": version.has_leakage, "usable_for_training": version.usable_for_training})
+                         "has_leakage": version.has_leakage, "usable_for_training": version.usable_for_training,
+                         "training_blockers": version.training_blockers(),
+                         "split_meets_fractions": version.split_meets_fractions})

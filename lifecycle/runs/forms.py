@@ -6,7 +6,7 @@ from django.db.models import Q
 
 from lifecycle.core.models import Job
 from lifecycle.datasets.models import Dataset, DatasetVersion
-from lifecycle.lib.params import MAX_ID, BadParameter, parse_ids
+from lifecycle.lib.params import MAX_ID, BadParameter, parse_id, parse_ids
 from lifecycle.runs import basemodels
 from lifecycle.runs.config import DEFAULT_LR, EARLY_STOPPING_METRICS, METHODS, PRECISIONS, SPLITS, TASKS, RunConfig
 
@@ -44,9 +44,29 @@ def usable_versions():
     """The newest versions training may use, as (pk, "slug vN (rows)") choices."""
     # The query narrows by the same rule; usable_for_training stays the one that decides.
     candidates = (DatasetVersion.objects.select_related("dataset", "pii_signoff").for_listing()
-                  .filter(Q(has_leakage=False), ~Q(pii_status=DatasetVersion.PiiStatus.FOUND) | Q(pii_signoff__isnull=False))
+                  .filter(Q(has_leakage=False), ~Q(pii_status=DatasetVersion.PiiStatus.FOUND) | Q(pii_signoff__isnull=False),
+                          ~Q(leakage_report__feasibility__meets_fractions=False) | Q(leakage_report__splits_from="given"))
                   .order_by("-created_at", "-pk")[:VERSION_CHOICES_CAP])
     return [(v.pk, f"{v.dataset.slug} v{v.number} ({v.row_count} rows)") for v in candidates if v.usable_for_training]
+
+
+class UsableVersionField(forms.TypedChoiceField):
+    """The usable versions as choices; a posted version that is not one of them is refused
+    with the reason it may not be trained on, not a bare "not a valid choice"."""
+
+    def validate(self, value):
+        try:
+            super().validate(value)
+        except ValidationError:
+            try:
+                version = DatasetVersion.objects.select_related("dataset").filter(pk=parse_id(str(value))).first()
+            except BadParameter:
+                version = None
+            blockers = version.training_blockers() if version else []
+            if not blockers:
+                raise
+            raise ValidationError(f"{version} may not be used for training: {'; '.join(blockers)}.",
+                                  code="not_usable") from None
 
 
 def _label(name):
@@ -87,7 +107,7 @@ class RunForm(forms.Form):
     def _field_for(self, f):
         # Not required here: RunConfig names a missing version or model along with every other problem.
         if f.name == "dataset_version":
-            return forms.TypedChoiceField(choices=[("", "— choose —")] + usable_versions(), coerce=int, required=False,
+            return UsableVersionField(choices=[("", "— choose —")] + usable_versions(), coerce=int, required=False,
                                           label="Dataset version", help_text="Versions cleared for training, newest first.")
         if f.name == "base_model":
             names = list(basemodels.catalogue())

@@ -212,7 +212,8 @@ def test_pii_redact_policy_makes_a_redacted_child(tmp_path):
     assert redacted.examples.get(row=21).text == "card <CREDIT_CARD> please refund"
     assert not redacted.examples.filter(has_pii=True).exists()
     assert verify_version(redacted) == []
-    assert not raw.usable_for_training and redacted.usable_for_training
+    # 22 rows in 3 labels leave validation and test empty, which blocks both; the PII blocks only the raw one.
+    assert any("PII" in b for b in raw.training_blockers()) and not any("PII" in b for b in redacted.training_blockers())
 
 
 @pytest.mark.django_db
@@ -222,10 +223,10 @@ def test_pii_allow_policy_needs_an_approvers_sign_off(tmp_path):
 
     dataset = make_dataset(pii_policy=Dataset.PiiPolicy.ALLOW)
     [version] = run(dataset, write_jsonl(tmp_path / "d.jsonl", pii_rows()), "jsonl")
-    assert version.needs_pii_signoff and not version.usable_for_training
+    assert version.needs_pii_signoff and any("PII" in b for b in version.training_blockers())
     PiiSignOff.sign(version, make_user("alex", "approver"), "customer consented to research use")
     version = DatasetVersion.objects.get(pk=version.pk)
-    assert version.usable_for_training
+    assert not any("PII" in b for b in version.training_blockers())  # its empty splits still block it (22 rows)
     assert AuditEvent.objects.filter(action="dataset_version.pii_signed_off", actor="alex").exists()
 
 

@@ -145,3 +145,32 @@ def test_compare_draws_three_runs_in_three_distinct_colours(page, live_server, e
     loss = json.loads(page.locator("script#compare-loss").text_content())
     eval_loss = json.loads(page.locator("script#compare-eval-loss").text_content())
     assert [t["line"]["color"] for t in loss["data"]] == [t["line"]["color"] for t in eval_loss["data"]]
+
+
+def test_the_run_form_shows_its_errors_in_red_next_to_the_fields_and_on_top(page, live_server, engineer, tmp_path):
+    version = intent_version(tmp_path, engineer, n=120)
+    log_in(page, live_server, engineer)
+    page.goto(f"{live_server.url}/runs/new")
+    page.select_option("select[name=dataset_version]", str(version.pk))
+    page.fill("input[name=learning_rate]", "0")
+    page.click("text=Advanced")
+    page.fill("input[name=checkpoint_every]", "0")
+    page.click("button:has-text('Start the run')")
+
+    summary = page.locator("#form-errors")
+    expect(summary).to_be_visible()
+    expect(summary).to_contain_text("The run was not started. 3 things need a change")
+    for label, message in [("Base model", "choose a base model"), ("Learning rate", "must be a number above 0"),
+                           ("Checkpoint every", "must be between 1 and 10000000")]:
+        expect(summary.locator("li", has_text=label)).to_contain_text(message)
+    # Each message also sits next to its field, in the error colour, the field marked invalid;
+    # the advanced section with an error in it is open.
+    field = page.locator(".field", has=page.locator("input[name=learning_rate]"))
+    expect(field.locator(".errorlist")).to_contain_text("must be a number above 0")
+    expect(field.locator(".errorlist")).to_have_css("color", "rgb(179, 38, 30)")
+    expect(page.locator("input[name=learning_rate]")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("input[name=checkpoint_every]")).to_be_visible()
+    summary.locator("a", has_text="Learning rate").click()
+    page.wait_for_url("**#id_learning_rate")
+    expect(page.locator("input[name=learning_rate]")).to_be_in_viewport()
+    assert not Run.objects.exists() and not Job.objects.filter(queue="training").exists()

@@ -5,14 +5,28 @@ page with json_script (no inline script, nothing fetched from a CDN).
 """
 import plotly.graph_objects as go
 
+# A categorical palette (after Okabe and Ito's): neighbours differ in hue and lightness, so up
+# to five runs of a comparison, or the series of any chart, stay apart, also for the colour-blind.
+PALETTE = ["#2f5d8a", "#e69f00", "#009e73", "#cc3d3d", "#8a63b8", "#56b4e9"]
+
 LAYOUT = dict(
-    margin=dict(l=48, r=16, t=36, b=48),
+    # automargin on the title and the axes: long tick labels and titles push the plot inward
+    # instead of being clipped at a narrow card's edge.
+    margin=dict(l=48, r=16, t=72, b=48),
     paper_bgcolor="rgba(0,0,0,0)",
     plot_bgcolor="rgba(0,0,0,0)",
     font=dict(family="system-ui, sans-serif", size=12, color="#1f2430"),
-    colorway=["#2f5d8a", "#7aa6c2", "#c98b2b", "#6b9e6b", "#a45a52", "#8a7fb0"],
-    legend=dict(orientation="h", y=-0.2),
+    colorway=PALETTE,
+    # Flat keys: callers pass their own title=… next to **LAYOUT.
+    title_x=0, title_xanchor="left", title_y=1, title_yanchor="top", title_yref="container",
+    title_pad_t=8, title_automargin=True,
+    # Above the plot, below the title: a legend under the plot collides with the x-axis tick
+    # labels as soon as they are long or rotated.
+    legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
+    xaxis_automargin=True,
+    yaxis_automargin=True,
 )
+WAITING = "waiting for the first step"
 
 
 def plain(value):
@@ -30,6 +44,17 @@ def plain(value):
 
 def chart_json(fig):
     return fig.to_plotly_json()
+
+
+def waiting(fig, message=WAITING):
+    """An empty chart as a note instead of bare axes (Plotly draws −1 to 6 for no data).
+    `meta.waiting` tells static/js/runs.js to bring the axes back with the first points."""
+    fig.update_layout(meta={"waiting": True},
+                      annotations=[dict(text=plain(message), showarrow=False, xref="paper", yref="paper",
+                                        x=0.5, y=0.5, font=dict(size=14, color="#6b7280"))])
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
 
 
 def grouped_bars(categories, series, *, title="", height=320):

@@ -5,22 +5,28 @@ chart in the app and render through the same static/js/charts.js.
 """
 import plotly.graph_objects as go
 
-from lifecycle.core.charts import LAYOUT, chart_json, grouped_bars, plain
+from lifecycle.core.charts import LAYOUT, PALETTE, chart_json, grouped_bars, plain, waiting
 
 # Fewer points than this and a line alone hides where the measurements are (an eval every
 # few hundred steps); more and the markers turn into noise.
 MARKERS_BELOW = 30
 
 
-def curves(series, *, title, y_title, height=300, log_y=False):
-    """One line per named series: `series` is {name: (steps, values)}."""
+def curves(series, *, title, y_title, height=320, log_y=False):
+    """One line per named series: `series` is {name: (steps, values)}. Each series has its own
+    palette colour in the figure itself (not left to the colorway), so that the n-th run of a
+    comparison has the same colour in every chart."""
     fig = go.Figure()
-    for name, (steps, values) in series.items():
+    for i, (name, (steps, values)) in enumerate(series.items()):
         mode = "lines+markers" if len(steps) < MARKERS_BELOW else "lines"
-        fig.add_trace(go.Scatter(name=plain(name), x=list(steps), y=list(values), mode=mode))
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(name=plain(name), x=list(steps), y=list(values), mode=mode,
+                                 line={"color": color}, marker={"color": color}))
     fig.update_layout(title=plain(title), height=height, **LAYOUT)
     fig.update_xaxes(title_text="Step")
     fig.update_yaxes(title_text=plain(y_title), type="log" if log_y else "linear")
+    if not any(steps for steps, _ in series.values()):
+        waiting(fig)
     return chart_json(fig)
 
 

@@ -18,6 +18,10 @@ EARLY_STOPPING_METRICS = {"": "off", "eval_loss": "validation loss", "accuracy":
                           "macro_f1": "validation macro F1"}
 SPLITS = ("train", "validation", "test")
 
+# With eval_every left at 0, a run evaluates about this many times in all (and at the end of
+# every epoch): a run shorter than one epoch still draws a validation curve, not a single dot.
+DEFAULT_EVALUATIONS = 10
+
 # Learning rates that work for each method when the user gives none: parameter-efficient
 # methods train few weights and want larger steps.
 DEFAULT_LR = {"full": 5e-5, "lora": 1e-3, "ia3": 3e-3, "prompt_tuning": 3e-2}
@@ -58,7 +62,7 @@ class RunConfig:
     precision: str = "auto"
     early_stopping_metric: str = ""
     early_stopping_patience: int = 3
-    eval_every: int = 0  # optimizer steps between evaluations; 0: once per epoch
+    eval_every: int = 0  # optimizer steps between evaluations; 0: see evaluates_at
     checkpoint_every: int = 50
     gradient_checkpointing: bool = False
     memory_limit_gb: float = 0.0  # the memory this run may use; 0: the device's own
@@ -131,6 +135,16 @@ class RunConfig:
     @property
     def lr(self):
         return DEFAULT_LR.get(self.method, 1e-3) if self.learning_rate is None else self.learning_rate
+
+    def evaluates_at(self, step, steps_per_epoch, total_steps):
+        """Whether the loop evaluates after optimizer step `step` (a function of the step alone,
+        so a resumed run evaluates where the first attempt would have)."""
+        if step == total_steps:
+            return True
+        if self.eval_every:
+            return step % self.eval_every == 0
+        spacing = max(1, math.ceil(total_steps / DEFAULT_EVALUATIONS))
+        return step % steps_per_epoch == 0 or step % spacing == 0
 
     def as_dict(self):
         data = asdict(self)

@@ -33,7 +33,7 @@ HELP = {
     "max_length": "Tokens per example; longer examples are truncated.",
     "target_modules": "LoRA/IA3 only, comma-separated (e.g. query, value). Empty: peft's default for the model.",
     "num_virtual_tokens": "Prompt tuning only.",
-    "eval_every": "Optimizer steps between evaluations; 0: once per epoch.",
+    "eval_every": "Optimizer steps between evaluations; 0: at the end of each epoch and about 10 times in all.",
     "checkpoint_every": "Optimizer steps between checkpoints.",
     "memory_limit_gb": "The memory this run may use; 0: the device's own.",
     "generate_limit": "Causal LM: test examples generated to measure exact match.",

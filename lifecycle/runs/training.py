@@ -122,7 +122,6 @@ class Trainer:
         self.micro_per_epoch = max(1, math.ceil(math.ceil(len(data.train) / config.batch_size) / world))
         self.steps_per_epoch = max(1, math.ceil(self.micro_per_epoch / config.grad_accum))
         self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * self.steps_per_epoch))
-        self.eval_every = config.eval_every or self.steps_per_epoch
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.step = 0
@@ -190,7 +189,7 @@ class Trainer:
             values = self._train_step()
             self.step += 1
             self.reporter.step(self.step, values)
-            if self.step % self.eval_every == 0 or self.step == self.total_steps:
+            if self.config.evaluates_at(self.step, self.steps_per_epoch, self.total_steps):
                 if self.rank == 0:
                     self._evaluate_and_maybe_stop()
                 self.early["stopped"] = self._agree(self.early["stopped"])

@@ -170,7 +170,8 @@ def run_detail(request, run_id):
     train, evals = _curves(run, "train"), _curves(run, "eval")
     curve_charts = _curve_charts(run, train, evals)
     report = run.reports.filter(split=TEST_SPLIT).first()
-    live = {"url": reverse("runs:live", args=[run.pk]), "since": _last_step(train), "eval_since": _last_step(evals),
+    live = {"url": reverse("runs:live", args=[run.pk]), "status": run.status,
+            "since": _last_step(train), "eval_since": _last_step(evals),
             "charts": {chart["id"]: chart["traces"] for chart in curve_charts}}
     context = {
         "run": run, "progress": _progress(run), "failure": _failure(run), "curve_charts": curve_charts, "live": live if run.is_active else None,

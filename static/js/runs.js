@@ -1,6 +1,7 @@
 // A run's page: draw the progress bar, and while the run is active poll its live JSON every
-// 2 s — update the progress text, append the new points to the curve charts, and reload the
-// page once when the run ends, so that the evaluation section appears.
+// 2 s — update the status and progress text, append the new points to the curve charts, and
+// once the run ends put the page in its final state in place (no reload, so the person
+// reading it keeps their scroll position and nothing flashes).
 (function () {
   var POLL_MS = 2000, RETRY_MS = 5000;
   var bar = document.getElementById("run-bar");
@@ -16,7 +17,7 @@
   var source = document.getElementById("run-live");
   if (!source) return;
   var live = JSON.parse(source.textContent);
-  var since = live.since, evalSince = live.eval_since;
+  var since = live.since, evalSince = live.eval_since, shownStatus = live.status;
   var figures = {};
   Object.keys(live.charts).forEach(function (id) {
     var data = document.getElementById(id);
@@ -36,15 +37,28 @@
     return h ? h + "h " + two(m) + "m" : m ? m + "m " + two(s) + "s" : s + "s";
   }
 
+  // A message such as "Run 3 is queued." or "Cancel requested" described the state the page
+  // was loaded in; once the run moves on it is stale, and wrong.
+  function dropMessages() {
+    var messages = document.querySelector("main > .messages");
+    if (messages) messages.remove();
+  }
+
+  function showStatus(status) {
+    var el = document.getElementById("run-status");
+    if (el) { el.textContent = status; el.className = "status status-" + status; }
+    if (status !== shownStatus) dropMessages();
+    shownStatus = status;
+  }
+
   function showProgress(data) {
     var p = data.progress || {};
-    var status = document.getElementById("run-status");
-    if (status) { status.textContent = data.status; status.className = "status status-" + data.status; }
+    showStatus(data.status);
     text("run-phase", p.phase || "");
     if (typeof p.step === "number") text("run-step", p.step);
     if (typeof p.total_steps === "number") text("run-total", p.total_steps);
     if (typeof p.epoch === "number") text("run-epoch", p.epoch.toFixed(2));
-    var eta = duration(p.eta_seconds);
+    var eta = data.finished ? "" : duration(p.eta_seconds);
     text("run-eta", eta ? "about " + eta + " left" : "");
     var speed = [];
     if (p.examples_per_s) speed.push(p.examples_per_s.toFixed(1) + " examples/s");
@@ -59,6 +73,16 @@
       if (steps.length) previous = Math.max(previous, steps[steps.length - 1]);
     });
     return previous;
+  }
+
+  // An empty chart is drawn without axes, with a "waiting" note (core/charts.py); its first
+  // points bring the axes back and drop the note.
+  function showAxes(layout) {
+    if (!layout.meta || !layout.meta.waiting) return;
+    layout.meta.waiting = false;
+    layout.annotations = [];
+    layout.xaxis = Object.assign({}, layout.xaxis, {visible: true});
+    layout.yaxis = Object.assign({}, layout.yaxis, {visible: true});
   }
 
   // Plotly.react redraws only what changed, and sees a change by a new array: concat, not push.
@@ -76,9 +100,32 @@
       });
       var el = document.querySelector('[data-chart="' + id + '"]');
       if (changed && el && window.Plotly) {
+        showAxes(figure.layout);
         window.Plotly.react(el, figure.data, figure.layout, {displaylogo: false, responsive: true});
       }
     });
+  }
+
+  // The final page (buttons, the evaluation, Resume) comes from the server, so that there is
+  // one template for it; it replaces the content of <main> in place.
+  function showFinal() {
+    document.querySelectorAll("[data-while-active]").forEach(function (el) { el.remove(); });
+    fetch(window.location.href, {credentials: "same-origin", headers: {Accept: "text/html"}})
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").querySelector("main");
+        var main = document.querySelector("main");
+        if (!fresh || !main) return;
+        fresh.querySelectorAll(":scope > .messages").forEach(function (el) { el.remove(); });
+        main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes));
+        var newBar = document.getElementById("run-bar");
+        if (newBar) { bar = newBar; setBar(parseFloat(bar.dataset.percent)); }
+        if (window.lifecycleCharts) document.querySelectorAll("main [data-chart]").forEach(window.lifecycleCharts.render);
+      })
+      .catch(function () { /* the page already shows the final status; a reload shows the rest */ });
   }
 
   function poll() {
@@ -93,7 +140,7 @@
         since = lastStep(data.curves.train, since);
         evalSince = lastStep(data.curves.eval, evalSince);
         showProgress(data);
-        if (data.finished) { window.location.reload(); return; }
+        if (data.finished) { showFinal(); return; }
         setTimeout(poll, POLL_MS);
       })
       .catch(function () { setTimeout(poll, RETRY_MS); });

@@ -76,6 +76,7 @@ def test_cancel_resume_and_compare_in_the_browser(page, live_server, training_wo
     expect(page.locator("#run-status")).to_have_text("running", timeout=60_000)
     wait_for(lambda: long_run.checkpoints.exists(), 120, "a first checkpoint")
 
+    page.once("dialog", lambda dialog: dialog.accept())  # Cancel asks first
     page.click("button:has-text('Cancel')")
     expect(page.locator(".messages")).to_contain_text("Cancel requested")
     expect(page.locator("#run-status")).to_have_text("cancelled", timeout=15_000)
@@ -83,6 +84,7 @@ def test_cancel_resume_and_compare_in_the_browser(page, live_server, training_wo
     page.click("button:has-text('Resume from the last checkpoint')")
     expect(page.locator(".messages")).to_contain_text("Resuming from the checkpoint at step")
     expect(page.locator("#run-status")).to_have_text("running", timeout=60_000)
+    page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Cancel')")
     expect(page.locator("#run-status")).to_have_text("cancelled", timeout=15_000)
     assert Run.objects.get(pk=long_run.pk).attempt == 2

@@ -64,6 +64,7 @@ def test_create_and_revoke_an_api_token(page, live_server, transactional_db):
     api = page.request.get(f"{live_server.url}/api/v1/me", headers={"Authorization": f"Bearer {key}"})
     assert api.json() == {"username": "erin-engineer", "roles": ["ml_engineer"]}
     page.click("text=Back to your tokens")
+    page.once("dialog", lambda dialog: dialog.accept())  # data-confirm asks first
     page.click("button:has-text('Revoke')")
     expect(page.locator(".messages")).to_contain_text("revoked")
     assert page.request.get(f"{live_server.url}/api/v1/me", headers={"Authorization": f"Bearer {key}"}).status == 401

@@ -259,7 +259,7 @@ def test_run_page_shows_progress_charts_and_evaluation(eng, version):
     train_loss, eval_loss = charts["run-chart-loss"]["figure"]["data"]
     assert (train_loss["name"], list(train_loss["y"])) == ("training loss", [1.2, 0.9, 0.7])
     assert (eval_loss["name"], list(eval_loss["x"])) == ("validation loss", [20])
-    assert page.context["live"] == {"url": f"/runs/{run.pk}/live", "since": 30, "eval_since": 20,
+    assert page.context["live"] == {"url": f"/runs/{run.pk}/live", "status": "running", "since": 30, "eval_since": 20,
                                     "charts": {c: charts[c]["traces"] for c in charts}}
     assert 'id="run-live"' in html and "js/runs.js" in html and "vendor/plotly.min.js" in html
     assert "<script>" not in html.replace('<script id="run-live" type="application/json">', "")

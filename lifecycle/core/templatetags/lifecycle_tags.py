@@ -13,6 +13,12 @@ def as_json(value):
 
 
 @register.filter
+def as_pretty_json(value):
+    """Indented JSON, for the unfolded view of a payload."""
+    return json.dumps(value, cls=DjangoJSONEncoder, sort_keys=True, ensure_ascii=False, indent=2)
+
+
+@register.filter
 def get_item(mapping, key):
     """mapping[key] in a template, or nothing when absent."""
     return (mapping or {}).get(key, [])

@@ -31,7 +31,7 @@ from datetime import timedelta
 from typing import Callable
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ObjectDoesNotExist
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.utils import timezone
@@ -72,18 +72,35 @@ class TaskSpec:
     # Who may read this task's jobs besides their creator (and superusers): the roles that
     # may see the object the job works on. Results can hold what a page keeps from a role.
     roles: tuple = ()
+    # outcome(job) -> Outcome: what a finished job made, in words and links. The app that owns
+    # the task supplies it at @task time because only that app knows its models and URLs:
+    # core keeps the function and never imports the app, and a result stays plain JSON of
+    # ids (a URL written into a result would go stale when the URLs change).
+    outcome: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job in a sentence, with links to what it made: ((label, url), ...)."""
+
+    text: str
+    links: tuple = ()
+
+    def as_dict(self):
+        return {"text": self.text, "links": [{"label": label, "url": url} for label, url in self.links]}
 
 
 _registry: dict[str, TaskSpec] = {}
 
 
-def task(queue="default", roles=()):
+def task(queue="default", roles=(), outcome=None):
     """Register a function as a task named by its dotted path, run on `queue`, its jobs
-    readable by `roles` (and by whoever started them)."""
+    readable by `roles` (and by whoever started them); `outcome(job)` says what a succeeded
+    job made (see TaskSpec)."""
 
     def register(func):
         name = f"{func.__module__}.{func.__qualname__}"
-        _registry[name] = TaskSpec(name, func, queue, tuple(roles))
+        _registry[name] = TaskSpec(name, func, queue, tuple(roles), outcome)
         func.task_name = name
         return func
 
@@ -128,6 +145,57 @@ def _resolve(task_ref):
     if spec.queue not in settings.RQ_QUEUES:
         raise ImproperlyConfigured(f"task {spec.name} runs on queue {spec.queue!r}, which RQ_QUEUES lacks")
     return spec
+
+
+# --- What a page shows of a job
+
+
+def outcome_of(job):
+    """The Outcome of a finished job (None while it is not): for a success, its task's own
+    words and links; otherwise what went wrong."""
+    if not job.is_terminal:
+        return None
+    if job.status == Job.Status.SUCCEEDED:
+        return _success_outcome(job)
+    if job.status == Job.Status.CANCELLED:
+        return Outcome("Cancelled before it finished; nothing it would have made was kept.")
+    if job.status == Job.Status.INTERRUPTED:
+        return Outcome(f"Interrupted: {job.error}")
+    return Outcome(f"Failed: {job.error}")
+
+
+def _success_outcome(job):
+    try:
+        describe = get_task(job.task).outcome
+    except UnknownTask:
+        describe = None
+    if describe is None:
+        return Outcome("Finished.")
+    try:
+        return describe(job)
+    except ObjectDoesNotExist:
+        # What the job made was deleted since; its result (raw, on the job page) remains.
+        return Outcome("Finished; what it made no longer exists.")
+    except (KeyError, TypeError):
+        # A result written by an older version of the task, in another shape: the page must
+        # still open, and the raw result stays on it.
+        log.warning("job %s: its result does not fit %s's outcome", job.pk, job.task, exc_info=True)
+        return Outcome("Finished.")
+
+
+def job_status(job):
+    """What a page or API client watching `job` needs: its row, its ETA while running, what
+    it waits for while queued, and its outcome with links once finished."""
+    wait = job.wait_reason()
+    outcome = outcome_of(job)
+    return {
+        **job.as_dict(),
+        "terminal": job.is_terminal,
+        "url": job.get_absolute_url(),
+        "eta_seconds": job.eta_seconds(),
+        "wait": wait.as_dict() if wait else None,
+        "outcome": outcome.as_dict() if outcome else None,
+    }
 
 
 # --- Enqueue

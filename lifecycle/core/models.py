@@ -2,12 +2,14 @@ import hashlib
 import json
 import secrets
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import OperationalError, connection, models, transaction
+from django.urls import reverse
 from django.utils import timezone
 
 GENESIS_HASH = "0" * 64
@@ -238,6 +240,68 @@ class JobQuerySet(models.QuerySet):
         return self.filter(models.Q(created_by=user) | models.Q(task__in=tasks_readable_by(user_roles(user))))
 
 
+def _ordinal(n):
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _duration(seconds):
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class Wait:
+    """What a queued job waits for: its place on its queue, the jobs running ahead of it (with
+    their ETA when their progress gives one), and whether any worker listens on that queue.
+    `workers` is None when Redis cannot say."""
+
+    queue: str
+    position: int
+    ahead: list = field(default_factory=list)  # running Job rows that hold the queue's workers
+    workers: int | None = None
+    redis_error: str = ""
+
+    def sentence(self):
+        if self.redis_error:
+            return ("The job queue is unavailable (Redis cannot be reached): no job starts until it is back.")
+        if self.workers == 0:
+            return (f"No worker is listening on queue {self.queue}: nothing on it runs until one starts "
+                    f"(manage.py lifecycle_worker {self.queue}).")
+        place = "next in line" if self.position <= 1 else f"{_ordinal(self.position)} in line"
+        text = f"Waiting on queue {self.queue}, {place}"
+        if self.ahead:
+            text += ", behind " + "; ".join(_describe_running(job) for job in self.ahead)
+        return text + "."
+
+    def as_dict(self):
+        return {
+            "queue": self.queue, "position": self.position, "workers": self.workers,
+            "redis_unavailable": bool(self.redis_error), "sentence": self.sentence(),
+            "ahead": [{"id": job.pk, "task": job.task_label, "eta_seconds": job.eta_seconds()} for job in self.ahead],
+        }
+
+
+def _uuids(values):
+    # RQ job ids that are not ours (not UUIDs) name no Job row; skip them rather than fail.
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(uuid.UUID(str(value)))
+        except ValueError:
+            pass
+    return parsed
+
+
+def _describe_running(job):
+    eta = job.eta_seconds()
+    left = f"about {_duration(eta)} left" if eta is not None else "no estimate yet"
+    return f"job {job.pk} ({job.task_label}, running, {left})"
+
+
 class Job(models.Model):
     """The truth about one background job. RQ only carries it; this row says what happened.
 
@@ -289,6 +353,54 @@ class Job(models.Model):
     @property
     def is_terminal(self):
         return self.status in self.TERMINAL
+
+    def get_absolute_url(self):
+        return reverse("job_detail", args=[self.pk])
+
+    @property
+    def task_label(self):
+        """The task's function name, which is what a person recognises ("ingest_upload")."""
+        return self.task.rpartition(".")[2]
+
+    # --- What a page tells someone watching the job
+
+    def eta_seconds(self):
+        """Seconds left by the pace so far (progress done/total since it started); None when
+        the job is not running or its progress gives no pace."""
+        done, total = self.progress.get("done"), self.progress.get("total")
+        if self.status != self.Status.RUNNING or not self.started_at:
+            return None
+        if not isinstance(done, (int, float)) or not isinstance(total, (int, float)) or not 0 < done <= total:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        return elapsed * (total - done) / done
+
+    def queue_position(self):
+        """1 for the next job its queue's workers take. Jobs are sent to RQ in the order
+        their rows were made, so the row id is the queue order (a resent job keeps its id)."""
+        return Job.objects.filter(queue=self.queue, status=self.Status.QUEUED, pk__lte=self.pk).count()
+
+    def wait_reason(self):
+        """A Wait for a queued job (None otherwise). Asks Redis which workers listen on the
+        queue and what they run now: a worker listening on several queues may be busy with
+        a job of another queue, and that is the job this one waits behind."""
+        from lifecycle.core import queues
+
+        if self.status != self.Status.QUEUED:
+            return None
+        wait = Wait(self.queue, self.queue_position())
+        running = Job.objects.filter(status=self.Status.RUNNING)
+        try:
+            workers = queues.listening_workers(self.queue)
+            busy_with = queues.current_rq_job_ids(workers)
+        except queues.QueueUnavailable as exc:
+            wait.redis_error = exc.detail or "unavailable"
+            wait.ahead = list(running.filter(queue=self.queue).order_by("started_at")[:3])
+            return wait
+        wait.workers = len(workers)
+        ahead = running.filter(models.Q(queue=self.queue) | models.Q(rq_id__in=_uuids(busy_with)))
+        wait.ahead = list(ahead.order_by("started_at")[:3])
+        return wait
 
     def as_dict(self):
         return {

@@ -14,7 +14,7 @@ from lifecycle.core.artifacts import ArtifactNotFound, InvalidArtifactKey, get_s
 from lifecycle.core.forms import ApiTokenForm, AuditFilterForm
 from lifecycle.core.home import panels_for
 from lifecycle.core.models import ApiToken, AuditEvent, Job
-from lifecycle.core.jobs import enqueue
+from lifecycle.core.jobs import enqueue, job_status, outcome_of
 from lifecycle.core.queues import QueueUnavailable, redis_status
 from lifecycle.core.tasks import verify_audit_chain
 from lifecycle.core.roles import (
@@ -213,7 +213,7 @@ def job_cancel(request, job_id):
 @require_GET
 def job_detail(request, job_id):
     job = _get_job_for_user(request, job_id)
-    return render(request, "core/job_detail.html", {"job": job})
+    return render(request, "core/job_detail.html", {"job": job, "outcome": outcome_of(job)})
 
 
 @require_GET
@@ -224,8 +224,10 @@ def api_me(request):
 @role_required(*ROLES)
 @require_GET
 def api_job(request, job_id):
+    """The job as a page watching it needs it (static/js/job-watch.js): status, progress, ETA,
+    what it waits for, and once finished its outcome with links."""
     job = _get_job_for_user(request, job_id)
-    return JsonResponse(job.as_dict())
+    return JsonResponse(job_status(job))
 
 
 @role_required(*ARTIFACT_ROLES)

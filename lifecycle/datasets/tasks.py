@@ -6,7 +6,7 @@ import numpy as np
 from django.db import transaction
 
 from lifecycle.core.artifacts import get_store
-from lifecycle.core.jobs import task
+from lifecycle.core.jobs import Outcome, task
 from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import READ_ROLES
 from lifecycle.datasets import ingest, splits
@@ -22,7 +22,27 @@ def _progress(job):
     return report
 
 
-@task(queue="default", roles=READ_ROLES)
+def _versions_made(dataset_id, numbers, rows):
+    versions = list(DatasetVersion.objects.filter(dataset_id=dataset_id, number__in=numbers)
+                    .select_related("dataset").order_by("number"))
+    if not versions:
+        return Outcome("Finished; the versions it made no longer exist.")
+    names = " and ".join(f"version {v.number}" for v in versions)
+    return Outcome(f"Made {names} of {versions[0].dataset.name} ({rows:,} rows).",
+                   tuple((f"Version {v.number}", v.get_absolute_url()) for v in versions))
+
+
+def _ingest_outcome(job):
+    upload = Upload.objects.get(pk=job.kwargs["upload_id"])
+    return _versions_made(upload.dataset_id, job.result["versions"], job.result["rows"])
+
+
+def _derive_outcome(job):
+    parent = DatasetVersion.objects.get(pk=job.kwargs["version_id"])
+    return _versions_made(parent.dataset_id, [job.result["version"]], job.result["rows"])
+
+
+@task(queue="default", roles=READ_ROLES, outcome=_ingest_outcome)
 def ingest_upload(job, *, upload_id):
     """Turn an upload into a version. A refusal keeps its report on the upload and makes nothing else."""
     upload = Upload.objects.select_related("dataset", "created_by").get(pk=upload_id)
@@ -56,7 +76,7 @@ def _record_success(upload, versions):
         AuditEvent.record(upload.created_by, "upload.ingested", upload, {"versions": [v.number for v in versions]})
 
 
-@task(queue="default", roles=READ_ROLES)
+@task(queue="default", roles=READ_ROLES, outcome=_derive_outcome)
 def derive_version(job, *, version_id, operation, user_id=None, seed=None, keep_together="all", column=""):
     """Make a child version: remove duplicates, redact PII, or split again. A child the same
     operation with the same settings already made is the answer instead of a second one."""

@@ -151,11 +151,18 @@ def _start_ingest(request, upload, form):
     return redirect(upload)
 
 
+def _wait_sentence(job):
+    wait = job.wait_reason() if job else None
+    return wait.sentence() if wait else ""
+
+
 def upload_status(upload):
     job = upload.job
     return {
         "upload": upload.pk, "dataset": upload.dataset.slug, "filename": upload.filename, "status": upload.status,
         "progress": job.progress if job else {}, "error": job.error if job else "",
+        # What a queued ingest waits for (its queue, its place, the job ahead, a missing worker).
+        "wait": _wait_sentence(job),
         "version": upload.version.number if upload.version_id else None,
         "version_url": upload.version.get_absolute_url() if upload.version_id else None,
         # The preview holds rows (maybe personal data): the mapping step shows it to engineers only.

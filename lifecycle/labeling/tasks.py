@@ -1,4 +1,6 @@
-from lifecycle.core.jobs import maintenance_step, task
+from django.urls import reverse
+
+from lifecycle.core.jobs import Outcome, maintenance_step, task
 from lifecycle.core.roles import LABELER, READ_ROLES
 
 # Who may read these jobs (as labeling/views.py): QC results, frozen versions and model
@@ -18,7 +20,31 @@ def expire_claims():
     return Assignment.expire_stale(settings.LABELING_CLAIM_TTL)
 
 
-@task(queue="monitoring", roles=STATS_ROLES)
+def _qc_outcome(job):
+    verdict = "passes" if job.result["passes"] else "does not pass"
+    return Outcome(f"QC computed from {job.result['answers']} answers: it {verdict}.",
+                   (("QC report", reverse("labeling:qc", args=[job.kwargs["project_id"]])),))
+
+
+def _frozen_outcome(job):
+    from lifecycle.datasets.models import DatasetVersion
+
+    version = DatasetVersion.objects.select_related("dataset").get(pk=job.result["version"])
+    return Outcome(f"Froze the labels into version {version.number} of {version.dataset.name}.",
+                   ((f"Version {version.number}", version.get_absolute_url()),))
+
+
+def _project_outcome(job):
+    from lifecycle.labeling.models import LabelingProject
+
+    project_id = job.result.get("project") or job.kwargs["project_id"]
+    project = LabelingProject.objects.get(pk=project_id)
+    text = (f"Suggested a label for {job.result['items']} examples of {project.name}." if "items" in job.result
+            else f"Made the labeling project {project.name}.")
+    return Outcome(text, ((project.name, project.get_absolute_url()),))
+
+
+@task(queue="monitoring", roles=STATS_ROLES, outcome=_qc_outcome)
 def compute_qc(job, *, project_id):
     """Agreement statistics and threshold verdicts of a project (labeling/qc.py)."""
     from lifecycle.labeling import qc
@@ -30,7 +56,7 @@ def compute_qc(job, *, project_id):
     return {"report": report.pk, "passes": report.passes, "answers": report.answers, "alpha": report.data["alpha"]}
 
 
-@task(queue="default", roles=STATS_ROLES)
+@task(queue="default", roles=STATS_ROLES, outcome=_frozen_outcome)
 def freeze_project(job, *, project_id, qc_report_id):
     """Write the project's final labels into a child version of its dataset version."""
     from lifecycle.labeling import freezing
@@ -39,7 +65,7 @@ def freeze_project(job, *, project_id, qc_report_id):
     return {"version": version.pk, "number": version.number}
 
 
-@task(queue="default", roles=LIST_ROLES)
+@task(queue="default", roles=LIST_ROLES, outcome=_project_outcome)
 def seed_demo_project(job):
     """The demo's labeling project, once the demo dataset's first version is in (labeling/demo.py)."""
     from lifecycle.labeling import demo
@@ -48,7 +74,7 @@ def seed_demo_project(job):
     return {"project": project.pk}
 
 
-@task(queue="training", roles=STATS_ROLES)
+@task(queue="training", roles=STATS_ROLES, outcome=_project_outcome)
 def suggest_labels(job, *, project_id, run_id):
     """Model suggestions for every item of a project, from a trained run (labeling/suggestions.py)."""
     from lifecycle.labeling import suggestions

@@ -241,7 +241,9 @@ def suggest(request, project_id):
 def qc_page(request, project_id):
     project = _get_project(project_id)
     report = project.latest_qc()
-    context = {"project": project, "report": report}
+    # A computation still to come is shown live; the page reloads itself once it is done.
+    pending = project.qc_job if project.qc_job_id and not project.qc_job.is_terminal else None
+    context = {"project": project, "report": report, "qc_job": pending}
     if report is not None:
         context.update(stale=not project.qc_is_current(report), figures=charts.qc_figures(project, report.data))
     return render(request, "labeling/qc.html", context)
@@ -252,11 +254,10 @@ def qc_page(request, project_id):
 def qc_run(request, project_id):
     project = _get_project(project_id)
     try:
-        job = project.schedule_qc(request.user)
+        # No flash on success: the QC page shows the job itself, live, and drops it when done.
+        project.schedule_qc(request.user)
     except QueueUnavailable:
         messages.error(request, "The job queue does not answer; try again in a moment.")
-    else:
-        messages.success(request, "QC is being recomputed." if job else "A QC computation is already queued.")
     return redirect("labeling:qc", project.pk)
 
 

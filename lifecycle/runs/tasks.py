@@ -1,9 +1,17 @@
-from lifecycle.core.jobs import task
+from lifecycle.core.jobs import Outcome, task
 # Those who see run pages read run jobs too: their results carry test metrics.
 from lifecycle.core.roles import READ_ROLES
 
 
-@task(queue="training", roles=READ_ROLES)
+def _run_outcome(job):
+    from lifecycle.runs.models import Run
+
+    run = Run.objects.get(pk=job.result["run"])
+    verb = "Trained" if job.task_label == "train_run" else "Started"
+    return Outcome(f"{verb} run {run.pk} ({run.name}).", ((f"Run {run.pk}", run.get_absolute_url()),))
+
+
+@task(queue="training", roles=READ_ROLES, outcome=_run_outcome)
 def train_run(job, *, run_id, resume=False):
     """Train (or, with resume, continue) a run; see runs/training.py."""
     from lifecycle.runs import worker
@@ -11,7 +19,7 @@ def train_run(job, *, run_id, resume=False):
     return worker.train(job, run_id=run_id, resume=resume)
 
 
-@task(queue="default", roles=READ_ROLES)
+@task(queue="default", roles=READ_ROLES, outcome=_run_outcome)
 def start_demo_run(job):
     """Start the demo's run on the newest usable version of the demo dataset (runs/demo.py)."""
     from django.contrib.auth import get_user_model

@@ -10,6 +10,7 @@
     document.getElementById("upload-status").className = "status status-" + data.status;
     // A finished job's last phase ("redacting") is history, not what it is doing.
     document.getElementById("upload-phase").textContent = done.indexOf(data.status) >= 0 ? "" : (p.phase || "");
+    document.getElementById("upload-wait").textContent = data.wait || "";
     if (p.total) document.getElementById("upload-bar").style.width = Math.min(100, 100 * p.done / p.total).toFixed(1) + "%";
     if (p.rows) document.getElementById("upload-counts").textContent = p.rows.toLocaleString() + " rows read";
     if (done.indexOf(data.status) >= 0) { window.location.reload(); return; }

@@ -1,6 +1,7 @@
 """The README's run command prepares a working demo on embedded defaults."""
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from lifecycle.core.management.commands.demo import WORKERS
 from tests.core.test_file_modes import open_to_others
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,12 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
     assert "Lifecycle demo is ready at http://127.0.0.1:8000/" in result.stdout
+    # Two workers, training on its own, each named with its log: an upload never waits behind a fine-tune.
+    assert "The demo runs 2 workers, training on its own, each with its own log:" in result.stdout
+    assert re.search(rf"queues default, monitoring +{re.escape(str(tmp_path / 'worker.log'))}\n", result.stdout)
+    assert re.search(rf"queues training +{re.escape(str(tmp_path / 'training-worker.log'))}\n", result.stdout)
+    assert sorted(q for _, queue_names in WORKERS for q in queue_names) == sorted(settings.RQ_QUEUE_NAMES)
+    assert [queue_names for _, queue_names in WORKERS if "training" in queue_names] == [("training",)]
     logins = dict(line.split() for line in (tmp_path / "demo-logins.txt").read_text().splitlines())
     assert set(logins) == {"admin", "demo-labeler", "demo-ml-engineer", "demo-approver", "demo-oncall", "demo-viewer",
                            "demo-labeler-2", "demo-labeler-3"}
@@ -103,3 +111,27 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     assert 1 < medians[0] < medians[1] < medians[2] < 15
     assert suggested == sum(states.values())
     assert open_to_others(tmp_path) == []  # checkpoints, model cache and run outputs included
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_demo_starts_two_workers_with_training_on_its_own(tmp_path, settings, redis, monkeypatch):
+    """What `manage.py demo` starts beside its server: a worker for default and monitoring,
+    and one for training, each registered in Redis and logging to its own file."""
+    from rq import Worker
+
+    from lifecycle.core.management.commands.demo import Command
+    from tests.workers import wait_for, worker_env
+
+    for name, value in worker_env().items():  # the workers are children: they read the environment
+        monkeypatch.setenv(name, value)
+    settings.DATA_DIR = tmp_path
+    command = Command()
+    command.children = []
+    command.start_workers()
+    try:
+        workers = wait_for(lambda: len(Worker.all(connection=redis)) == 2 and Worker.all(connection=redis), 60,
+                           "the demo's two workers to register")
+        assert sorted(tuple(worker.queue_names()) for worker in workers) == [("default", "monitoring"), ("training",)]
+    finally:
+        command.stop_children()
+    assert (tmp_path / "worker.log").exists() and (tmp_path / "training-worker.log").exists()

@@ -1,4 +1,4 @@
-"""`manage.py demo`: the whole loop on a laptop — database, private Redis, a worker, demo
+"""`manage.py demo`: the whole loop on a laptop — database, private Redis, two workers, demo
 users and data, and the development server. Started by scripts/demo (see the README)."""
 import atexit
 import secrets
@@ -25,7 +25,13 @@ from lifecycle.core.roles import ROLES
 DEMO_USERS = [("admin", None)] + [(f"demo-{role.replace('_', '-')}", role) for role in ROLES]
 # Two more labelers, so the demo's labeling project has overlap, agreement and disagreement.
 DEMO_USERS += [("demo-labeler-2", "labeler"), ("demo-labeler-3", "labeler")]
-WORKER_QUEUES = ("default", "monitoring", "training")
+# Training runs on a worker of its own, as in docker/compose.yaml: a fine-tune takes minutes,
+# and an upload or a QC computation must not wait behind it. (log file, queues) per worker.
+WORKERS = (("worker.log", ("default", "monitoring")), ("training-worker.log", ("training",)))
+
+
+def worker_command(queue_names):
+    return [sys.executable, "manage.py", "rqworker", *queue_names, "--worker-class", "lifecycle.core.worker.LifecycleWorker"]
 
 
 class Command(BaseCommand):
@@ -47,7 +53,7 @@ class Command(BaseCommand):
         self.seed_apps()
         if no_server:
             return self.print_logins(credentials, port)
-        self.start_worker()
+        self.start_workers()
         self.print_logins(credentials, port)
         call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True)
 
@@ -94,10 +100,9 @@ class Command(BaseCommand):
 
     # --- worker --------------------------------------------------------------------------
 
-    def start_worker(self):
-        command = [sys.executable, "manage.py", "rqworker", *WORKER_QUEUES,
-                   "--worker-class", "lifecycle.core.worker.LifecycleWorker"]
-        self.spawn(command, log="worker.log")
+    def start_workers(self):
+        for log, queue_names in WORKERS:
+            self.spawn(worker_command(queue_names), log=log)
 
     def spawn(self, command, log):
         log_file = open(settings.DATA_DIR / log, "ab")
@@ -158,4 +163,8 @@ class Command(BaseCommand):
         self.stdout.write("\nLifecycle demo is ready at http://127.0.0.1:%d/\n" % port)
         for username, password, role in credentials:
             self.stdout.write(f"  {username:<20} {password:<16} {role or 'admin (all roles)'}")
-        self.stdout.write(f"\nLogins are kept in {settings.DATA_DIR / 'demo-logins.txt'}. Worker log: {settings.DATA_DIR / 'worker.log'}\n")
+        self.stdout.write(f"\nLogins are kept in {settings.DATA_DIR / 'demo-logins.txt'}.")
+        self.stdout.write(f"The demo runs {len(WORKERS)} workers, training on its own, each with its own log:")
+        for log, queue_names in WORKERS:
+            self.stdout.write(f"  queues {', '.join(queue_names):<20} {settings.DATA_DIR / log}")
+        self.stdout.write("")

@@ -12,6 +12,8 @@ from django.db import OperationalError, connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from lifecycle.core import queues
+
 GENESIS_HASH = "0" * 64
 
 
@@ -267,7 +269,7 @@ class Wait:
 
     def sentence(self):
         if self.redis_error:
-            return ("The job queue is unavailable (Redis cannot be reached): no job starts until it is back.")
+            return "The job queue is unavailable (Redis cannot be reached): no job starts until it is back."
         if self.workers == 0:
             return (f"No worker is listening on queue {self.queue}: nothing on it runs until one starts "
                     f"(manage.py lifecycle_worker {self.queue}).")
@@ -376,16 +378,15 @@ class Job(models.Model):
         return elapsed * (total - done) / done
 
     def queue_position(self):
-        """1 for the next job its queue's workers take. Jobs are sent to RQ in the order
-        their rows were made, so the row id is the queue order (a resent job keeps its id)."""
+        """1 for the next job its queue's workers take. Jobs are sent to RQ in the order their
+        rows were made, so the row id is the queue order; only a job the reconciler resent
+        sits further back in RQ than its id says, and it is rare enough not to ask RQ each time."""
         return Job.objects.filter(queue=self.queue, status=self.Status.QUEUED, pk__lte=self.pk).count()
 
     def wait_reason(self):
         """A Wait for a queued job (None otherwise). Asks Redis which workers listen on the
         queue and what they run now: a worker listening on several queues may be busy with
         a job of another queue, and that is the job this one waits behind."""
-        from lifecycle.core import queues
-
         if self.status != self.Status.QUEUED:
             return None
         wait = Wait(self.queue, self.queue_position())

@@ -54,13 +54,16 @@
       el.textContent = data.status;
       el.className = "status status-" + data.status;
     });
-    setText(id, "phase", progressText(p));
+    setText(id, "phase", data.terminal ? "" : progressText(p));  // a finished job's last phase is history
     setText(id, "eta", data.eta_seconds != null ? "about " + duration(data.eta_seconds) + " left" : "");
     setText(id, "wait", data.wait ? data.wait.sentence : "");
     setText(id, "started_at", when(data.started_at));
     setText(id, "finished_at", when(data.finished_at));
     setText(id, "heartbeat_at", when(data.heartbeat_at));
-    setText(id, "error", data.error || "—");
+    fields(id, "error").forEach(function (el) {
+      el.textContent = data.error || "—";
+      el.className = data.error ? "error" : "muted";
+    });
     setText(id, "progress", JSON.stringify(p));
     setText(id, "result", JSON.stringify(data.result));
     if (typeof p.done === "number" && typeof p.total === "number" && p.total > 0) {

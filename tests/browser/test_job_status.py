@@ -47,6 +47,7 @@ def test_a_queued_jobs_page_turns_into_its_outcome_with_a_link_without_reloading
     expect(outcome.locator("a")).to_have_attribute("href", child.get_absolute_url())
     expect(page.locator("button:has-text('Cancel')")).to_have_count(0)
     expect(page.locator("[data-job-field=wait]")).to_have_text("")
+    expect(page.locator(".job-status [data-job-field=phase]")).to_have_text("")  # no stale "resplit 0 of 120"
     assert page.evaluate("window.stillTheSamePage") is True
     expect(listing.locator(f"[data-job='{job.pk}'][data-job-field=status]")).to_have_text("succeeded")
     outcome.locator("a").click()

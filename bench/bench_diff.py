@@ -73,7 +73,7 @@ def time_page(old, new):
 
     from lifecycle.datasets import diff
 
-    user = User.objects.create_user("bench-engineer")
+    user = User.objects.filter(username="bench-engineer").first() or User.objects.create_user("bench-engineer")
     user.groups.add(Group.objects.get_or_create(name="ml_engineer")[0])
     client = Client()
     client.force_login(user)

@@ -94,6 +94,14 @@ def _side(how):
     return f'SELECT {key}, "row", row_sha256 AS h FROM {table} WHERE version_id = %s'
 
 
+# PostgreSQL: one hash full join, each version's rows read once.
+FULL = """
+    SELECT CASE WHEN o."row" IS NULL THEN 1 WHEN n."row" IS NULL THEN 2 ELSE 0 END AS kind,
+           coalesce(o."row", n."row") AS pos, o."row" AS old_row, n."row" AS new_row
+    FROM o FULL JOIN n ON n.k1 = o.k1 AND n.k2 = o.k2
+    WHERE o."row" IS NULL OR n."row" IS NULL OR n.h <> o.h OR n.split <> o.split
+"""
+# SQLite: a left join and an anti-join (no FULL JOIN before 3.39), each an index lookup.
 JOINED = """
     SELECT CASE WHEN n."row" IS NULL THEN 2 ELSE 0 END AS kind, o."row" AS pos, o."row" AS old_row, n."row" AS new_row
     FROM o LEFT JOIN n ON n.k1 = o.k1 AND n.k2 = o.k2
@@ -118,21 +126,21 @@ LOOKED_UP = """
 def _query(how):
     """Kind (0 edited, 1 added, 2 removed), its total, and the rows on each kind's page.
 
-    A left join and an anti-join instead of a FULL JOIN, which SQLite before 3.39 lacks; by
-    identity each side stays inline (NOT MATERIALIZED), so SQLite reads the (version,
+    By identity each side stays inline (NOT MATERIALIZED), so SQLite reads the (version,
     origin_row) index and PostgreSQL hashes. By content SQLite stores each side once: inline
     it would rerun the window function for every row of the other side. Row 1 of every kind
     comes back too, so that a kind's total is known when its page is past the end.
     """
     sqlite_by_content = how == BY_CONTENT and connection.vendor == "sqlite"
     stored = "MATERIALIZED" if sqlite_by_content else "NOT MATERIALIZED"
+    changed = FULL if connection.vendor == "postgresql" else LOOKED_UP if sqlite_by_content else JOINED
     side = _side(how)
     return f"""
         WITH o AS {stored} ({side}), n AS {stored} ({side})
         SELECT kind, total, rn, old_row, new_row FROM (
             SELECT kind, old_row, new_row, COUNT(*) OVER (PARTITION BY kind) AS total,
                    ROW_NUMBER() OVER (PARTITION BY kind ORDER BY pos) AS rn
-            FROM ({LOOKED_UP if sqlite_by_content else JOINED}) AS changed
+            FROM ({changed}) AS changed
         ) AS ranked
         WHERE rn = 1 OR (kind = 0 AND rn BETWEEN %s AND %s) OR (kind = 1 AND rn BETWEEN %s AND %s)
               OR (kind = 2 AND rn BETWEEN %s AND %s)

@@ -62,3 +62,21 @@ def test_per_class_bars_groups_precision_recall_f1():
     assert [trace["name"] for trace in chart["data"]] == ["Precision", "Recall", "F1"]
     assert list(chart["data"][0]["x"]) == ["cat", "dog", "eel"]
     assert list(chart["data"][2]["y"]) == [row["f1"] for row in per_class]
+
+
+def test_curves_without_a_point_wait_instead_of_drawing_empty_axes():
+    empty = serialises(curves({"training loss": ([], []), "validation loss": ([], [])}, title="Loss", y_title="loss"))
+    layout = empty["layout"]
+    assert layout["meta"] == {"waiting": True}
+    assert layout["xaxis"]["visible"] is False and layout["yaxis"]["visible"] is False
+    assert [a["text"] for a in layout["annotations"]] == ["waiting for the first step"]
+    drawn = serialises(curves({"training loss": ([1], [0.9]), "validation loss": ([], [])}, title="Loss", y_title="loss"))
+    assert "meta" not in drawn["layout"] and "annotations" not in drawn["layout"]
+    assert drawn["layout"]["xaxis"].get("visible", True) is True
+
+
+def test_curves_give_up_to_five_series_five_distinct_colours_in_order():
+    series = {f"run {i}": ([1, 2], [1.0, 0.5]) for i in range(5)}
+    first = [t["line"]["color"] for t in curves(series, title="Loss", y_title="loss")["data"]]
+    again = [t["line"]["color"] for t in curves(series, title="Validation loss", y_title="loss")["data"]]
+    assert len(set(first)) == 5 and first == again

@@ -317,7 +317,8 @@ class SplitOptions:
 
     def describe(self):
         if self.column:
-            accepting = "" if self.keep_together == "all" else f", accepting what crosses beyond {KEEP_TOGETHER[self.keep_together]}"
+            accepting = ("" if self.keep_together == "all"
+                         else f", accepting what crosses beyond {KEEP_TOGETHER[self.keep_together]}")
             return f"given by the column “{self.column}”{accepting}"
         together = "" if self.keep_together == "all" else f", keeping {KEEP_TOGETHER[self.keep_together]}"
         return f"seeded (seed {self.seed}){together}"

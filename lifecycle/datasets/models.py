@@ -202,7 +202,8 @@ class DatasetVersion(models.Model):
     def split_problem(self):
         """The shortfall in words: which splits, and what joined the rows into big units."""
         report = self.split_feasibility or {}
-        short = ", ".join(f"{name} {report['rows'][name]} of {report['targets'][name]:g} rows" for name in report.get("short", []))
+        short = ", ".join(f"{name} {report['rows'][name]} of {report['targets'][name]:g} rows"
+                          for name in report.get("short", []))
         units = report.get("units")
         if not units:
             return short

@@ -88,7 +88,7 @@ def test_a_split_again_with_the_same_settings_is_found_and_other_settings_make_a
         (3, "all"), (3, "groups"), (4, "all")]
 
 
-def test_a_job_for_a_child_already_made_writes_nothing(engineer, tmp_path, django_capture_on_commit_callbacks):
+def test_a_job_for_a_child_already_made_writes_nothing(engineer, tmp_path):
     parent = import_synthetic(tmp_path, engineer, pii_rate=0.3)
     first = enqueue(tasks.derive_version, user=engineer, key="first", version_id=parent.pk, operation="redact")
     # A second job queued before the first ran (another click's, a retried one): it finds the child.

@@ -732,7 +732,7 @@ def time_pages(project, engineer, labelers, n_requests):
     client = logged_in(engineer)
     table_url = reverse("labeling:table", args=[project.pk])
 
-    def sample(url, params):
+    def sample(url, params, client=client):
         assert client.get(url, params).status_code == 200  # warm once
         samples = []
         for _ in range(n_requests):
@@ -752,7 +752,11 @@ def time_pages(project, engineer, labelers, n_requests):
         for page in sorted({1, min(DEEP_PAGE, pages)}):
             tables.append({"filter": name, "rows": rows, "page": page, **sample(table_url, {**params, "page": page})})
     others = {"project page": sample(reverse("labeling:detail", args=[project.pk]), {}),
-              "QC page": sample(reverse("labeling:qc", args=[project.pk]), {})}
+              "QC page": sample(reverse("labeling:qc", args=[project.pk]), {}),
+              # The start page counts what waits for a labeler (LabelingProject.waiting_for).
+              "start page, engineer": sample(reverse("home"), {}),
+              f"start page, {labelers[-1].username} (work left)": sample(reverse("home"), {}, logged_in(labelers[-1])),
+              f"start page, {labelers[0].username} (queue empty)": sample(reverse("home"), {}, logged_in(labelers[0]))}
     return tables, others
 
 

@@ -113,3 +113,18 @@ def test_a_single_unfinished_example_reads_in_the_singular(tmp_path, db):
         project.next_for(lee).answer(label="billing")
     reasons = " ".join(qc.compute(project).data["reasons"])
     assert "1 example has no final label yet (1 waiting for answers, 0 ties and 0 flagged" in reasons
+
+
+def test_the_demo_answers_carry_each_labelers_scripted_pace(tmp_path, db):
+    """Nobody looked at the demo's scripted answers: their times are scripted too, per labeler."""
+    from lifecycle.datasets.demo import SLUG
+    from lifecycle.labeling import demo
+
+    engineer = make_user("demo-ml-engineer", "ml_engineer")
+    for username in demo.LABELERS:
+        make_user(username, "labeler")
+    labeled_version(tmp_path, engineer, n=200, slug=SLUG)
+    annotators = {a["username"]: a for a in demo.build().latest_qc().data["annotators"]}
+    for name, pace in demo.PACE.items():
+        assert annotators[name]["median_seconds"] == pytest.approx(pace, abs=0.5)
+    assert demo.PACE["demo-labeler-3"] < demo.PACE["demo-labeler-2"] < demo.PACE["demo-labeler"]  # careless is fastest

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 
 from lifecycle.core.models import Job
 from lifecycle.datasets.models import Dataset, DatasetVersion, PiiSignOff
@@ -34,7 +35,11 @@ def make_version(tmp_path, slug="support", rows=None, **dataset_fields):
     path = tmp_path / f"{slug}.jsonl"
     rows = rows if rows is not None else list(generate(90, pii_rate=0, dup_rate=0))
     path.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
-    call_command("dataset_import", str(path), dataset=slug, stdout=io.StringIO())
+    # The import's heartbeat thread has its own connection, which cannot see this test's
+    # uncommitted job row: a beat would read the job as gone and stop it. One beat an hour
+    # never comes during the import, however slow the machine is that day.
+    with override_settings(JOB_HEARTBEAT_SECONDS=3600):
+        call_command("dataset_import", str(path), dataset=slug, stdout=io.StringIO())
     # With the default "redact" policy, PII found in v1 makes a redacted v2: take the newest.
     return DatasetVersion.objects.select_related("dataset").filter(dataset__slug=slug).order_by("-number").first()
 

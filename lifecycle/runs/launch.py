@@ -13,6 +13,9 @@ def data_summary(version):
         blocked.append(f"{version} holds personal data without an approver's sign-off: redact it or get a sign-off")
     if version.has_leakage:
         blocked.append(f"{version} leaks between its splits (see its leakage report): split it again first")
+    if version.split_meets_fractions is False:
+        blocked.append(f"{version}'s split cannot meet its fractions ({version.split_problem()}): "
+                       "split it again with one of the ways out on its page")
     return DataSummary(task=version.dataset.task, counts=version.split_counts(), blocked=blocked)
 
 

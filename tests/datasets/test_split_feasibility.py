@@ -12,6 +12,7 @@ from lifecycle.core.models import Job
 from lifecycle.datasets.models import Dataset, DatasetVersion
 from lifecycle.datasets.splits import feasibility, leakage_report
 from lifecycle.runs.forms import RunForm, usable_versions
+from lifecycle.runs.models import Run
 from tests.conftest import make_user
 from tests.datasets.test_web import perform_queued_jobs
 
@@ -131,6 +132,17 @@ def test_the_run_form_refuses_a_posted_version_that_falls_short_and_says_why(eng
     assert "orders v1 may not be used for training" in message and "cannot meet its fractions" in message
     form = RunForm({"dataset_version": "999999"})  # an unknown version keeps Django's message
     assert not form.is_valid() and "valid choice" in " ".join(form.errors["dataset_version"])
+
+
+def test_the_runs_api_refuses_a_version_that_falls_short_and_queues_nothing(eng_client, engineer, tmp_path):
+    version = import_rows(tmp_path, templated_rows(), engineer)
+    runs_before, jobs_before = Run.objects.count(), Job.objects.count()
+    response = eng_client.post("/api/v1/runs", {"dataset_version": version.pk, "base_model": "all-MiniLM-L6-v2",
+                                                "task": "classification", "method": "lora", "epochs": 1},
+                               content_type="application/json")
+    assert response.status_code == 400
+    assert "cannot meet its fractions" in json.dumps(response.json())
+    assert (Run.objects.count(), Job.objects.count()) == (runs_before, jobs_before)
 
 
 @pytest.mark.parametrize("keep_together, accepted", [("groups", ["near_duplicates", "exact_duplicates"]),

@@ -6,7 +6,9 @@ from lifecycle.core.roles import READ_ROLES
 def _run_outcome(job):
     from lifecycle.runs.models import Run
 
-    run = Run.objects.get(pk=job.result["run"])
+    # A training job names its run in its arguments; the demo's start job in its result.
+    run_id = job.kwargs["run_id"] if "run_id" in job.kwargs else job.result["run"]
+    run = Run.objects.get(pk=run_id)
     verb = "Trained" if job.task_label == "train_run" else "Started"
     return Outcome(f"{verb} run {run.pk} ({run.name}).", ((f"Run {run.pk}", run.get_absolute_url()),))
 

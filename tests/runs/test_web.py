@@ -422,3 +422,12 @@ def test_compare_needs_two_to_five_runs(eng, version):
     response = eng.get("/runs/compare", {"runs": f"{runs[0].pk},999999"})
     assert response.status_code == 400 and "There is no run 999999" in response.content.decode()
     assert eng.get("/runs/compare", {"runs": "1,x"}).status_code == 400
+
+
+def test_a_finished_training_jobs_outcome_links_its_run(version, engineer):
+    from lifecycle.core.jobs import job_status
+
+    run = make_run(version, user=engineer, status=Job.Status.SUCCEEDED)
+    outcome = job_status(Job.objects.get(pk=run.job_id))["outcome"]
+    assert outcome["text"] == f"Trained run {run.pk} (baseline)."
+    assert outcome["links"] == [{"label": f"Run {run.pk}", "url": run.get_absolute_url()}]

@@ -10,6 +10,7 @@ the columns it needs, and hands to the next only what that one needs: see docs/d
 for what is held per row at each step.
 """
 import itertools
+import json
 import logging
 import math
 import mmap
@@ -32,7 +33,7 @@ from django.conf import settings
 
 from lifecycle.datasets import dedup, pii, splits
 from lifecycle.datasets import rows as rows_analysis
-from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion
+from lifecycle.datasets.models import SPLIT_ALIASES, SPLIT_NAMES, Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping, FileFormatError, Row, clean_cell, open_rows
 from lifecycle.datasets.versions import TextIndexWriter, VersionWriter, row_sha256
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 BATCH = 5_000
 HELPERS = 2  # helper processes for big files: with the main process, both cores stay busy
 MAX_REPORTED_ERRORS = 200
-SPLIT_ALIASES = {"train": 0, "training": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2, "testing": 2}
 STAGE_SCHEMA = pa.schema([
     ("text", pa.string()), ("response", pa.string()), ("label", pa.string()), ("group", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")), ("metadata", pa.string()), ("row_sha256", pa.string()),
@@ -979,27 +979,17 @@ def _codes(values):
     return np.asarray([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=np.int64)
 
 
-def resplit_version(parent, *, seed, fractions=(0.8, 0.1, 0.1), by_time=False, user=None):
-    """A child with the same rows and a new seeded split (groups and duplicates kept together)."""
-    from lifecycle.datasets.versions import iter_row_batches
+class SplitColumnInvalid(ValueError):
+    """The column chosen to give the splits does not name one for every row."""
 
-    labels, groups, times, units, keys = [], [], [], [], []
-    columns = ["label", "group", "timestamp", "duplicate_cluster", "content_key"]
-    for batch in iter_row_batches(parent, columns=columns):
-        for label, group, when, cluster, key in zip(*(batch[c] for c in columns)):
-            labels.append(label)
-            groups.append(group)
-            times.append(when.timestamp() if when else math.nan)
-            units.append(cluster if cluster is not None else -1 - len(units))
-            keys.append(key)
-    group_array = _codes(groups)
-    _, unit_ids = np.unique(np.asarray(units, dtype=np.int64), return_inverse=True)
-    assigned = splits.assign_splits(
-        _codes(labels), groups=group_array if (group_array >= 0).any() else None,
-        timestamps=np.asarray(times) if by_time else None, units=unit_ids, fractions=fractions, seed=seed, by_time=by_time)
-    leak = splits.leakage_report(assigned, exact_keys=np.asarray(keys, dtype=np.int64),
-                                 groups=group_array if (group_array >= 0).any() else None)
-    leak["splits_from"] = f"seeded (seed {seed})"
+
+def resplit_version(parent, options, *, user=None):
+    """A child with the same rows and a new split under `options` (splits.split_again)."""
+    rows = _split_inputs(parent, options.column)
+    assigned, leak = splits.split_again(
+        _codes(rows["label"]), groups=_codes(rows["group"]), clusters=np.asarray(rows["cluster"], dtype=np.int64),
+        keys=np.asarray(rows["key"], dtype=np.int64), options=options,
+        given=_given_splits(rows["given"], options.column) if options.column else None)
     offset = 0
 
     def transform(batch):
@@ -1012,3 +1002,27 @@ def resplit_version(parent, *, seed, fractions=(0.8, 0.1, 0.1), by_time=False, u
     reports = inherited_reports(parent) | {"leakage": leak}
     return derive_version(parent, DatasetVersion.Operation.RESPLIT, transform, user=user, reports=reports,
                           has_leakage=bool(leak["has_leakage"]))
+
+
+def _split_inputs(parent, column):
+    from lifecycle.datasets.versions import iter_row_batches
+
+    columns = ["label", "group", "duplicate_cluster", "content_key"] + (["metadata"] if column else [])
+    rows = {"label": [], "group": [], "cluster": [], "key": [], "given": []}
+    for batch in iter_row_batches(parent, columns=columns):
+        rows["label"] += batch["label"]
+        rows["group"] += batch["group"]
+        rows["cluster"] += [-1 if c is None else c for c in batch["duplicate_cluster"]]
+        rows["key"] += batch["content_key"]
+        if column:
+            rows["given"] += [json.loads(m or "{}").get(column) for m in batch["metadata"]]
+    return rows
+
+
+def _given_splits(values, column):
+    given = [SPLIT_ALIASES.get(str(v).strip().lower(), -1) if v is not None else -1 for v in values]
+    missing = next((row for row, split in enumerate(given) if split < 0), None)
+    if missing is not None:
+        raise SplitColumnInvalid(f"the column “{column}” names no split (train, validation or test) in row {missing} "
+                                 f"(value {values[missing]!r}); nothing was made")
+    return given

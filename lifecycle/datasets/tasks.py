@@ -1,8 +1,6 @@
-import json
 import os
 import tempfile
 
-import numpy as np
 from django.db import transaction
 
 from lifecycle.core.artifacts import get_store
@@ -10,7 +8,7 @@ from lifecycle.core.jobs import Outcome, task
 from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import READ_ROLES
 from lifecycle.datasets import ingest, splits
-from lifecycle.datasets.models import SPLIT_ALIASES, SPLIT_NAMES, DatasetVersion, Upload
+from lifecycle.datasets.models import DatasetVersion, Upload
 from lifecycle.datasets.readers import ColumnMapping
 
 
@@ -94,61 +92,7 @@ def derive_version(job, *, version_id, operation, user_id=None, seed=None, keep_
     elif operation == "redact":
         child = ingest.redact_version(parent, user=user)
     elif operation == "resplit":
-        child = resplit(parent, options, user=user)
+        child = ingest.resplit_version(parent, options, user=user)
     else:
         raise ValueError(f"unknown operation {operation!r}")
     return {"version": child.number, "rows": child.row_count}
-
-
-class SplitColumnInvalid(ValueError):
-    """The column chosen to give the splits does not name one for every row."""
-
-
-def resplit(parent, options, *, user=None):
-    """A child with the same rows and a new split under `options` (splits.split_again)."""
-    rows = _split_inputs(parent, options.column)
-    assigned, leak = splits.split_again(
-        _codes(rows["label"]), groups=_codes(rows["group"]), clusters=np.asarray(rows["cluster"], dtype=np.int64),
-        keys=np.asarray(rows["key"], dtype=np.int64), options=options,
-        given=_given_splits(rows["given"], options.column) if options.column else None)
-    offset = 0
-
-    def transform(batch):
-        nonlocal offset
-        n = len(batch["text"])
-        batch["split"] = [SPLIT_NAMES[s] for s in assigned[offset:offset + n]]
-        offset += n
-        return batch
-
-    reports = ingest.inherited_reports(parent) | {"leakage": leak}
-    return ingest.derive_version(parent, DatasetVersion.Operation.RESPLIT, transform, user=user, reports=reports,
-                                 has_leakage=bool(leak["has_leakage"]))
-
-
-def _split_inputs(parent, column):
-    from lifecycle.datasets.versions import iter_row_batches
-
-    columns = ["label", "group", "duplicate_cluster", "content_key"] + (["metadata"] if column else [])
-    rows = {"label": [], "group": [], "cluster": [], "key": [], "given": []}
-    for batch in iter_row_batches(parent, columns=columns):
-        rows["label"] += batch["label"]
-        rows["group"] += batch["group"]
-        rows["cluster"] += [-1 if c is None else c for c in batch["duplicate_cluster"]]
-        rows["key"] += batch["content_key"]
-        if column:
-            rows["given"] += [json.loads(m or "{}").get(column) for m in batch["metadata"]]
-    return rows
-
-
-def _codes(values):
-    ids = {}
-    return np.asarray([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=np.int64)
-
-
-def _given_splits(values, column):
-    given = [SPLIT_ALIASES.get(str(v).strip().lower(), -1) if v is not None else -1 for v in values]
-    missing = next((row for row, split in enumerate(given) if split < 0), None)
-    if missing is not None:
-        raise SplitColumnInvalid(f"the column “{column}” names no split (train, validation or test) in row {missing} "
-                                 f"(value {values[missing]!r}); nothing was made")
-    return given

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.datasets import diff, ingest
+from lifecycle.datasets import diff, ingest, splits
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import ColumnMapping
 from tests.conftest import make_user
@@ -102,7 +102,7 @@ def test_two_children_of_one_upload_compare_by_identity_too(tmp_path):
 @pytest.mark.django_db
 def test_a_new_split_shows_the_rows_that_moved(tmp_path):
     raw, _, _ = family(tmp_path)
-    resplit = ingest.resplit_version(raw, seed=99)
+    resplit = ingest.resplit_version(raw, splits.SplitOptions(seed=99))
     moved = [e.row for e, f in zip(raw.examples.order_by("row"), resplit.examples.order_by("row")) if e.split != f.split]
     result = diff.compare(raw, resplit)
     assert moved and counts(result) == (len(moved), 0, 0)

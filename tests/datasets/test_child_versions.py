@@ -11,7 +11,6 @@ from lifecycle.core.models import Job
 from lifecycle.datasets import tasks
 from lifecycle.datasets.models import Dataset, DatasetVersion
 from lifecycle.datasets.synthetic import generate
-from tests.conftest import make_user
 from tests.datasets.test_web import perform_queued_jobs
 
 # Transactional: the job's heartbeat thread must see the job row (see test_split_feasibility).
@@ -23,17 +22,6 @@ DERIVE = "lifecycle.datasets.tasks.derive_version"
 def artifacts(settings, tmp_path):
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     return settings.ARTIFACT_DIR
-
-
-@pytest.fixture
-def engineer(db):
-    return make_user("erin", "ml_engineer")
-
-
-@pytest.fixture
-def eng_client(client, engineer):
-    client.force_login(engineer)
-    return client
 
 
 def import_synthetic(tmp_path, engineer, n=200, **options):

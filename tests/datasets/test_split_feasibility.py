@@ -13,7 +13,6 @@ from lifecycle.datasets.models import Dataset, DatasetVersion
 from lifecycle.datasets.splits import feasibility, leakage_report
 from lifecycle.runs.forms import RunForm, usable_versions
 from lifecycle.runs.models import Run
-from tests.conftest import make_user
 from tests.datasets.test_web import perform_queued_jobs
 
 # Transactional: the job's heartbeat thread must see the job row, or a slow ingest on a
@@ -31,17 +30,6 @@ TEMPLATES = {
 def artifacts(settings, tmp_path):
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     return settings.ARTIFACT_DIR
-
-
-@pytest.fixture
-def engineer(db):
-    return make_user("erin", "ml_engineer")
-
-
-@pytest.fixture
-def eng_client(client, engineer):
-    client.force_login(engineer)
-    return client
 
 
 def templated_rows(n=200, customers=50, **extra):

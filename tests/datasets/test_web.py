@@ -20,17 +20,6 @@ def artifacts(settings, tmp_path):
     return settings.ARTIFACT_DIR
 
 
-@pytest.fixture
-def engineer(db):
-    return make_user("erin", "ml_engineer")
-
-
-@pytest.fixture
-def eng_client(client, engineer):
-    client.force_login(engineer)
-    return client
-
-
 def jsonl(n=120, **options):
     return "".join(json.dumps(r) + "\n" for r in generate(n, **options)).encode()
 

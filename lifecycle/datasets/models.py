@@ -299,6 +299,17 @@ class ExampleQuerySet(models.QuerySet):
         return self.filter(text__icontains=search)
 
 
+class RowKeys(models.Model):
+    """Where a version's row keys are: a small Parquet artifact of each row's identity, content
+    key and occurrence, hash and split (diff.ROW_KEYS), which is all the diff reads to find
+    what changed. Made with the version; for a version made before, on its first diff (the
+    version row itself never changes)."""
+
+    version = models.OneToOneField(DatasetVersion, on_delete=models.CASCADE, primary_key=True, related_name="row_keys")
+    keys_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
 class Example(models.Model):
     """One row of a version, as stored in its Parquet artifact (row = position there)."""
 
@@ -339,12 +350,8 @@ class Example(models.Model):
             # Only the rows with PII (a few percent): the "no PII" filter reads the (version,
             # row) order and skips the few, and the import maintains a far smaller index.
             models.Index(fields=["version", "row"], condition=models.Q(has_pii=True), name="example_pii_rows_idx"),
-            # The diff's join. Cheap to keep up: origin_row rises with row in every version,
-            # so an import appends to this index as it does to (version, row).
-            models.Index(fields=["version", "origin_row"], name="example_origin_row_idx"),
-            # No index on content_key: the diff compares whole versions, which PostgreSQL does
-            # with a hash anti-join, and a randomly ordered index costs seconds per million rows
-            # on every import.
+            # No index on origin_row or content_key: the diff reads each version's row keys
+            # (RowKeys), never these columns, and every index costs time on each import.
         ]
 
     def __str__(self):

@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.models import AuditEvent
-from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example, ExampleText
+from lifecycle.datasets import diff
+from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, Example, ExampleText, RowKeys
 from lifecycle.datasets.rows import metadata_json, row_sha256  # noqa: F401 (re-exported for callers)
 
 log = logging.getLogger(__name__)
@@ -189,11 +190,12 @@ class VersionWriter:
         """
         self.writer.close()
         try:
-            info = None
+            info = keys_sha256 = None
             try:
                 self.end_rows()
                 info = get_store().put_file(self.path)
-                version = self._create(info, reports, label_set, pii_status, has_leakage)
+                keys_sha256 = diff.store_keys(diff.keys_from_parquet(self.path))
+                version = self._create(info, reports, label_set, pii_status, has_leakage, keys_sha256)
                 self._transaction.close()  # commit
             except BaseException as exc:
                 self._rollback(exc)
@@ -201,6 +203,8 @@ class VersionWriter:
                     self.texts.abandon()
                 if info is not None:
                     _remove_if_unreferenced(info.sha256)
+                if keys_sha256 is not None and not RowKeys.objects.filter(keys_sha256=keys_sha256).exists():
+                    get_store().delete(keys_sha256)
                 raise
             if self.texts and not self.texts.finish():
                 with transaction.atomic():  # its connection failed: index the texts from here
@@ -209,7 +213,7 @@ class VersionWriter:
         finally:
             os.unlink(self.path)
 
-    def _create(self, info, reports, label_set, pii_status, has_leakage):
+    def _create(self, info, reports, label_set, pii_status, has_leakage, keys_sha256):
         with transaction.atomic():
             # The dataset row lock orders concurrent writers: numbers and parents are well-defined.
             dataset = Dataset.objects.select_for_update().get(pk=self.dataset.pk)
@@ -228,6 +232,7 @@ class VersionWriter:
                 created_by=self.user, created_at=datetime.fromisoformat(manifest["created_at"]),
             )
             version.save(force_insert=True)
+            RowKeys.objects.create(version=version, keys_sha256=keys_sha256)
             if not self._streamed:  # SQLite, or no rows
                 insert_examples(version, self.path)
             tables = [Example]

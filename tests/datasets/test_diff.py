@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.core.artifacts import get_store
 from lifecycle.datasets import diff, ingest, splits
-from lifecycle.datasets.models import Dataset
+from lifecycle.datasets.models import Dataset, RowKeys
 from lifecycle.datasets.readers import ColumnMapping
 from tests.conftest import make_user
 from tests.datasets.files import write_jsonl
@@ -159,6 +160,37 @@ def test_two_uploads_of_different_files_match_by_content(tmp_path):
 def test_a_version_against_itself_has_no_changes(tmp_path):
     raw, _, _ = family(tmp_path)
     assert counts(diff.compare(raw, raw)) == (0, 0, 0)
+
+
+# --- the row keys the diff reads ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_each_version_gets_its_row_keys_and_they_match_its_examples(tmp_path):
+    raw, redacted, deduped = family(tmp_path)
+    for version in (raw, redacted, deduped):
+        stored = diff.row_keys(version)
+        assert stored.num_rows == version.row_count
+        # The keys made from the Parquet file at commit equal those read back from the examples.
+        assert stored.equals(diff.keys_from_database(version))
+        examples = list(version.examples.order_by("row").values_list("row", "row_sha256", "split"))
+        assert stored["row"].to_pylist() == [row for row, _, _ in examples]
+        assert stored["split"].to_pylist() == [split for _, _, split in examples]
+        assert stored["hash"].to_pylist() == [int.from_bytes(bytes.fromhex(sha[:16]), "big", signed=True)
+                                              for _, sha, _ in examples]
+    # Rows 20, 21 and 50 copy rows 2, 5 and 9: second occurrences of their content key.
+    occurrence = dict(zip(diff.row_keys(raw)["row"].to_pylist(), diff.row_keys(raw)["occurrence"].to_pylist()))
+    assert [occurrence[row] for row in (2, 20, 5, 21, 9, 50, 0)] == [1, 2, 1, 2, 1, 2, 1]
+
+
+@pytest.mark.django_db
+def test_a_version_without_row_keys_gets_them_on_its_first_diff(tmp_path):
+    raw, redacted, _ = family(tmp_path)
+    RowKeys.objects.filter(version=raw).delete()
+    get_store().delete(RowKeys.objects.get(version=redacted).keys_sha256)  # and one whose artifact is gone
+    assert counts(diff.compare(raw, redacted)) == (11, 0, 0)
+    assert RowKeys.objects.filter(version__in=[raw, redacted]).count() == 2
+    assert get_store().exists(RowKeys.objects.get(version=raw).keys_sha256)
 
 
 # --- the page -------------------------------------------------------------------------------------

@@ -271,6 +271,18 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# --- Registry ---
+# The key every registered model version is signed with (OpenSSF model-signing, an EC P-256
+# private key in PEM). `manage.py signing_key --create PATH` makes one. Serving hosts that only
+# verify may set SIGNING_PUBLIC_KEY_FILE instead. The demo keeps one in its data folder.
+SIGNING_KEY_FILE = env_str("SIGNING_KEY_FILE") or (str(DATA_DIR / "signing-key.pem") if DEBUG else "")
+SIGNING_PUBLIC_KEY_FILE = env_str("SIGNING_PUBLIC_KEY_FILE")
+if not DEBUG and not (SIGNING_KEY_FILE and Path(SIGNING_KEY_FILE).is_file()) and not SIGNING_PUBLIC_KEY_FILE:
+    raise ImproperlyConfigured(
+        "SIGNING_KEY_FILE must name the registry's signing key file when DEBUG is off "
+        "(make one with: manage.py signing_key --create PATH)"
+    )
+
 # --- Queues ---
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 RQ_QUEUE_NAMES = ("default", "training", "monitoring")

@@ -20,6 +20,11 @@ os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
 os.environ.setdefault("JOB_HEARTBEAT_SECONDS", "1")
 os.environ.setdefault("LIFECYCLE_DATA_DIR", tempfile.mkdtemp(prefix="lifecycle-test-"))
 
+# The registry's signing key, made once per test process (settings refuse to start without one).
+from lifecycle.lib import signing_keys  # noqa: E402
+
+os.environ.setdefault("SIGNING_KEY_FILE", str(signing_keys.create(os.path.join(os.environ["LIFECYCLE_DATA_DIR"], "signing-key.pem"))))
+
 from lifecycle.settings import *  # noqa: E402,F401,F403
 
 # No collectstatic in tests: serve static files through the finders, without a manifest.

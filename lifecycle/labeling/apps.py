@@ -6,4 +6,4 @@ class LabelingConfig(AppConfig):
     label = "labeling"
 
     def ready(self):
-        from lifecycle.labeling import tasks  # noqa: F401 (registers the claim-expiry maintenance step)
+        from lifecycle.labeling import lineage, tasks  # noqa: F401 (the claim-expiry step; the lineage source)

@@ -10,5 +10,6 @@ urlpatterns = [
     path("", include("lifecycle.datasets.urls")),
     path("", include("lifecycle.runs.urls")),
     path("", include("lifecycle.labeling.urls")),
+    path("", include("lifecycle.registry.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -30,6 +30,10 @@ PG_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:543
 
 
 def setup_django(database_url, work):
+    sys.path.insert(0, str(ROOT))
+    from lifecycle.lib import signing_keys  # settings refuse to start without the registry's key
+
+    os.environ["SIGNING_KEY_FILE"] = str(signing_keys.create(work / "signing-key.pem"))
     os.environ.update(DATABASE_URL=database_url, SECRET_KEY="bench-" + "x" * 50, DEBUG="false",
                       ALLOWED_HOSTS="testserver", SECURE_SSL_REDIRECT="false", ARTIFACT_DIR=str(work / "artifacts"),
                       LIFECYCLE_DATA_DIR=str(work), DJANGO_SETTINGS_MODULE="lifecycle.settings")

@@ -86,6 +86,10 @@ def cpu_seconds():
 
 
 def setup_django(artifacts, database_url=DB_URL):
+    sys.path.insert(0, str(ROOT))
+    from lifecycle.lib import signing_keys  # settings refuse to start without the registry's key
+
+    os.environ["SIGNING_KEY_FILE"] = str(signing_keys.create(artifacts.parent / "signing-key.pem"))
     os.environ.update(DATABASE_URL=database_url, SECRET_KEY="bench-" + "x" * 50, DEBUG="false", ALLOWED_HOSTS="testserver",
                       SECURE_SSL_REDIRECT="false", ARTIFACT_DIR=str(artifacts), LIFECYCLE_DATA_DIR=str(artifacts.parent),
                       DJANGO_SETTINGS_MODULE="lifecycle.settings")

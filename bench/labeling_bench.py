@@ -80,11 +80,20 @@ def check_redis_is_ours():
     return connection
 
 
+def _signing_key(work):
+    """The registry's signing key (settings refuse to start without one when DEBUG is off)."""
+    sys.path.insert(0, str(ROOT))
+    from lifecycle.lib import signing_keys
+
+    return signing_keys.create(Path(work) / "signing-key.pem")
+
+
 def environment(db_name, work):
     """Settings for this process, the QC child and the worker: all read from the environment."""
     return {
         "DATABASE_URL": f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{db_name}", "REDIS_URL": REDIS_URL,
         "SECRET_KEY": "bench-" + "x" * 50, "DEBUG": "false", "ALLOWED_HOSTS": "testserver",
+        "SIGNING_KEY_FILE": str(_signing_key(work)),
         "SECURE_SSL_REDIRECT": "false", "ARTIFACT_DIR": str(work / "artifacts"), "LIFECYCLE_DATA_DIR": str(work),
         "DJANGO_SETTINGS_MODULE": "lifecycle.settings", "PYTHONUNBUFFERED": "1",
     }

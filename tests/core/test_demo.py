@@ -55,6 +55,9 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         # And the labeling project's, after both.
         seeds = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.labeling.tasks.seed_demo_project'").fetchall()
         assert seeds == [("queued",)]
+        # And the registry's, after the run's starter: it queues the registration behind the training.
+        registry = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.registry.tasks.queue_demo_registration'").fetchall()
+        assert registry == [("queued",)]
     assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
 
 
@@ -88,12 +91,17 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
                             "lifecycle.runs.tasks.start_demo_run": "succeeded",
                             "lifecycle.runs.tasks.train_run": "succeeded",
                             "lifecycle.labeling.tasks.seed_demo_project": "succeeded",
-                            "lifecycle.labeling.tasks.suggest_labels": "succeeded"}, worker.stderr[-3000:]
+                            "lifecycle.labeling.tasks.suggest_labels": "succeeded",
+                            "lifecycle.registry.tasks.queue_demo_registration": "succeeded",
+                            "lifecycle.registry.tasks.register_demo_version": "succeeded"}, worker.stderr[-3000:]
         [(name, metrics, output)] = db.execute("SELECT name, test_metrics, output_sha256 FROM runs_run").fetchall()
         [(project_id,)] = db.execute("SELECT id FROM labeling_labelingproject").fetchall()
         states = dict(db.execute("SELECT state, count(*) FROM labeling_item GROUP BY state").fetchall())
         reports = db.execute("SELECT passes, data FROM labeling_qcreport").fetchall()
         suggested = db.execute("SELECT count(*) FROM labeling_item WHERE suggested_label != ''").fetchone()[0]
+        versions = db.execute("SELECT v.number, v.stage, v.signature_status, m.slug FROM registry_modelversion v "
+                              "JOIN registry_registeredmodel m ON v.model_id = m.id").fetchall()
+        requests = db.execute("SELECT to_stage, status FROM registry_promotionrequest").fetchall()
         answers = dict(db.execute("SELECT u.username, count(*) FROM labeling_assignment a JOIN auth_user u "
                                   "ON a.annotator_id = u.id WHERE a.state = 'answered' GROUP BY u.username").fetchall())
     assert name.startswith("Demo: LoRA") and output
@@ -110,6 +118,9 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     medians = [annotators[name]["median_seconds"] for name in ("demo-labeler-3", "demo-labeler-2", "demo-labeler")]
     assert 1 < medians[0] < medians[1] < medians[2] < 15
     assert suggested == sum(states.values())
+    # The trained output is version 1 of the demo model, signed, waiting for an approver to let it into staging.
+    assert versions == [(1, "candidate", "valid", "support-intent-router")]
+    assert requests == [("staging", "open")]
     assert open_to_others(tmp_path) == []  # checkpoints, model cache and run outputs included
 
 

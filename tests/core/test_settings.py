@@ -17,7 +17,8 @@ def manage(*args, **env):
 
 
 def production_env(**extra):
-    return {"SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "lifecycle.example.com", **extra}
+    return {"SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "lifecycle.example.com",
+            "SIGNING_KEY_FILE": os.environ["SIGNING_KEY_FILE"], **extra}
 
 
 def test_missing_secret_key_with_debug_off_refuses_to_start():
@@ -29,8 +30,20 @@ def test_missing_secret_key_with_debug_off_refuses_to_start():
 def test_secret_key_file_is_read(tmp_path):
     key_file = tmp_path / "secret"
     key_file.write_text(secrets.token_urlsafe(50) + "\n")
-    result = manage("check", SECRET_KEY_FILE=str(key_file), ALLOWED_HOSTS="x.example.com")
+    result = manage("check", SECRET_KEY_FILE=str(key_file), ALLOWED_HOSTS="x.example.com",
+                    SIGNING_KEY_FILE=os.environ["SIGNING_KEY_FILE"])
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("signing_key", [None, "/nonexistent/signing-key.pem"])
+def test_a_missing_signing_key_with_debug_off_refuses_to_start_with_one_line(signing_key):
+    env = {"SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "x.example.com"}
+    if signing_key:
+        env["SIGNING_KEY_FILE"] = signing_key
+    result = manage("check", **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Lifecycle configuration error: SIGNING_KEY_FILE must name"), lines
 
 
 @pytest.mark.parametrize(

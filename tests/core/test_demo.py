@@ -71,6 +71,7 @@ def _redis_alive(socket_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # ingest, fine-tune, suggestions and registration: ~5 min idle, twice that on a busy day
 def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     """What `scripts/demo` leaves to its worker: the ingest, then a LoRA fine-tune of MiniLM."""
     import redis as redis_lib

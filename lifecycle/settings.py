@@ -283,6 +283,14 @@ if not DEBUG and not (SIGNING_KEY_FILE and Path(SIGNING_KEY_FILE).is_file()) and
         "(make one with: manage.py signing_key --create PATH)"
     )
 
+# --- Outbound requests (registry webhooks; later, alert channels) ---
+# lib/outbound.py refuses a user-given URL whose host is, or resolves to, a loopback, private,
+# link-local, multicast, reserved or cloud-metadata address. Hosts listed here (names or
+# addresses, comma-separated) are exempt from that address rule, for a receiver a deployment
+# trusts on its own network; tests list their local receiver. Empty by default. The https rule
+# (http only with DEBUG) and the no-credentials rule still apply to them.
+OUTBOUND_ALLOW_HOSTS = env_list("OUTBOUND_ALLOW_HOSTS")
+
 # --- Queues ---
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 RQ_QUEUE_NAMES = ("default", "training", "monitoring")

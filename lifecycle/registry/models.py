@@ -627,3 +627,216 @@ class Approval(models.Model):
         ordering = ["created_at", "pk"]
         constraints = [models.UniqueConstraint(fields=["request", "approver"], condition=models.Q(void=False),
                                                name="approval_once_per_approver")]
+
+
+# --- webhooks --------------------------------------------------------------------------------
+# Registry events POSTed, signed (Standard Webhooks), to URLs engineers register:
+# registry/webhooks.py builds, signs and sends them; lib/outbound.py guards every URL, at
+# creation and before each attempt. A webhook is disabled, never deleted: its log stays.
+
+WEBHOOK_EVENTS = ("model_version.created", "promotion.requested", "promotion.approved", "promotion.rejected",
+                  "stage.changed")
+
+
+class WebhookError(RegistryError):
+    """A webhook cannot be made as asked (name, URL, events); the message says why."""
+
+
+class WebhookQuerySet(models.QuerySet):
+    def subscribed_to(self, event):
+        # A handful of rows, and SQLite has no JSON containment lookup: filtered in Python.
+        return [hook for hook in self.filter(active=True).order_by("pk") if event in hook.events]
+
+    def for_listing(self):
+        pending, failed = WebhookDelivery.Status.PENDING, WebhookDelivery.Status.FAILED
+        return self.select_related("created_by").annotate(
+            pending_count=models.Count("deliveries", filter=models.Q(deliveries__status=pending)),
+            failed_count=models.Count("deliveries", filter=models.Q(deliveries__status=failed)))
+
+
+class Webhook(models.Model):
+    name = models.CharField(max_length=100)
+    url = models.CharField(max_length=2000)  # may hold a receiver's token: engineers' pages only, never audited
+    events = models.JSONField(default=list)  # a subset of WEBHOOK_EVENTS
+    # The Standard Webhooks signing secret ("whsec_" + base64 of 32 random bytes). Stored as it
+    # is because every attempt is signed with it; shown once, on the page that made it, and
+    # never logged, audited or shown again.
+    secret = models.CharField(max_length=100, editable=False)
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    disabled_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    disabled_at = models.DateTimeField(null=True, blank=True)
+
+    objects = WebhookQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "pk"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("registry:webhook", args=[self.pk])
+
+    @property
+    def host(self):
+        from urllib.parse import urlsplit
+
+        try:
+            return urlsplit(self.url).hostname or ""
+        except ValueError:
+            return ""
+
+    @classmethod
+    def create(cls, user, *, name, url, events):
+        """A new active webhook with a fresh secret (read it from `.secret` now: no page shows
+        it again). The URL is checked here, resolution included, whatever form sent it."""
+        from lifecycle.lib import outbound
+        from lifecycle.registry import webhooks
+
+        name = (name or "").strip()
+        if not name or len(name) > 100:
+            raise WebhookError("A webhook needs a name of 1 to 100 characters.")
+        events = check_webhook_events(events)
+        try:
+            target = outbound.check_url(url)
+        except outbound.Refused as exc:
+            raise WebhookError(str(exc)) from None
+        with transaction.atomic():
+            hook = cls.objects.create(name=name, url=url, events=events, secret=webhooks.new_secret(), created_by=user)
+            AuditEvent.record(user, "webhook.created", hook, {"name": name, "host": target.host, "events": events})
+        return hook
+
+    def disable(self, user):
+        """Stop sending to this webhook; deliveries not yet made fail now. False if it already was."""
+        now = timezone.now()
+        with transaction.atomic():
+            updated = Webhook.objects.filter(pk=self.pk, active=True).update(active=False, disabled_by=user,
+                                                                             disabled_at=now)
+            if not updated:
+                return False
+            dropped = self.deliveries.filter(status=WebhookDelivery.Status.PENDING).update(
+                status=WebhookDelivery.Status.FAILED, next_attempt_at=None, updated_at=now,
+                last_error="The webhook was disabled before this was delivered.")
+            AuditEvent.record(user, "webhook.disabled", self, {"name": self.name, "undelivered": dropped})
+        self.active, self.disabled_by, self.disabled_at = False, user, now
+        return True
+
+
+def check_webhook_events(events):
+    """The events asked for, in WEBHOOK_EVENTS order, or WebhookError."""
+    if not isinstance(events, (list, tuple)) or not events:
+        raise WebhookError("Choose at least one event to send.")
+    unknown = sorted({str(e) for e in events} - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise WebhookError(f"Unknown event(s): {', '.join(unknown)}; the events are {', '.join(WEBHOOK_EVENTS)}.")
+    return [event for event in WEBHOOK_EVENTS if event in events]
+
+
+class WebhookDelivery(models.Model):
+    """One event for one webhook, and where its sending stands. Attempts are numbered; an
+    attempt is taken by one conditional UPDATE (`claim`), so however many jobs are sent for
+    it (the first, a dispatcher's resend, RQ running one twice) it is made once."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # an attempt is due, under way, or waiting for its retry time
+        DELIVERED = "delivered"  # a 2xx answer
+        FAILED = "failed"  # every attempt failed, or the webhook was disabled first
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.PROTECT, related_name="deliveries")
+    event = models.CharField(max_length=40)
+    # The idempotency key: the webhook-id header, the same on every attempt, so a receiver
+    # that saw an attempt whose answer got lost can tell the retry is no new event.
+    event_id = models.CharField(max_length=40)
+    payload = models.TextField()  # the exact JSON body of every attempt: the signature covers these bytes
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)  # attempts claimed so far
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)  # what went wrong, never headers or the secret
+    # When the dispatcher (registry/webhooks.py) sends a job for the next attempt; None once
+    # settled. While an attempt is sent or under way it is a lease: if that job dies, the
+    # dispatcher sends another once it runs out.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-pk"]
+        constraints = [models.UniqueConstraint(fields=["webhook", "event_id"], name="webhookdelivery_event_once")]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="webhookdelivery_due_idx"),
+                   models.Index(fields=["webhook", "id"], name="webhookdelivery_log_idx")]
+
+    def __str__(self):
+        return f"{self.event} {self.event_id} to {self.webhook_id}"
+
+    @classmethod
+    def claim(cls, pk, attempt, *, lease):
+        """Take attempt number `attempt` of delivery `pk`: the WebhookAttempt row now logged
+        for it, or None when that attempt is no longer to be made (made already, or the
+        delivery settled). `lease`: how long before the dispatcher may assume it died."""
+        now = timezone.now()
+        with transaction.atomic():
+            updated = cls.objects.filter(pk=pk, status=cls.Status.PENDING, attempts=attempt - 1).update(
+                attempts=attempt, next_attempt_at=now + lease, updated_at=now)
+            if updated != 1:
+                return None
+            return WebhookAttempt.objects.create(delivery_id=pk, number=attempt, started_at=now)
+
+    def settle(self, attempt, *, status_code=None, error="", address=None, retry_in=None):
+        """Record how `attempt` (a claimed WebhookAttempt) ended, and what comes next: delivered
+        on a 2xx, a retry after `retry_in` (a timedelta), or failed for good when None."""
+        now = timezone.now()
+        ok = status_code is not None and 200 <= status_code < 300
+        error = "" if ok else (error or f"HTTP {status_code}")[:1000]
+        changes = {"last_status_code": status_code, "last_error": error, "updated_at": now}
+        if ok:
+            changes.update(status=self.Status.DELIVERED, delivered_at=now, next_attempt_at=None)
+        elif retry_in is None:
+            changes.update(status=self.Status.FAILED, next_attempt_at=None)
+        else:
+            changes.update(next_attempt_at=now + retry_in)
+        with transaction.atomic():
+            WebhookAttempt.objects.filter(pk=attempt.pk).update(finished_at=now, status_code=status_code, error=error,
+                                                                 address=address)
+            # Only while this attempt is still the delivery's latest: a disable meanwhile stands.
+            WebhookDelivery.objects.filter(pk=self.pk, status=self.Status.PENDING, attempts=attempt.number).update(**changes)
+        self.refresh_from_db()
+
+    def dispatch(self, *, lease):
+        """Take this due delivery for the dispatcher: moves next_attempt_at on by `lease` if it
+        is still what this instance read, so of several workers' passes one sends the job."""
+        now = timezone.now()
+        moved = WebhookDelivery.objects.filter(pk=self.pk, status=self.Status.PENDING, attempts=self.attempts,
+                                               next_attempt_at=self.next_attempt_at).update(
+            next_attempt_at=now + lease, updated_at=now)
+        return moved == 1
+
+    def give_up(self, reason):
+        """Fail a delivery whose last attempt ended without a result (its worker died)."""
+        return WebhookDelivery.objects.filter(pk=self.pk, status=self.Status.PENDING, attempts=self.attempts).update(
+            status=self.Status.FAILED, next_attempt_at=None, last_error=reason, updated_at=timezone.now()) == 1
+
+
+class WebhookAttempt(models.Model):
+    """One request (or refusal to make it) for one delivery: the webhook page's log."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)  # None: the worker stopped mid-attempt
+    address = models.GenericIPAddressField(null=True, blank=True)  # the checked address it connected to
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="webhookattempt_number_once")]
+
+    @property
+    def duration_ms(self):
+        if self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds() * 1000)

@@ -280,7 +280,7 @@ SIGNING_PUBLIC_KEY_FILE = env_str("SIGNING_PUBLIC_KEY_FILE")
 if not DEBUG and not (SIGNING_KEY_FILE and Path(SIGNING_KEY_FILE).is_file()) and not SIGNING_PUBLIC_KEY_FILE:
     raise ImproperlyConfigured(
         "SIGNING_KEY_FILE must name the registry's signing key file when DEBUG is off "
-        "(make one with: manage.py signing_key --create PATH)"
+        "(make one with: DEBUG=true manage.py signing_key --create PATH, then set SIGNING_KEY_FILE=PATH)"
     )
 
 # --- Outbound requests (registry webhooks; later, alert channels) ---

@@ -11,7 +11,7 @@ import functools
 from django.utils.module_loading import autodiscover_modules
 
 from lifecycle.core.context_processors import nav_items
-from lifecycle.core.roles import APPROVER, ONCALL, VIEWER, user_roles
+from lifecycle.core.roles import ONCALL, VIEWER, user_roles
 
 _registry = []
 
@@ -53,14 +53,8 @@ def panels_for(request):
     return shown
 
 
-# Until the registry and deployments land, their roles' panels say so plainly, with no
-# numbers: each goes when its app's home.py takes over.
-
-
-@panel(APPROVER, order=10)
-def promotions(request):
-    return Panel("Promotions waiting for approval", note="The model registry is not available yet, so there are no "
-                 "promotion requests to approve.", id="home-promotions")
+# Until deployments land, on-call's panel says so plainly, with no numbers: it goes when the
+# deployments app's home.py takes over.
 
 
 @panel(ONCALL, order=10)

@@ -6,4 +6,5 @@ class RegistryConfig(AppConfig):
     label = "registry"
 
     def ready(self):
-        from lifecycle.registry import tasks  # noqa: F401 (the webhook retry dispatcher, a maintenance step)
+        # The webhook retry dispatcher (a maintenance step) and the run page's Register action.
+        from lifecycle.registry import actions, tasks  # noqa: F401

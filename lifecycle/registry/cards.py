@@ -13,7 +13,8 @@ SAFE_SCHEMES = ("http:", "https:", "mailto:")
 
 
 def _markdown():
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    # Tables on (the generated card's metrics are tables); raw HTML stays off.
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
     md.validateLink = _safe_link
     md.add_render_rule("link_open", _link_open)
     return md

@@ -133,6 +133,27 @@ class RegisteredModel(models.Model):
                   .select_related("version").order_by("-changed_at", "-pk").first())
         return change.version if change and change.to_stage == stage else None
 
+    # --- settings (the model's settings page)
+
+    def update_settings(self, user, gate_settings, approvals_required):
+        """Replace the gate thresholds and the approvals required per target stage (cleaned by
+        registry/forms.py), audited with the values before and after. False when nothing
+        changed. Requests already open keep the approvals they were opened with; their gates
+        run again at each approval, so new thresholds count there."""
+        for stage in SINGLE_STAGES:
+            if int(approvals_required.get(str(stage), 0)) < 1:
+                raise RegistryError(f"A move to {stage} needs at least one approval.")
+        with transaction.atomic():
+            current = RegisteredModel.objects.select_for_update().get(pk=self.pk)
+            before = {"gate_settings": current.gate_settings, "approvals_required": current.approvals_required}
+            after = {"gate_settings": gate_settings, "approvals_required": approvals_required}
+            if before == after:
+                return False
+            RegisteredModel.objects.filter(pk=self.pk).update(**after)
+            self.gate_settings, self.approvals_required = gate_settings, approvals_required
+            AuditEvent.record(user, "registered_model.settings_changed", self, {"before": before, "after": after})
+        return True
+
 
 # --- versions --------------------------------------------------------------------------------
 

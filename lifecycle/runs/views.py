@@ -15,6 +15,7 @@ from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, has_role, ro
 from lifecycle.datasets.models import Example
 from lifecycle.lib import jsonbody
 from lifecycle.runs import charts, launch
+from lifecycle.runs.actions import run_actions
 from lifecycle.runs.config import ConfigError, RunConfig
 from lifecycle.runs.forms import CompareForm, RunFilterForm, RunForm, SinceForm
 from lifecycle.runs.models import Run, RunError
@@ -181,6 +182,7 @@ def run_detail(request, run_id):
         "report_charts": _report_charts(run, report),
         "checkpoints": run.checkpoints.order_by("-step")[:50],
         "can_act": has_role(request.user, ML_ENGINEER), "can_debug": has_role(request.user, *ROW_ROLES),
+        "run_actions": run_actions(run, request.user),
     }
     return render(request, "runs/run_detail.html", context)
 

@@ -16,16 +16,16 @@ from tests.conftest import make_user
 from tests.labeling.factories import labeled_version, make_project
 from tests.runs.test_web import make_run
 
-ALL_SECTIONS = ["Datasets", "Labeling", "Runs", "Audit", "Jobs"]
-# What each role may open today (registry, deployments and monitoring are not routed yet).
+ALL_SECTIONS = ["Datasets", "Labeling", "Runs", "Registry", "Audit", "Jobs"]
+# What each role may open today (deployments and monitoring are not routed yet).
 MENU = {
     "labeler": ["Labeling", "Jobs"],
     "ml_engineer": ALL_SECTIONS,
     "approver": ALL_SECTIONS,
-    "oncall": ["Audit", "Jobs"],
-    "viewer": ["Datasets", "Labeling", "Runs", "Jobs"],
+    "oncall": ["Registry", "Audit", "Jobs"],
+    "viewer": ["Datasets", "Labeling", "Runs", "Registry", "Jobs"],
 }
-NOT_BUILT = ["/registry/", "/deployments/", "/monitoring/"]
+NOT_BUILT = ["/deployments/", "/monitoring/"]
 ROUTE_LISTING = ("URLconf", "Django tried these URL patterns", "technical_404", "lifecycle.urls")
 
 
@@ -77,7 +77,7 @@ def test_a_superuser_sees_every_section_and_a_user_without_roles_none(client):
 @pytest.mark.django_db
 def test_a_user_with_two_roles_sees_both_menus(client):
     client.force_login(make_user("lab-and-call", "labeler", "oncall"))
-    assert [label for _, label in menu(client.get("/"))] == ["Labeling", "Audit", "Jobs"]
+    assert [label for _, label in menu(client.get("/"))] == ["Labeling", "Registry", "Audit", "Jobs"]
 
 
 # --- the start page, per role -----------------------------------------------------------------
@@ -146,10 +146,10 @@ def test_an_engineer_sees_recent_uploads_and_runs_with_links(client, project, tm
 
 
 @pytest.mark.django_db
-def test_an_approver_sees_that_the_registry_is_not_there_yet_and_pii_waiting_for_sign_off(client, tmp_path):
+def test_an_approver_sees_promotions_and_pii_waiting_for_sign_off(client, tmp_path):
     approver = make_user("alex-approver", "approver")
     _, page = home(client, approver)
-    assert "Promotions waiting for approval" in page and "registry is not available yet" in page
+    assert "Promotions waiting for approval" in page and "No promotion waits for approval." in page
     assert "No dataset version waits for a PII sign-off." in page
 
     Dataset.create(None, slug="support", name="Support", pii_policy="allow")
@@ -194,7 +194,7 @@ def test_the_start_page_costs_a_bounded_number_of_queries(client, project, djang
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("url", NOT_BUILT + ["/registry/models/3", "/monitoring/drift/x/y"])
+@pytest.mark.parametrize("url", NOT_BUILT + ["/deployments/3", "/monitoring/drift/x/y"])
 def test_sections_not_built_yet_say_so_plainly(client, url):
     client.force_login(make_user("vic-viewer", "viewer"))
     response = client.get(url)

@@ -1,4 +1,10 @@
 """Named users with clear roles and small make_* factories, shared by every test."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.contrib.auth.models import Group, User
 
@@ -109,3 +115,23 @@ def pytest_collection_modifyitems(session, config, items):
         if "tests/browser/" in str(item.path):
             item.add_marker(pytest.mark.browser)
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+# --- the session's one real training run (the registry's tests and its browser test) ----------
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The session's one real training run: its report (tests/registry/trained.py) and the
+    artifact folder holding its output."""
+    out = tmp_path_factory.mktemp("trained")
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{out / 'db.sqlite3'}", "DEBUG": "true",
+           "LIFECYCLE_DATA_DIR": str(out), "ARTIFACT_DIR": str(out / "artifacts"),
+           "MODEL_CACHE_DIR": str(out / "model-cache")}
+    for args in (["migrate", "-v0"], ["shell", "-c", f"from tests.registry.trained import train; train({str(out)!r})"]):
+        result = subprocess.run([sys.executable, "manage.py", *args], cwd=Path(__file__).resolve().parents[1], env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "trained.json").read_text())
+    report["artifacts"] = out / "artifacts"
+    return report

@@ -14,12 +14,11 @@ from lifecycle.registry.models import ModelVersion, PromotionRequest, Stage
 from tests.browser.conftest import log_in
 from tests.browser.test_layout import STICKING_OUT, VIEWPORTS, overflow
 from tests.conftest import make_user
-from tests.registry.conftest import trained  # noqa: F401 (the session's one real training run)
 from tests.registry.factories import registered, trained_run
 
 
 @pytest.fixture
-def store(transactional_db, settings, tmp_path, trained):  # noqa: F811
+def store(transactional_db, settings, tmp_path, trained):
     """This test's artifact store, holding the trained output (the live server reads it too)."""
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     settings.MODEL_CACHE_DIR = tmp_path / "model-cache"

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from lifecycle.core.models import AuditEvent
 from lifecycle.registry.models import (
-    ApprovalDenied, EvidenceChanged, ModelVersion, PromotionRequest, RegisteredModel, RegistryError, Stage, StageChange,
+    ApprovalDenied, EvidenceChanged, ModelVersion, PromotionRequest, RegistryError, Stage, StageChange,
 )
 from tests.conftest import make_user
 from tests.registry.factories import make_model, registered

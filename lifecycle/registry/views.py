@@ -14,7 +14,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from lifecycle.core.models import AuditEvent, Job
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, ONCALL, VIEWER, has_role, role_required
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, has_role, role_required
 from lifecycle.lib.pagination import keyset_page
 from lifecycle.lib.params import BadParameter, parse_optional_id
 from lifecycle.registry import cards, charts, export
@@ -28,8 +28,9 @@ from lifecycle.registry.models import (
 from lifecycle.registry.webhook_forms import DeliveryPageForm, WebhookForm
 from lifecycle.runs.models import Run
 
-# Who reads the registry: on-call too (what is in production, and since when).
-READ_ROLES = (ML_ENGINEER, APPROVER, VIEWER, ONCALL)
+# Who reads the registry: on-call too (what is in production, and since when). One tuple for
+# the pages, the API and the export.
+READ_ROLES = export.READERS
 OPEN_STATUSES = (PromotionRequest.Status.OPEN, PromotionRequest.Status.BLOCKED)
 PAGE_SIZE = 50
 INBOX_PAGE_SIZE = 10  # each request in the inbox carries its comparison with production

@@ -47,3 +47,11 @@ def check_heartbeat(app_configs, **kwargs):
     if beat < 1 or window <= beat:
         return [Error(f"JOB_HEARTBEAT_WINDOW_SECONDS ({window}) must be larger than JOB_HEARTBEAT_SECONDS ({beat}), which must be at least 1", id="lifecycle.E004")]
     return []
+
+
+@register(TAG)
+def check_login_limits(app_configs, **kwargs):
+    # A limit of 0 (or less) would lock every account at its first attempt, admins included.
+    bad = [name for name in ("LOGIN_FAILURE_LIMIT", "LOGIN_ADDRESS_FAILURE_LIMIT") if getattr(settings, name) < 1]
+    return [Error(f"{name} must be at least 1 (a lower limit locks every login at once)", id="lifecycle.E005")
+            for name in bad]

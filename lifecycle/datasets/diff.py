@@ -10,8 +10,8 @@ among rows with that key, so the same text with another label is an edit, and a 
 twice where it was held once is one row added.
 
 All of it is one pass over each version's row keys: a small Parquet artifact per version
-(RowKeys; made with the version) holding each row's number, identity, content key and
-occurrence, a 64-bit prefix of its row hash, and its split. Arrow joins the two (a hash full
+(RowKeys; written as the version's rows stream) holding each row's number, identity, content
+key, a 64-bit prefix of its row hash, and its split. Arrow joins the two (a hash full
 join in C++, ~0.2 s at a million rows), and only the requested page of each kind is kept.
 Then the rows of those pages are read by (version, row), and their texts compared.
 """
@@ -97,8 +97,7 @@ def match_by(old, new):
 ROW_KEYS = pa.schema([
     ("row", pa.uint32()),
     ("origin_row", pa.uint32()),   # identity within an upload's family
-    ("content_key", pa.int64()),   # the normalized text's key ...
-    ("occurrence", pa.uint32()),   # ... and which of the rows holding it (1, 2, ... by row)
+    ("content_key", pa.int64()),   # the normalized text's key (matching between uploads)
     ("hash", pa.int64()),          # first 8 bytes of row_sha256: a changed row differs here
     ("split", pa.int8()),          # Example.split's number
 ])
@@ -115,55 +114,46 @@ def _hash64(hexes):
     return np.frombuffer(bytes.fromhex(joined.as_py() or ""), dtype=">i8").astype(np.int64)
 
 
-def _occurrence(content_key, row):
-    """Each row's place (1, 2, ...) among the rows with its content key, in row order."""
+def keys_of_batch(batch):
+    """The row keys of one batch of a version's rows (an Arrow table in versions.SCHEMA): the
+    version writer appends them to the keys file as rows stream, so no step holds them all."""
+    split = pc.fill_null(pc.index_in(batch.column("split"), value_set=pa.array(SPLIT_NAMES)), -1)
+    return pa.table({
+        "row": batch.column("row"), "origin_row": batch.column("origin_row"),
+        "content_key": batch.column("content_key"), "hash": _hash64(batch.column("row_sha256")),
+        "split": pc.cast(split, pa.int8()),
+    }, schema=ROW_KEYS)
+
+
+def with_occurrence(keys):
+    """The keys with each row's place (1, 2, ...) among the rows sharing its content key, in
+    row order: what matches two uploads by content (a text held twice against once is one row added)."""
+    row, content_key = keys["row"].to_numpy(), keys["content_key"].to_numpy()
     n = len(row)
     order = np.lexsort((row, content_key))
-    keys = content_key[order]
+    sorted_keys = content_key[order]
     starts = np.ones(n, dtype=bool)
-    starts[1:] = keys[1:] != keys[:-1]
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
     index = np.arange(n)
     first = np.maximum.accumulate(np.where(starts, index, 0))
     occurrence = np.empty(n, dtype=np.uint32)
     occurrence[order] = index - first + 1
-    return occurrence
-
-
-def _keys_table(row, origin_row, content_key, hashes, split):
-    row, content_key = np.asarray(row, dtype=np.uint32), np.asarray(content_key, dtype=np.int64)
-    return pa.table({
-        "row": row, "origin_row": np.asarray(origin_row, dtype=np.uint32), "content_key": content_key,
-        "occurrence": _occurrence(content_key, row), "hash": hashes, "split": np.asarray(split, dtype=np.int8),
-    }, schema=ROW_KEYS)
-
-
-def keys_from_parquet(path):
-    """Row keys from a version's Parquet file (the one just written, at commit)."""
-    parts = {name: [] for name in ("row", "origin_row", "content_key", "hash", "split")}
-    columns = ["row", "origin_row", "content_key", "row_sha256", "split"]
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=KEYS_BATCH, columns=columns):
-        parts["row"].append(batch.column("row").to_numpy(zero_copy_only=False))
-        parts["origin_row"].append(batch.column("origin_row").to_numpy(zero_copy_only=False))
-        parts["content_key"].append(batch.column("content_key").to_numpy(zero_copy_only=False))
-        parts["hash"].append(_hash64(batch.column("row_sha256")))
-        split = pc.index_in(batch.column("split"), value_set=pa.array(SPLIT_NAMES))
-        parts["split"].append(pc.fill_null(split, -1).to_numpy(zero_copy_only=False))
-    return _keys_table(*(np.concatenate(parts[name]) if parts[name] else np.array([], dtype=np.int64)
-                         for name in ("row", "origin_row", "content_key", "hash", "split")))
+    return keys.append_column("occurrence", pa.array(occurrence, pa.uint32()))
 
 
 def keys_from_database(version):
     """Row keys read from the version's examples: for a version made before RowKeys."""
     table = Example._meta.db_table
     query = f'SELECT "row", COALESCE(origin_row, "row"), content_key, row_sha256, split FROM {table} WHERE version_id = %s ORDER BY "row"'
-    rows, origins, keys, hashes, splits = [], [], [], [], []
+    parts = []
     with connection.cursor() as cursor:
         cursor.execute(query, [version.pk])
         while batch := cursor.fetchmany(KEYS_BATCH):
             row, origin, key, sha, split = zip(*batch)
-            rows.extend(row), origins.extend(origin), keys.extend(key), splits.extend(split)
-            hashes.append(_hash64(pa.array(sha, pa.string())))
-    return _keys_table(rows, origins, keys, np.concatenate(hashes) if hashes else np.array([], np.int64), splits)
+            parts.append(pa.table({"row": pa.array(row, pa.uint32()), "origin_row": pa.array(origin, pa.uint32()),
+                                   "content_key": pa.array(key, pa.int64()), "hash": _hash64(pa.array(sha, pa.string())),
+                                   "split": pa.array(split, pa.int8())}, schema=ROW_KEYS))
+    return pa.concat_tables(parts) if parts else ROW_KEYS.empty_table()
 
 
 def store_keys(table):
@@ -194,8 +184,11 @@ def row_keys(version):
 def _joined(old, new, how):
     keys = ["origin_row"] if how == BY_IDENTITY else ["content_key", "occurrence"]
     columns = [*keys, "row", "hash", "split"]
-    return row_keys(old).select(columns).join(row_keys(new).select(columns), keys=keys, join_type="full outer",
-                                              left_suffix="_old", right_suffix="_new")
+    a, b = row_keys(old), row_keys(new)
+    if how == BY_CONTENT:
+        a, b = with_occurrence(a), with_occurrence(b)
+    return a.select(columns).join(b.select(columns), keys=keys, join_type="full outer",
+                                  left_suffix="_old", right_suffix="_new")
 
 
 def changed_rows(old, new, how, pages):

@@ -301,9 +301,9 @@ class ExampleQuerySet(models.QuerySet):
 
 class RowKeys(models.Model):
     """Where a version's row keys are: a small Parquet artifact of each row's identity, content
-    key and occurrence, hash and split (diff.ROW_KEYS), which is all the diff reads to find
-    what changed. Made with the version; for a version made before, on its first diff (the
-    version row itself never changes)."""
+    key, hash and split (diff.ROW_KEYS), which is all the diff reads to find what changed.
+    Written with the version; for a version made before, on its first diff (the version row
+    itself never changes)."""
 
     version = models.OneToOneField(DatasetVersion, on_delete=models.CASCADE, primary_key=True, related_name="row_keys")
     keys_sha256 = models.CharField(max_length=64)

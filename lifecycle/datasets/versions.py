@@ -107,6 +107,10 @@ class VersionWriter:
         fd, self.path = tempfile.mkstemp(prefix="lifecycle-version-", suffix=".parquet")
         os.close(fd)
         self.writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
+        # The diff's row keys (diff.ROW_KEYS), written batch by batch beside the rows.
+        fd, self.keys_path = tempfile.mkstemp(prefix="lifecycle-keys-", suffix=".parquet")
+        os.close(fd)
+        self.keys_writer = pq.ParquetWriter(self.keys_path, diff.ROW_KEYS, compression="zstd")
         # What the row stream holds open: the transaction and the COPY (PostgreSQL), or the
         # foreign key switched off (SQLite, in slices).
         self._transaction, self._copying = ExitStack(), ExitStack()
@@ -119,6 +123,7 @@ class VersionWriter:
         table = _as_table(batch, self.rows)
         self._count(table)
         self.writer.write_table(table)
+        self.keys_writer.write_table(diff.keys_of_batch(table))
         if connection.vendor == "postgresql":
             if not self._streamed:
                 self._start_copy()
@@ -179,7 +184,9 @@ class VersionWriter:
 
     def discard(self):
         self.writer.close()
+        self.keys_writer.close()
         os.unlink(self.path)
+        os.unlink(self.keys_path)
         self._rollback(RuntimeError("version discarded"))
 
     def commit(self, *, reports, label_set, pii_status, has_leakage):
@@ -189,12 +196,13 @@ class VersionWriter:
         database transaction fails, an artifact no version refers to is removed again.
         """
         self.writer.close()
+        self.keys_writer.close()
         try:
             info = keys_sha256 = None
             try:
                 self.end_rows()
                 info = get_store().put_file(self.path)
-                keys_sha256 = diff.store_keys(diff.keys_from_parquet(self.path))
+                keys_sha256 = get_store().put_file(self.keys_path).sha256
                 version = self._create(info, reports, label_set, pii_status, has_leakage, keys_sha256)
                 self._transaction.close()  # commit
             except BaseException as exc:
@@ -212,6 +220,7 @@ class VersionWriter:
             return version
         finally:
             os.unlink(self.path)
+            os.unlink(self.keys_path)
 
     def _create(self, info, reports, label_set, pii_status, has_leakage, keys_sha256):
         with transaction.atomic():

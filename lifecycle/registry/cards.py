@@ -17,7 +17,15 @@ def _markdown():
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
     md.validateLink = _safe_link
     md.add_render_rule("link_open", _link_open)
+    md.core.ruler.push("lower_headings", _lower_headings)
     return md
+
+
+def _lower_headings(state):
+    """A card sits inside a page that has its own h1: its `#` becomes h2, `##` h3, and so on."""
+    for token in state.tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(int(token.tag[1]) + 1, 6)}"
 
 
 def _safe_link(url):

@@ -385,8 +385,12 @@ class StageChange(models.Model):
 
 class PromotionRequestQuerySet(models.QuerySet):
     def for_inbox(self):
-        return (self.filter(status=PromotionRequest.Status.OPEN)
-                .select_related("version__model", "version__run", "requester").order_by("created_at", "pk"))
+        """Open and blocked requests, oldest first (a blocked one waits for an approver's
+        override), with their count of standing approvals."""
+        return (self.filter(status__in=[PromotionRequest.Status.OPEN, PromotionRequest.Status.BLOCKED])
+                .select_related("version__model", "version__run", "requester")
+                .annotate(approval_count=models.Count("approvals", filter=models.Q(approvals__void=False)))
+                .order_by("created_at", "pk"))
 
 
 class PromotionRequest(models.Model):

@@ -62,11 +62,7 @@ def _get_request(request_id):
 
 
 def _open_requests():
-    """Open and blocked requests, oldest first: a blocked one waits for an approver's override."""
-    return (PromotionRequest.objects.filter(status__in=OPEN_STATUSES)
-            .select_related("version__model", "version__run", "requester")
-            .annotate(approval_count=Count("approvals", filter=Q(approvals__void=False)))
-            .order_by("created_at", "pk"))
+    return PromotionRequest.objects.for_inbox()
 
 
 def holders_by_model(model_ids):

@@ -76,6 +76,8 @@ def test_bad_boolean_names_the_variable():
         ({"ARTIFACT_BACKEND": "ftp"}, "lifecycle.E003"),
         ({"ARTIFACT_BACKEND": "s3"}, "ARTIFACT_S3_BUCKET is not set"),
         ({"JOB_HEARTBEAT_SECONDS": "10", "JOB_HEARTBEAT_WINDOW_SECONDS": "5"}, "lifecycle.E004"),
+        ({"LOGIN_FAILURE_LIMIT": "0"}, "LOGIN_FAILURE_LIMIT must be at least 1"),
+        ({"LOGIN_ADDRESS_FAILURE_LIMIT": "-1"}, "LOGIN_ADDRESS_FAILURE_LIMIT must be at least 1"),
     ],
 )
 def test_system_checks_refuse_broken_configuration(env, message):

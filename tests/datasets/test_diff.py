@@ -171,7 +171,7 @@ def test_each_version_gets_its_row_keys_and_they_match_its_examples(tmp_path):
     for version in (raw, redacted, deduped):
         stored = diff.row_keys(version)
         assert stored.num_rows == version.row_count
-        # The keys made from the Parquet file at commit equal those read back from the examples.
+        # The keys written as the rows streamed equal those read back from the examples.
         assert stored.equals(diff.keys_from_database(version))
         examples = list(version.examples.order_by("row").values_list("row", "row_sha256", "split"))
         assert stored["row"].to_pylist() == [row for row, _, _ in examples]
@@ -179,7 +179,8 @@ def test_each_version_gets_its_row_keys_and_they_match_its_examples(tmp_path):
         assert stored["hash"].to_pylist() == [int.from_bytes(bytes.fromhex(sha[:16]), "big", signed=True)
                                               for _, sha, _ in examples]
     # Rows 20, 21 and 50 copy rows 2, 5 and 9: second occurrences of their content key.
-    occurrence = dict(zip(diff.row_keys(raw)["row"].to_pylist(), diff.row_keys(raw)["occurrence"].to_pylist()))
+    keys = diff.with_occurrence(diff.row_keys(raw))
+    occurrence = dict(zip(keys["row"].to_pylist(), keys["occurrence"].to_pylist()))
     assert [occurrence[row] for row in (2, 20, 5, 21, 9, 50, 0)] == [1, 2, 1, 2, 1, 2, 1]
 
 

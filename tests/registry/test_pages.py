@@ -280,7 +280,7 @@ def test_the_version_page_shows_lineage_card_gates_approvals_and_audit(client, p
     run = world.v1.lineage["run"]
     assert re.search(rf'Dataset version, trained on.*?href="{data["url"]}">{data["dataset"]} v{data["number"]}</a>'
                      rf'.*?Training run.*?href="{run["url"]}">#{run["id"]} ', page)
-    assert "<h2>Intended use</h2>" in page and "<table>" in page  # the generated card, with its metric table
+    assert "<h3>Intended use</h3>" in page and "<table>" in page  # the card (its headings one level down), with its metric table
     assert "Approved by ann" in page and "Approved by abe" in page
     assert "signature valid" in page
     for action in ("model_version.created", "promotion.requested", "promotion.approved", "stage.changed"):

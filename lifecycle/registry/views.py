@@ -61,10 +61,6 @@ def _get_request(request_id):
     return get_object_or_404(PromotionRequest.objects.select_related(*related), pk=request_id)
 
 
-def _open_requests():
-    return PromotionRequest.objects.for_inbox()
-
-
 def holders_by_model(model_ids):
     """{model id: {stage: version}} for production and staging, in one query."""
     found = {}
@@ -186,9 +182,9 @@ def model_list(request):
     rows = [{"model": model, "production": holders.get(model.pk, {}).get(Stage.PRODUCTION),
              "staging": holders.get(model.pk, {}).get(Stage.STAGING), "open": waiting.get(model.pk, 0)}
             for model in page.items]
-    open_requests = _open_requests()[:10]
+    open_requests = PromotionRequest.objects.for_inbox()[:10]
     return render(request, "registry/model_list.html", {"page": page, "rows": rows, "open_requests": open_requests,
-                                                         "open_count": _open_requests().count()})
+                                                         "open_count": PromotionRequest.objects.for_inbox().count()})
 
 
 @role_required(ML_ENGINEER)
@@ -270,7 +266,7 @@ def _register(user, data):
 @role_required(*READ_ROLES)
 @require_GET
 def inbox(request):
-    page = Paginator(_open_requests(), INBOX_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(PromotionRequest.objects.for_inbox(), INBOX_PAGE_SIZE).get_page(request.GET.get("page"))
     holders = holders_by_model({pr.version.model_id for pr in page.object_list})
     items = []
     for pr in page.object_list:
@@ -412,7 +408,7 @@ def model_detail(request, slug):
                  .order_by("-changed_at", "-pk")[:TIMELINE_CHARTED])
     context = {
         "model": model, "page": page, "holders": holders_by_model([model.pk]).get(model.pk, {}),
-        "open_requests": _open_requests().filter(version__model=model),
+        "open_requests": PromotionRequest.objects.for_inbox().filter(version__model=model),
         "history_chart": charts.metric_history(list(reversed(page.items))),
         "timeline_chart": charts.stage_timeline(list(reversed(moves)), timezone.now()),
         "moves": moves[:TIMELINE_SHOWN], "more_moves": len(moves) > TIMELINE_SHOWN,

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from lifecycle.lib.env import env_bool, env_int, env_list, env_secret, env_str
+from lifecycle.lib.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -309,6 +309,36 @@ JOB_MAINTENANCE_SECONDS = env_int("JOB_MAINTENANCE_SECONDS", JOB_HEARTBEAT_SECON
 # Training is unlimited unless set: torch and CUDA map large ranges up front.
 JOB_MEMORY_LIMIT_MB = env_int("JOB_MEMORY_LIMIT_MB", 4096)
 TRAINING_JOB_MEMORY_LIMIT_MB = env_int("TRAINING_JOB_MEMORY_LIMIT_MB", 0)
+
+# --- Serving (manage.py serve; lifecycle/deployments/serving/) ---
+SERVING_HOST = env_str("SERVING_HOST", "127.0.0.1")
+SERVING_PORT = env_int("SERVING_PORT", 8100)
+# Routes are re-read on every Redis notice and at least this often (the safety net when a
+# notice is lost or Redis is down); a change is live within about this long at worst.
+SERVING_ROUTES_REFRESH_SECONDS = env_float("SERVING_ROUTES_REFRESH_SECONDS", 1.0)
+# Dynamic batching per loaded version: wait at most this long for more requests, run at most
+# this many inputs in one forward pass, and answer 503 once this many inputs wait.
+SERVING_BATCH_WAIT_MS = env_float("SERVING_BATCH_WAIT_MS", 5.0)
+SERVING_MAX_BATCH = env_int("SERVING_MAX_BATCH", 32)
+SERVING_MAX_QUEUE = env_int("SERVING_MAX_QUEUE", 256)
+# Loaded models are kept while their summed size (the output's files plus the base model)
+# fits in this budget; the least recently used one leaves first.
+SERVING_MEMORY_BUDGET_MB = env_int("SERVING_MEMORY_BUDGET_MB", 4096)
+# Limits on one request (each answered 413/422 with the reason).
+SERVING_MAX_INPUTS = env_int("SERVING_MAX_INPUTS", 256)
+SERVING_MAX_INPUT_CHARS = env_int("SERVING_MAX_INPUT_CHARS", 20_000)
+SERVING_MAX_BODY_BYTES = env_int("SERVING_MAX_BODY_BYTES", 2 * 1024 * 1024)
+# The prediction log: buffered in the process, written in batches this often; spooled to a
+# local file while the database is unreachable (bounded: past SERVING_SPOOL_MAX_MB new entries
+# are dropped and counted, never the requests).
+SERVING_LOG_FLUSH_SECONDS = env_float("SERVING_LOG_FLUSH_SECONDS", 0.5)
+SERVING_SPOOL_DIR = Path(env_str("SERVING_SPOOL_DIR", str(DATA_DIR / "serving-spool"))).resolve()
+SERVING_SPOOL_MAX_MB = env_int("SERVING_SPOOL_MAX_MB", 512)
+# Prediction log entries older than this are purged (a maintenance step); 0 keeps them all.
+PREDICTION_RETENTION_DAYS = env_int("PREDICTION_RETENTION_DAYS", 30)
+# Scrapes of /metrics (web and serving) must carry "Authorization: Bearer <METRICS_TOKEN>".
+# Unset: open with DEBUG on (the demo), answered 404 with DEBUG off.
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
 
 # --- Artifacts ---
 ARTIFACT_BACKEND = env_str("ARTIFACT_BACKEND", "local")  # local | s3

@@ -65,11 +65,16 @@ def materialize(key):
 class Predictor:
     """A trained output, loaded back: `predict(texts)` for classifiers, `generate(prompts)` for causal LMs."""
 
-    def __init__(self, key):
+    def __init__(self, key, directory=None):
+        """`directory`, when given, holds the output's files already checked (the serving
+        process loads from ModelVersion.load_checked()'s verified folder); else the cache."""
         import torch
         from transformers import AutoTokenizer
 
-        directory, self.manifest = materialize(key)
+        if directory is None:
+            directory, self.manifest = materialize(key)
+        else:
+            self.manifest = read_manifest(key)
         base = basemodels.get(self.manifest["base_model"]["name"])
         actual = basemodels.directory_sha256(base.path)
         if actual != self.manifest["base_model"]["sha256"]:

@@ -13,6 +13,7 @@ import shutil
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
@@ -352,11 +353,18 @@ def _test_evaluation(run):
             "confusion": report.confusion, "calibration": report.calibration}
 
 
+# Sent with every registry event (inside its transaction): how a higher app follows the
+# registry without the registry importing it (deployments finishes a waiting promotion).
+registry_event = Signal()
+
+
 def _notify(event, obj, data):
-    """Hand an event to the webhooks (registry/webhooks.py) once the transaction commits."""
+    """Hand an event to the webhooks (registry/webhooks.py) once the transaction commits, and
+    to registry_event's receivers now."""
     from lifecycle.registry import webhooks
 
     webhooks.emit(event, obj, data)
+    registry_event.send(sender=type(obj), event=event, obj=obj, data=data)
 
 
 # --- stage history ---------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""The deployments' housekeeping, run by every worker's maintenance pass (and
+`manage.py jobs_maintain`): verdicts on live candidates, rollbacks waiting on a serving
+process that stopped reporting, promotions the registry decided, and the log's retention."""
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from lifecycle.core.jobs import maintenance_step
+
+PURGE_BATCH = 10_000
+
+
+@maintenance_step("release_verdicts")
+def evaluate_verdicts():
+    """Evaluate every live candidate whose verdict is pending; a failure rolls it back."""
+    from lifecycle.deployments import verdicts
+    from lifecycle.deployments.models import Release
+
+    decided = 0
+    live = Release.objects.filter(status=Release.Status.ACTIVE, candidate__isnull=False,
+                                  verdict=Release.Verdict.PENDING).select_related("deployment")
+    for release in live:
+        result = verdicts.evaluate(release)
+        if result.verdict != Release.Verdict.PENDING:
+            release.record_verdict(result)
+            decided += 1
+        else:
+            Release.objects.filter(pk=release.pk).update(verdict_numbers=result.numbers, verdict_reason=result.reason,
+                                                          verdict_at=timezone.now())
+    return decided
+
+
+@maintenance_step("rollbacks")
+def complete_rollbacks():
+    from lifecycle.deployments.models import Release, Rollback
+
+    done = Rollback.complete_pending()
+    # A promotion decided while this process was down (the registry's receiver missed it).
+    for release in Release.objects.filter(status=Release.Status.PROMOTING):
+        done += bool(release.complete_promotion())
+    return done
+
+
+@maintenance_step("prediction_retention")
+def purge_predictions():
+    """Delete prediction log entries past PREDICTION_RETENTION_DAYS, a batch per pass so a
+    large backlog never holds a long lock."""
+    from lifecycle.deployments.models import PredictionLog
+
+    days = settings.PREDICTION_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    ids = list(PredictionLog.objects.filter(created_at__lt=cutoff).order_by("created_at")
+               .values_list("pk", flat=True)[:PURGE_BATCH])
+    if not ids:
+        return 0
+    deleted, _ = PredictionLog.objects.filter(pk__in=ids).delete()
+    return deleted

@@ -6,7 +6,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from lifecycle.core.jobs import maintenance_step
+from lifecycle.core.jobs import maintenance_step, task
+from lifecycle.core.roles import READ_ROLES
 
 PURGE_BATCH = 10_000
 
@@ -58,3 +59,43 @@ def purge_predictions():
         return 0
     deleted, _ = PredictionLog.objects.filter(pk__in=ids).delete()
     return deleted
+
+
+# --- the demo (deployments/demo.py) ---------------------------------------------------------------
+
+
+def _demo_outcome(job):
+    from lifecycle.core.jobs import Outcome
+    from lifecycle.deployments.demo import NAME
+    from lifecycle.deployments.models import Deployment
+
+    deployment = Deployment.objects.filter(name=NAME).first()
+    result = job.result or {}
+    if "requests" in result:
+        text = f"Sent {result['requests']} requests and {result['feedback']} feedback answers to {NAME}."
+    elif deployment is None:
+        text = "Started the demo's second run; the deployment follows its training."
+    else:
+        text = f"Deployed {NAME} with a canary."
+    return Outcome(text, ((NAME, deployment.get_absolute_url()),) if deployment else ())
+
+
+@task(queue="default", roles=READ_ROLES, outcome=_demo_outcome)
+def start_demo_candidate(job):
+    from lifecycle.deployments import demo
+
+    return demo.start_candidate_run()
+
+
+@task(queue="training", roles=READ_ROLES, outcome=_demo_outcome)
+def deploy_demo(job):
+    from lifecycle.deployments import demo
+
+    return demo.deploy()
+
+
+@task(queue="default", roles=READ_ROLES, outcome=_demo_outcome)
+def send_demo_traffic(job):
+    from lifecycle.deployments import demo
+
+    return demo.send_traffic()

@@ -28,6 +28,8 @@ DEMO_USERS += [("demo-labeler-2", "labeler"), ("demo-labeler-3", "labeler")]
 # Training runs on a worker of its own, as in docker/compose.yaml: a fine-tune takes minutes,
 # and an upload or a QC computation must not wait behind it. (log file, queues) per worker.
 WORKERS = (("worker.log", ("default", "monitoring")), ("training-worker.log", ("training",)))
+# One serving process (deployments/serving/) on SERVING_PORT answers the demo deployment's traffic.
+SERVING_LOG = "serving.log"
 
 
 def worker_command(queue_names):
@@ -103,6 +105,7 @@ class Command(BaseCommand):
     def start_workers(self):
         for log, queue_names in WORKERS:
             self.spawn(worker_command(queue_names), log=log)
+        self.spawn([sys.executable, "manage.py", "serve"], log=SERVING_LOG)
 
     def spawn(self, command, log):
         log_file = open(settings.DATA_DIR / log, "ab")
@@ -167,4 +170,6 @@ class Command(BaseCommand):
         self.stdout.write(f"The demo runs {len(WORKERS)} workers, training on its own, each with its own log:")
         for log, queue_names in WORKERS:
             self.stdout.write(f"  queues {', '.join(queue_names):<20} {settings.DATA_DIR / log}")
+        self.stdout.write(f"One serving process answers at http://{settings.SERVING_HOST}:{settings.SERVING_PORT}/ "
+                          f"(log {settings.DATA_DIR / SERVING_LOG}).")
         self.stdout.write("")

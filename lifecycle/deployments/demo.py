@@ -1,4 +1,4 @@
-"""Demo deployment: a second fine-tune of MiniLM (another seed) becomes version 2 of the demo
+"""Demo deployment: a second, shorter fine-tune of MiniLM (another seed, two epochs) becomes version 2 of the demo
 model; the demo approver approves version 1 to production and version 2 to staging; the demo
 engineer deploys version 1 as `support-router` with version 2 as a 20 % canary, and asks for
 version 2's promotion to production from the deployment (so the approver's inbox holds it while
@@ -21,7 +21,7 @@ from lifecycle.core.jobs import enqueue
 from lifecycle.core.models import Job
 
 NAME = "support-router"
-RUN_NAME = "Demo: LoRA on MiniLM, support intents (seed 1)"
+RUN_NAME = "Demo: LoRA on MiniLM, support intents (seed 1, 2 epochs)"
 REQUESTS = 300
 FEEDBACK_EVERY = 3  # feedback on every third answer: the verdict and the feedback page have data
 CANARY_SHARE = 20.0
@@ -57,7 +57,7 @@ def start_candidate_run():
         version = next((v for v in versions if v.usable_for_training), None)
         if version is None:
             raise RuntimeError(f"the demo dataset {SLUG} has no version usable for training yet")
-        run = launch.start(_user("demo-ml-engineer"), {**runs_demo.CONFIG, "seed": 1, "dataset_version": version.pk},
+        run = launch.start(_user("demo-ml-engineer"), {**runs_demo.CONFIG, "seed": 1, "epochs": 2, "dataset_version": version.pk},
                            name=RUN_NAME)
     job = enqueue(deploy_demo, user=_user("demo-ml-engineer"), key="demo:deployment:deploy")
     return {"run": run.pk, "job": job.pk}

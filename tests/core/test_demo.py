@@ -2,6 +2,8 @@
 import json
 import os
 import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +16,12 @@ from lifecycle.core.management.commands.demo import WORKERS
 from tests.core.test_file_modes import open_to_others
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -71,7 +79,7 @@ def _redis_alive(socket_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # ingest, fine-tune, suggestions and registration: ~5 min idle, twice that on a busy day
+@pytest.mark.timeout(1800)  # ingest, two fine-tunes, suggestions, registration, traffic: ~7 min idle, twice that busy
 def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     """What `scripts/demo` leaves to its worker: the ingest, then a LoRA fine-tune of MiniLM."""
     import redis as redis_lib
@@ -80,11 +88,20 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     assert url.endswith(f"/{settings.TEST_REDIS_DB}")
     redis_lib.Redis.from_url(url).flushdb()
     env = {"PATH": os.environ["PATH"], "DEBUG": "true", "LIFECYCLE_DATA_DIR": str(tmp_path), "REDIS_URL": url}
+    env["SERVING_PORT"] = str(_free_port())
     subprocess.run([sys.executable, "manage.py", "demo", "--no-server"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=300)
-    worker = subprocess.run([sys.executable, "manage.py", "rqworker", "default", "monitoring", "training", "--burst",
-                             "--worker-class", "lifecycle.core.worker.LifecycleWorker"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # The demo's serving process, as `manage.py demo` starts it: the traffic job talks to it.
+    with open(tmp_path / "serving.log", "w") as serving_log:
+        serving = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=ROOT, env=env, stdout=serving_log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            worker = subprocess.run([sys.executable, "manage.py", "rqworker", "default", "monitoring", "training",
+                                     "--burst", "--worker-class", "lifecycle.core.worker.LifecycleWorker"],
+                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+        finally:
+            os.killpg(serving.pid, signal.SIGTERM)
+            serving.wait(timeout=30)
     assert worker.returncode == 0, worker.stderr[-3000:]
     with sqlite3.connect(tmp_path / "lifecycle.sqlite3") as db:
         statuses = dict(db.execute("SELECT task, status FROM core_job").fetchall())
@@ -94,15 +111,23 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
                             "lifecycle.labeling.tasks.seed_demo_project": "succeeded",
                             "lifecycle.labeling.tasks.suggest_labels": "succeeded",
                             "lifecycle.registry.tasks.queue_demo_registration": "succeeded",
-                            "lifecycle.registry.tasks.register_demo_version": "succeeded"}, worker.stderr[-3000:]
-        [(name, metrics, output)] = db.execute("SELECT name, test_metrics, output_sha256 FROM runs_run").fetchall()
+                            "lifecycle.registry.tasks.register_demo_version": "succeeded",
+                            "lifecycle.deployments.tasks.start_demo_candidate": "succeeded",
+                            "lifecycle.deployments.tasks.deploy_demo": "succeeded",
+                            "lifecycle.deployments.tasks.send_demo_traffic": "succeeded"}, worker.stderr[-3000:]
+        runs = db.execute("SELECT name, test_metrics, output_sha256, status FROM runs_run ORDER BY id").fetchall()
+        [(name, metrics, output, _), (_, _, second_output, second_status)] = runs
         [(project_id,)] = db.execute("SELECT id FROM labeling_labelingproject").fetchall()
         states = dict(db.execute("SELECT state, count(*) FROM labeling_item GROUP BY state").fetchall())
         reports = db.execute("SELECT passes, data FROM labeling_qcreport").fetchall()
         suggested = db.execute("SELECT count(*) FROM labeling_item WHERE suggested_label != ''").fetchone()[0]
         versions = db.execute("SELECT v.number, v.stage, v.signature_status, m.slug FROM registry_modelversion v "
                               "JOIN registry_registeredmodel m ON v.model_id = m.id").fetchall()
-        requests = db.execute("SELECT to_stage, status FROM registry_promotionrequest").fetchall()
+        requests = db.execute("SELECT v.number, r.to_stage, r.status FROM registry_promotionrequest r "
+                              "JOIN registry_modelversion v ON r.version_id = v.id ORDER BY r.id").fetchall()
+        releases = db.execute("SELECT number, mode, share, status FROM deployments_release ORDER BY number").fetchall()
+        routes = dict(db.execute("SELECT route, count(*) FROM deployments_predictionlog GROUP BY route").fetchall())
+        feedback = db.execute("SELECT count(*) FROM deployments_feedback").fetchone()[0]
         answers = dict(db.execute("SELECT u.username, count(*) FROM labeling_assignment a JOIN auth_user u "
                                   "ON a.annotator_id = u.id WHERE a.state = 'answered' GROUP BY u.username").fetchall())
     assert name.startswith("Demo: LoRA") and output
@@ -119,9 +144,16 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     medians = [annotators[name]["median_seconds"] for name in ("demo-labeler-3", "demo-labeler-2", "demo-labeler")]
     assert 1 < medians[0] < medians[1] < medians[2] < 15
     assert suggested == sum(states.values())
-    # The trained output is version 1 of the demo model, signed, waiting for an approver to let it into staging.
-    assert versions == [(1, "candidate", "valid", "support-intent-router")]
-    assert requests == [("staging", "open")]
+    # Version 1 went to staging and production, version 2 (the second run) to staging; both signed.
+    assert second_status == "succeeded" and second_output and second_output != output
+    assert sorted(versions) == [(1, "production", "valid", "support-intent-router"),
+                                (2, "staging", "valid", "support-intent-router")]
+    assert requests == [(1, "staging", "approved"), (1, "production", "approved"), (2, "staging", "approved"),
+                        (2, "production", "open")]  # the canary's promotion waits in the approver's inbox
+    # support-router: v1 stable, v2 a 20 % canary waiting for its promotion; real traffic and feedback.
+    assert releases == [(1, "", 0.0, "superseded"), (2, "canary", 20.0, "promoting")]
+    assert sum(routes.values()) == 300 and 0 < routes.get("canary", 0) < 150
+    assert feedback == 100
     assert open_to_others(tmp_path) == []  # checkpoints, model cache and run outputs included
 
 
@@ -136,6 +168,7 @@ def test_the_demo_starts_two_workers_with_training_on_its_own(tmp_path, settings
 
     for name, value in worker_env().items():  # the workers are children: they read the environment
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SERVING_PORT", str(_free_port()))
     settings.DATA_DIR = tmp_path
     command = Command()
     command.children = []
@@ -147,3 +180,4 @@ def test_the_demo_starts_two_workers_with_training_on_its_own(tmp_path, settings
     finally:
         command.stop_children()
     assert (tmp_path / "worker.log").exists() and (tmp_path / "training-worker.log").exists()
+    assert (tmp_path / "serving.log").exists()  # and the serving process

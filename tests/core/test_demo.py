@@ -66,6 +66,9 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         # And the registry's, after the run's starter: it queues the registration behind the training.
         registry = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.registry.tasks.queue_demo_registration'").fetchall()
         assert registry == [("queued",)]
+        # And the deployment's, last: it starts the second run, then deploys behind its training.
+        deployment = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.deployments.tasks.start_demo_candidate'").fetchall()
+        assert deployment == [("queued",)]
     assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
 
 

@@ -124,7 +124,14 @@ def pytest_collection_modifyitems(session, config, items):
 def trained(tmp_path_factory):
     """The session's one real training run: its report (tests/registry/trained.py) and the
     artifact folder holding its output."""
-    out = tmp_path_factory.mktemp("trained")
+    # LIFECYCLE_TEST_TRAINED_DIR (a developer's shortcut, unset in CI): reuse a folder an
+    # earlier session trained into instead of training again.
+    reuse = os.environ.get("LIFECYCLE_TEST_TRAINED_DIR")
+    if reuse and (Path(reuse) / "trained.json").exists():
+        report = json.loads((Path(reuse) / "trained.json").read_text())
+        return {**report, "artifacts": Path(reuse) / "artifacts"}
+    out = Path(reuse) if reuse else tmp_path_factory.mktemp("trained")
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{out / 'db.sqlite3'}", "DEBUG": "true",
            "LIFECYCLE_DATA_DIR": str(out), "ARTIFACT_DIR": str(out / "artifacts"),
            "MODEL_CACHE_DIR": str(out / "model-cache")}

@@ -29,3 +29,19 @@ def labeling_sources(lineage):
     """The labeling projects anywhere in a stored lineage."""
     versions = [lineage["dataset_version"], *lineage.get("ancestors", [])]
     return [made for v in versions for made in v.get("made_by", []) if made.get("kind") == "labeling_project"]
+
+
+# Where a version went after registration: apps higher up (deployments) register a function
+# `(version) -> list of {"kind", "name", "url", "detail"}`, so lineage walks on from a version to
+# what served it without the registry importing them (the same shape as datasets/lineage.py).
+_downstream = []
+
+
+def downstream(func):
+    if func not in _downstream:
+        _downstream.append(func)
+    return func
+
+
+def reached(version):
+    return [step for func in _downstream for step in func(version)]

@@ -18,6 +18,7 @@ from lifecycle.core.roles import APPROVER, ML_ENGINEER, has_role, role_required
 from lifecycle.lib.pagination import keyset_page
 from lifecycle.lib.params import BadParameter, parse_optional_id
 from lifecycle.registry import cards, charts, export
+from lifecycle.registry import lineage as registry_lineage
 from lifecycle.registry.forms import (
     ApproveForm, CardForm, HeldAtForm, ModelForm, PromoteForm, RegisterForm, RejectForm, SettingsForm,
 )
@@ -139,7 +140,7 @@ def lineage_steps(version):
         steps.append({"kind": "Training run", "name": f"#{run['id']} {run['name']}", "url": run.get("url", ""),
                       "detail": f"{run['method']} on {run['base_model']}, seed {run['seed']}, by {run.get('started_by') or 'system'}"})
     steps.append({"kind": "Model version", "name": str(version), "url": "", "detail": f"{version.stage}", "current": True})
-    return steps
+    return steps + registry_lineage.reached(version)
 
 
 def _made_by_step(made):

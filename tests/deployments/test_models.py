@@ -119,3 +119,14 @@ def test_a_rejected_promotion_leaves_the_canary_running(trained, store_with_outp
     deployment.refresh_from_db()
     assert deployment.current_release.status == Release.Status.ACTIVE
     assert Rollback.objects.count() == 0
+
+
+def test_lineage_walks_on_from_a_version_to_the_deployments_that_served_it(trained, store_with_output, people, tmp_path, client):
+    from tests.conftest import client_for
+
+    deployment = make_deployment(trained, people, tmp_path, mode="canary", share=10)
+    candidate = deployment.current_release.candidate
+    page = client_for(client, people["vic"]).get(candidate.get_absolute_url())
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "support-router" in text and "release 2 as canary (active)" in text

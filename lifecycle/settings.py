@@ -58,6 +58,10 @@ def _database_config():
             "transaction_mode": "IMMEDIATE", "timeout": 20,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
         })
+    else:
+        # A database that does not answer fails a connect in seconds rather than hanging it
+        # (the serving process then spools its log and keeps answering from its last routes).
+        config.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
     return config
 
 

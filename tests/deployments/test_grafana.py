@@ -30,6 +30,8 @@ SERVING_METRICS = {
     "lifecycle_serving_prediction_log_spooled": "counter",
     "lifecycle_serving_prediction_log_dropped": "counter",
     "lifecycle_serving_prediction_log_written": "counter",
+    # Beyond the list: requests let through while Redis (the token buckets) was down.
+    "lifecycle_serving_rate_limit_unchecked": "counter",
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count"),
             "gauge": ("",)}

@@ -429,7 +429,7 @@ def floor_side(s):
                                                               num_labels=len(labels), **common)
     peft_model = PeftModel.from_pretrained(base, directory, is_trainable=False).eval()
     texts = json.loads(Path(s["texts"]).read_text())
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
               "peft_batch32": time_batches(peft_model, tokenizer, texts, max_length, s["floor_batches"], torch)}
     merged = peft_model.merge_and_unload().eval()
     result["single"] = time_single(merged, tokenizer, texts, max_length, s["floor_single"], torch)
@@ -545,8 +545,8 @@ def run_side(side, s, env):
 class Serving:
     """One `manage.py serve` process on a loopback port, its log in the work folder."""
 
-    def __init__(self, env, work, workers, *, log_predictions):
-        self.port = free_port()
+    def __init__(self, env, work, workers, token, *, log_predictions):
+        self.port, self.token = free_port(), token
         # As in production (docker/compose.yaml): the public half of the signing key only.
         self.env = {**env, "SERVING_HOST": "127.0.0.1", "SERVING_PORT": str(self.port), "SIGNING_KEY_FILE": "",
                     "SIGNING_PUBLIC_KEY_FILE": str(public_key_file(work))}
@@ -561,26 +561,31 @@ class Serving:
     def get(self, path, timeout=5):
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=timeout) as response:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status
 
     def wait_ready(self, timeout=300):
-        """Ready, and the deployment loaded and warmed (the Open Inference Protocol's model ready)."""
+        """Ready, and the deployment loaded and warmed (the Open Inference Protocol's model ready,
+        which takes the serving token)."""
         import urllib.error
 
-        deadline = time.monotonic() + timeout
+        deadline, last = time.monotonic() + timeout, "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 sys.exit(f"the serving process exited ({self.process.returncode}):\n{self.tail()}")
             try:
                 if self.get("/v2/health/ready") == 200 and self.get(f"/v2/models/{NAME}/ready") == 200:
                     return
-            except (urllib.error.URLError, OSError):
-                pass
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code} from {exc.url}"
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
             time.sleep(0.5)
-        sys.exit(f"the serving process was not ready in {timeout} s:\n{self.tail()}")
+        sys.exit(f"the serving process was not ready in {timeout} s (last: {last}):\n{self.tail()}")
 
-    def wait_for_route(self, token, route, timeout=60):
+    def wait_for_route(self, route, timeout=60):
         """Send single requests until one is answered from `route` (the candidate is loaded)."""
         import urllib.request
 
@@ -589,7 +594,7 @@ class Serving:
         while time.monotonic() < deadline:
             request = urllib.request.Request(
                 f"http://127.0.0.1:{self.port}/v1/deployments/{NAME}/predict", data=body, method="POST",
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=10) as response:
                 self.probes += 1
                 if json.loads(response.read())["route"] == route:
@@ -623,6 +628,7 @@ def load(s, env, serving, clients, duration, warmup, events=None, on_measuring=N
         child.wait()
         sys.exit(f"the load generator failed:\n{line}{child.stderr.read()[-3000:]}")
     busy, serving_cpu = machine_busy_seconds(), tree_cpu_seconds(serving.process.pid)
+    load_average = os.getloadavg()[0]  # other work on the machine shows here
     if on_measuring:
         on_measuring(float(line.split()[1]))
     out, err = child.communicate()
@@ -632,6 +638,7 @@ def load(s, env, serving, clients, duration, warmup, events=None, on_measuring=N
     result["serving_cpu_s"] = tree_cpu_seconds(serving.process.pid) - serving_cpu
     result["machine_busy_s"] = machine_busy_seconds() - busy
     result["clients"] = clients
+    result["load_average"] = load_average
     return result
 
 
@@ -681,7 +688,7 @@ def rollback_phase(s, env, serving, args, ids):
                                        mode="canary", share=args.canary_share, reason="serve bench: canary to roll back")
     wait_applied(deployment)
     serving.wait_ready()
-    serving.wait_for_route(Path(s["token_file"]).read_text().strip(), "canary")
+    serving.wait_for_route("canary")
     clicked = {}
 
     def click(measuring_from):
@@ -719,7 +726,8 @@ def run(args, work, env):
     results = {"args": vars(args), "machine": machine(args.database), "code": code_state(), "floor": floor,
                "accuracy": ids["accuracy"], "sweeps": [], "logging_off": None, "rollback": None}
 
-    serving = Serving(env, work, args.serving_workers, log_predictions=True)
+    token = Path(ids["token_file"]).read_text().strip()
+    serving = Serving(env, work, args.serving_workers, token, log_predictions=True)
     try:
         serving.wait_ready()
         print("serving, prediction logging on:", flush=True)
@@ -738,7 +746,7 @@ def run(args, work, env):
         print(results["logging_off"], flush=True)
     else:
         before = logged_rows(ids["deployment"])
-        serving = Serving(env, work, args.serving_workers, log_predictions=False)
+        serving = Serving(env, work, args.serving_workers, token, log_predictions=False)
         try:
             serving.wait_ready()
             print("serving, prediction logging off:", flush=True)
@@ -766,11 +774,13 @@ def report(results):
         (f"Command: `.venv/bin/python bench/serve_bench.py --database {args['database']}` (clients "
          f"{' '.join(map(str, args['clients']))}, {args['duration']:g} s measured after {args['warmup']:g} s of warm-up "
          f"per level, `manage.py serve --workers {args['serving_workers']}`). Model: all-MiniLM-L6-v2 + LoRA, "
-         f"trained here on {args['train_rows']} synthetic support messages ({args['epochs']} epochs, test accuracy "
+         f"trained here on {args['train_rows']} synthetic support messages ({args['epochs']} "
+         f"epoch{'' if args['epochs'] == 1 else 's'}, test accuracy "
          f"{', '.join(fmt(a, '.2f') for a in results['accuracy'])}). One input per request, closed-loop clients on "
          "keep-alive connections over loopback, from a separate process (asyncio)."),
         "",
-        "In-process floor (tokenizer + forward + softmax, LoRA merged into the weights, no server):",
+        (f"In-process floor (tokenizer + forward + softmax, LoRA merged into the weights, no server; load average "
+         f"{floor['load_average']:.1f} when it started):"),
         "",
         "| measure | p50 | p99 | inputs/s |",
         "| --- | --- | --- | --- |",
@@ -785,8 +795,8 @@ def report(results):
          "so every request takes one model's batch queue):"),
         "",
         ("| clients | prediction log | answers | p50 | p95 | p99 | answers/s | / batch-32 floor | errors | "
-         "CPU: load generator / serving / whole machine (s, per s of wall) |"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+         "CPU: load generator / serving / whole machine (s, per s of wall) | load average |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["sweeps"]:
         wall = r["cpu_wall_s"]
@@ -794,7 +804,8 @@ def report(results):
         lines.append(
             f"| {r['clients']} | {r['logging']} | {r['answers']:,} | {fmt(r['p50_ms'])} ms | {fmt(r['p95_ms'])} ms | "
             f"{fmt(r['p99_ms'])} ms | {fmt(r['throughput'], ',.0f')} | {fmt(r['throughput'] / floor32, '.0%')} | "
-            f"{errors} | {r['cpu_s'] / wall:.2f} / {r['serving_cpu_s'] / wall:.2f} / {r['machine_busy_s'] / wall:.2f} |")
+            f"{errors} | {r['cpu_s'] / wall:.2f} / {r['serving_cpu_s'] / wall:.2f} / {r['machine_busy_s'] / wall:.2f} | "
+            f"{r['load_average']:.1f} |")
     lines += logging_lines(results) + rollback_lines(results) + goal_lines(results, floor32)
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,11 @@
-"""Container health check for the web process: GET /healthz on the local gunicorn.
+"""Container health check: GET /healthz on the local gunicorn (the web process), or the path and
+port given on the command line (the serving process: `healthcheck.py /v2/health/ready 8100`).
 
-Uses only the standard library (the image has no curl). Exit 0 when /healthz answers 200
-(database and Redis reachable), 1 otherwise; Docker keeps the printed line in
-`docker inspect`'s health log.
+    python /app/docker/healthcheck.py [PATH [PORT]]
+
+Uses only the standard library (the images have no curl). Exit 0 when the path answers 200
+(web: database and Redis reachable; serving: ready to take traffic), 1 otherwise; Docker keeps
+the printed line in `docker inspect`'s health log.
 
 With DEBUG off Django answers 400 to a Host header that is not in ALLOWED_HOSTS, so the
 request names the first concrete entry of ALLOWED_HOSTS ("localhost" when there is none or
@@ -15,6 +18,7 @@ import urllib.error
 import urllib.request
 
 PORT = os.environ.get("HEALTHCHECK_PORT", "8000")
+PATH = "/healthz"
 TIMEOUT_SECONDS = 5
 
 
@@ -32,9 +36,19 @@ def one_line(raw):
     return " ".join(raw.decode("utf-8", "replace").split())[:300]
 
 
-def main():
+def target(argv):
+    """(path, port) from the command line, defaulting to web's /healthz."""
+    path = argv[0] if argv else PATH
+    port = argv[1] if len(argv) > 1 else PORT
+    if not path.startswith("/") or not port.isdigit():
+        raise SystemExit(f"usage: healthcheck.py [PATH [PORT]] (PATH starts with /, PORT is a number), not {argv}")
+    return path, port
+
+
+def main(argv=()):
+    path, port = target(list(argv))
     request = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}/healthz", headers={"Host": host_header(), "Accept": "application/json"}
+        f"http://127.0.0.1:{port}{path}", headers={"Host": host_header(), "Accept": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
@@ -48,4 +62,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

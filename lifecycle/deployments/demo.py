@@ -121,13 +121,14 @@ def _post(url, token, body, timeout=30):
         return json.loads(response.read())
 
 
-def _wait_ready(base, timeout=300):
+def _wait_ready(base, token, timeout=300):
     """The serving process picks the deployment up within its refresh period, then loads and
     warms both versions; wait for its readiness answer rather than a fixed time."""
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(f"{base}/v2/models/{NAME}/ready", headers={"Authorization": f"Bearer {token}"})
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{base}/v2/models/{NAME}/ready", timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -148,7 +149,7 @@ def send_traffic():
     engineer = _user("demo-ml-engineer")
     _token, key = ServingToken.issue(engineer, "demo traffic", [deployment], rate_per_second=200, burst=400)
     base = f"http://{settings.SERVING_HOST}:{settings.SERVING_PORT}"
-    _wait_ready(base)
+    _wait_ready(base, key)
     version = deployment.current_release.stable.run.dataset_version
     examples = list(Example.objects.filter(version=version, split=Example.TEST).order_by("row")
                     .values_list("text", "label", "group")[:REQUESTS])

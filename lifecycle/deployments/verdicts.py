@@ -166,8 +166,8 @@ def bernoulli_interval(k, n, alpha):
     floor = _log_beta(k + PRIOR_A, n - k + PRIOR_B) - _log_beta(PRIOR_A, PRIOR_B) + math.log(alpha)
     estimate = k / n
     low = 0.0 if k == 0 else _edge(k, n, floor, estimate)
-    high = 1.0 if k == n else _edge(n - k, n, floor, 1 - estimate)
-    return low, (high if k == n else 1 - high)
+    high = 1.0 if k == n else 1 - _edge(n - k, n, floor, 1 - estimate)
+    return low, high
 
 
 def _log_likelihood(k, n, p):

@@ -339,11 +339,15 @@ class Release(models.Model):
 
     def record_verdict(self, result):
         """Store an evaluation (verdicts.Result). A failure rolls back automatically; a pass
-        marks the release ready to promote. Only a pending verdict changes."""
+        marks the release ready to promote. A pending verdict may pass or fail; a passed one
+        may still fail (the confidence sequences stay valid however often they are read)."""
         now = timezone.now()
         with transaction.atomic():
             current = Release.objects.select_for_update().get(pk=self.pk)
-            if current.verdict != self.Verdict.PENDING or not current.candidate_is_live:
+            if not current.candidate_is_live or current.verdict == self.Verdict.FAILED:
+                return None
+            if current.verdict == self.Verdict.PASSED and result.verdict != self.Verdict.FAILED:
+                Release.objects.filter(pk=self.pk).update(verdict_numbers=result.numbers, verdict_at=now)
                 return None
             Release.objects.filter(pk=self.pk).update(
                 verdict=result.verdict, verdict_reason=result.reason, verdict_numbers=result.numbers, verdict_at=now)

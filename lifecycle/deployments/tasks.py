@@ -14,18 +14,21 @@ PURGE_BATCH = 10_000
 
 @maintenance_step("release_verdicts")
 def evaluate_verdicts():
-    """Evaluate every live candidate whose verdict is pending; a failure rolls it back."""
+    """Evaluate every live candidate not yet failed; a failure rolls it back (also after a
+    pass: a candidate that gets worse while waiting for its promotion still leaves)."""
     from lifecycle.deployments import verdicts
     from lifecycle.deployments.models import Release
 
     decided = 0
-    live = Release.objects.filter(status=Release.Status.ACTIVE, candidate__isnull=False,
-                                  verdict=Release.Verdict.PENDING).select_related("deployment")
+    live = Release.objects.filter(status__in=[Release.Status.ACTIVE, Release.Status.PROMOTING], candidate__isnull=False,
+                                  verdict__in=[Release.Verdict.PENDING, Release.Verdict.PASSED]).select_related("deployment")
     for release in live:
         result = verdicts.evaluate(release)
         if result.verdict != Release.Verdict.PENDING:
+            decided += result.verdict != release.verdict
             release.record_verdict(result)
-            decided += 1
+        elif release.verdict == Release.Verdict.PASSED:  # the pass and its reason stand; the numbers move on
+            Release.objects.filter(pk=release.pk).update(verdict_numbers=result.numbers, verdict_at=timezone.now())
         else:
             Release.objects.filter(pk=release.pk).update(verdict_numbers=result.numbers, verdict_reason=result.reason,
                                                           verdict_at=timezone.now())

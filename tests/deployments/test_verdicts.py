@@ -550,3 +550,19 @@ def test_stored_rules_that_no_longer_clean_leave_the_verdict_pending(canary):
     canary.refresh_from_db()
     result = verdicts.evaluate(canary)
     assert result.verdict == "pending" and "not valid" in result.reason
+
+
+@pytest.mark.django_db
+def test_a_passed_candidate_that_gets_worse_is_still_rolled_back(trained, store_with_output, people, tmp_path):
+    verdicts_module = verdicts
+    deployment = make_deployment(trained, people, tmp_path, mode="canary", share=50)
+    release = deployment.current_release
+    release.record_verdict(verdicts_module.Result("passed", "no worse by a point", {}))
+    release.refresh_from_db()
+    assert release.verdict == "passed"
+    release.record_verdict(verdicts_module.Result("pending", "", {"n": 1}))
+    release.refresh_from_db()
+    assert release.verdict == "passed" and release.verdict_reason == "no worse by a point"
+    rollback = release.record_verdict(verdicts_module.Result("failed", "error rate worse", {}))
+    release.refresh_from_db()
+    assert rollback is not None and release.verdict == "failed" and release.status == "rolled_back"

@@ -21,14 +21,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_serving(tmp_path, env=None, *, ready=True, timeout=120):
-    """A serving process; returns the Popen with `.url` and `.port`. With `ready`, waits until
-    /v2/health/ready says 200 (every deployment's current release is loaded)."""
+def start_serving(tmp_path, env=None, *, args=(), ready=True, timeout=120):
+    """A serving process (`args`: more options for `manage.py serve`); returns the Popen with
+    `.url` and `.port`. With `ready`, waits until /v2/health/ready says 200 (every deployment's
+    current release is loaded)."""
     port = free_port()
     spool = Path(tmp_path) / f"spool-{port}"
     full_env = {**TEST_ENV, "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR), "SERVING_SPOOL_DIR": str(spool),
                 **(env or {})}
-    process = start_manage(tmp_path, "serve", "--port", str(port), env=full_env)
+    process = start_manage(tmp_path, "serve", "--port", str(port), *args, env=full_env)
     process.port, process.url = port, f"http://127.0.0.1:{port}"
     if ready:
         wait_ready(process, timeout)

@@ -113,6 +113,8 @@ async def read_json(request):
 
 
 def validate(model, data):
+    if not isinstance(data, dict):
+        raise errors.unprocessable("invalid_request", f"The body must be a JSON object, not {type(data).__name__}.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -259,8 +261,8 @@ async def model_metadata(name: str, request: Request):
     outputs = ([{"name": "label", "datatype": "BYTES", "shape": [-1]},
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}] if model.info.classifies
                else [{"name": "text", "datatype": "BYTES", "shape": [-1]}])
-    return {"name": name, "platform": "pytorch_safetensors",
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}], "outputs": outputs}
+    return JSONResponse({"name": name, "platform": "pytorch_safetensors",
+                         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}], "outputs": outputs})
 
 
 @router.get("/v2/models/{name}/ready", tags=["open inference protocol"], responses=OIP_ERRORS)

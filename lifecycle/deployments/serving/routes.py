@@ -60,6 +60,8 @@ def plan(read, current, loaded, failure):
     """The plan for one deployment: `read` is its route from the database, `current` what this
     process serves now (or None), `loaded(v)` whether version v is loaded, `failure(v)` why it
     cannot be (a permanent failure's reason, or "")."""
+    if current is not None and current.deployment != read.deployment:
+        current = None  # the name now belongs to another deployment: nothing of the old one serves it
     stable_failed, candidate_failed = failure(read.stable), read.candidate and failure(read.candidate)
     if stable_failed:
         # Nothing serves, so nothing from the candidate either: this generation counts as applied.

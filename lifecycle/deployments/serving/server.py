@@ -20,6 +20,7 @@ def configure_torch(workers):
     torch.set_num_threads(torch_threads(workers))
     # Each load would print the base model's load report (the head's weights come from the adapter).
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 def asgi_app():

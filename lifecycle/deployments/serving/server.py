@@ -45,4 +45,7 @@ def run(host, port, workers=1, access_log=False):
         configure_torch(1)
         uvicorn.run(create_app(Service(port=port)), **options)
     else:
+        # Workers are fresh interpreters that read settings from the environment: this is how
+        # each learns the port it reports in its ServingProcess row.
+        os.environ["SERVING_PORT"] = str(port)
         uvicorn.run("lifecycle.deployments.serving.server:asgi_app", factory=True, workers=workers, **options)

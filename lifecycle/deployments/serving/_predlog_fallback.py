@@ -5,7 +5,14 @@ away). Delete this file once predlog.py is merged."""
 import logging
 import threading
 
+from prometheus_client import Counter, Gauge
+
 log = logging.getLogger(__name__)
+LOG_BUFFERED = Gauge("lifecycle_serving_prediction_log_buffered", "Prediction log entries waiting to be written",
+                     multiprocess_mode="livesum")
+LOG_WRITTEN = Counter("lifecycle_serving_prediction_log_written_total", "Prediction log entries written")
+LOG_SPOOLED = Counter("lifecycle_serving_prediction_log_spooled_total", "Prediction log entries spooled")
+LOG_DROPPED = Counter("lifecycle_serving_prediction_log_dropped_total", "Prediction log entries dropped")
 
 
 class PredictionBuffer:
@@ -22,6 +29,7 @@ class PredictionBuffer:
     def add(self, rows):
         with self.lock:
             self.rows.extend(rows)
+            LOG_BUFFERED.set(len(self.rows))
 
     def flush(self):
         from django.db import DatabaseError, connection
@@ -38,8 +46,12 @@ class PredictionBuffer:
             connection.close()
             log.exception("%d prediction log rows dropped", len(rows))
             self.counts["dropped"] += len(rows)
+            LOG_DROPPED.inc(len(rows))
             return 0
+        finally:
+            LOG_BUFFERED.set(len(self.rows))
         self.counts["written"] += len(rows)
+        LOG_WRITTEN.inc(len(rows))
         return len(rows)
 
     def _run(self):

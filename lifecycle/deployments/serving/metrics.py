@@ -38,29 +38,17 @@ MODEL_LOAD = Histogram("lifecycle_serving_model_load_seconds", "Verify, load and
 LOADED_MODELS = Gauge("lifecycle_serving_loaded_models", "Versions loaded", multiprocess_mode="livesum")
 LOADED_BYTES = Gauge("lifecycle_serving_loaded_model_bytes", "Summed size of the loaded versions (artifact plus base model)",
                      multiprocess_mode="livesum")
-LOG_BUFFERED = Gauge("lifecycle_serving_prediction_log_buffered", "Prediction log entries waiting to be written",
-                     multiprocess_mode="livesum")
-LOG_SPOOLED = Counter("lifecycle_serving_prediction_log_spooled_total", "Prediction log entries spooled to local disk")
-LOG_DROPPED = Counter("lifecycle_serving_prediction_log_dropped_total", "Prediction log entries dropped past the spool's bound")
-LOG_WRITTEN = Counter("lifecycle_serving_prediction_log_written_total", "Prediction log entries written to the database")
+# The prediction log's own metrics live beside its buffer, which counts as it writes.
+try:
+    from lifecycle.deployments.serving.predlog import BUFFERED as LOG_BUFFERED
+    from lifecycle.deployments.serving.predlog import DROPPED as LOG_DROPPED
+    from lifecycle.deployments.serving.predlog import SPOOLED as LOG_SPOOLED
+    from lifecycle.deployments.serving.predlog import WRITTEN as LOG_WRITTEN
+except ImportError:  # until predlog.py is merged
+    from lifecycle.deployments.serving._predlog_fallback import (LOG_BUFFERED, LOG_DROPPED, LOG_SPOOLED,
+                                                                 LOG_WRITTEN)
 # Requests let through without a rate-limit check because Redis did not answer.
 RATE_LIMIT_UNCHECKED = Counter("lifecycle_serving_rate_limit_unchecked_total", "Requests allowed unchecked while Redis was down")
-
-
-class LogCounters:
-    """The prediction log buffer counts in totals (its stats()); Prometheus counters move by
-    increments, so each heartbeat adds what changed since the last one."""
-
-    def __init__(self):
-        self.seen = {"written": 0, "spooled": 0, "dropped": 0}
-
-    def update(self, stats):
-        LOG_BUFFERED.set(stats.get("buffered", 0))
-        for name, counter in (("written", LOG_WRITTEN), ("spooled", LOG_SPOOLED), ("dropped", LOG_DROPPED)):
-            now = stats.get(name, 0)
-            if now > self.seen[name]:
-                counter.inc(now - self.seen[name])
-            self.seen[name] = now
 
 
 def exposition():
@@ -76,3 +64,8 @@ def process_exited(pid):
     """Forget a worker's live gauges (its queue depth, loaded models) once it has stopped."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+__all__ = ["BATCH_SIZE", "DURATION", "LOADED_BYTES", "LOADED_MODELS", "LOG_BUFFERED", "LOG_DROPPED", "LOG_SPOOLED",
+           "LOG_WRITTEN", "MODEL_LOAD", "QUEUE_DEPTH", "RATE_LIMIT_UNCHECKED", "REQUESTS", "exposition",
+           "latency_buckets", "process_exited"]

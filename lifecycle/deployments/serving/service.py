@@ -6,8 +6,7 @@ Threads (the event loop never touches the ORM):
   routes the event loop reads, and reports each applied generation at once;
 - loader: verifies, loads and warms versions the routes need, one at a time;
 - notices: the Redis subscription (down: notices_ok False, the periodic re-read still runs);
-- heartbeat: ServingProcess.beat every second, with what is loaded, and the metrics that come
-  from elsewhere (the prediction log's counts);
+- heartbeat: ServingProcess.beat every second, with what is loaded;
 - recorder: masks inputs and hands log rows to the PredictionBuffer (serving/recording.py).
 """
 import asyncio
@@ -81,7 +80,6 @@ class Service:
                                        spool_dir=settings.SERVING_SPOOL_DIR,
                                        spool_max_bytes=settings.SERVING_SPOOL_MAX_MB * 1024 * 1024)
         self.recorder = Recorder(self.buffer)
-        self.log_counters = metrics.LogCounters()
         # ORM work asked for by requests (feedback) runs here, never on the event loop.
         self.orm = ThreadPoolExecutor(max_workers=4, thread_name_prefix="orm")
         self.limiter = None
@@ -283,7 +281,6 @@ class Service:
                 connection.close()
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat not written")
-            self.log_counters.update(self.buffer.stats())
             self.stopping.wait(HEARTBEAT_SECONDS)
 
     def beat(self):

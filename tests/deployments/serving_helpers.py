@@ -4,12 +4,15 @@ what any client of the API would send, no test client in between)."""
 import http.client
 import json
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from tests.workers import output, start_manage, stop, wait_for
+from tests.workers import ROOT, output, stop, wait_for, worker_env
 
 # Fast enough for tests to wait on: flushes and re-reads well inside the 2 s pick-up.
 TEST_ENV = {"SERVING_LOG_FLUSH_SECONDS": "0.2", "SERVING_MEMORY_BUDGET_MB": "1200", "LOG_LEVEL": "INFO"}
@@ -29,11 +32,28 @@ def start_serving(tmp_path, env=None, *, args=(), ready=True, timeout=120):
     spool = Path(tmp_path) / f"spool-{port}"
     full_env = {**TEST_ENV, "MODEL_CACHE_DIR": str(settings.MODEL_CACHE_DIR), "SERVING_SPOOL_DIR": str(spool),
                 **(env or {})}
-    process = start_manage(tmp_path, "serve", "--port", str(port), *args, env=full_env)
+    process = _start_manage(tmp_path, "serve", "--port", str(port), *args, env=full_env)
     process.port, process.url = port, f"http://127.0.0.1:{port}"
     if ready:
         wait_ready(process, timeout)
     return process
+
+
+def _start_manage(log_dir, *args, env):
+    """tests/workers.py's start_manage, except that `env` may replace what worker_env sets (a
+    DATABASE_URL through a proxy that a test cuts)."""
+    log = open(Path(log_dir) / f"{args[0]}-{time.monotonic_ns()}.log", "w+")
+    process = subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env={**worker_env(), **env},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process.log = log
+    return process
+
+
+def database_url_via(port):
+    """The test database's URL, reached through 127.0.0.1:`port` (a CuttableProxy)."""
+    parts = urlsplit(worker_env()["DATABASE_URL"])
+    auth = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=f"{auth}@127.0.0.1:{port}").geturl()
 
 
 def wait_ready(process, timeout=120):
@@ -136,3 +156,74 @@ def wait_served(client, deployment, inputs=("hello",), timeout=60):
         raise AssertionError(f"{deployment} never answered 200; last: {last.get('reply')}") from None
     return last["reply"]
 
+
+
+class CuttableProxy:
+    """A TCP proxy to `upstream` on a port of its own that a test can cut (every connection
+    closed, new ones refused) and restore: a database that is unreachable for a moment."""
+
+    def __init__(self, upstream_host, upstream_port):
+        import threading
+
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self.lock, self.sockets, self.listener = threading.Lock(), set(), None
+        self.restore()
+
+    def restore(self):
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self):
+        with self.lock:
+            listener, self.listener = self.listener, None
+            sockets, self.sockets = self.sockets, set()
+        listener.close()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self, listener):
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.listener is not listener:
+                    client.close()
+                    server.close()
+                    return
+                self.sockets |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -1,9 +1,11 @@
 """Faults a serving process must ride out, each against real serving processes of its own: an
 artifact tampered with after release, Redis down, a process killed mid-traffic while another
 keeps serving (that one with two workers sharing its port)."""
+import importlib.util
 import threading
 
 import pytest
+from django.db import connection
 
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.models import AuditEvent
@@ -11,10 +13,12 @@ from lifecycle.deployments.models import PredictionLog, Release, Rollback, Route
 from lifecycle.registry.models import ModelVersion
 from lifecycle.runs import outputs
 from tests.deployments.factories import make_deployment
-from tests.deployments.serving_helpers import Client, free_port, start_serving, stop_serving, wait_ready
-from tests.workers import wait_for
+from tests.deployments.serving_helpers import (Client, CuttableProxy, database_url_via, free_port, start_serving,
+                                               stop_serving, wait_ready)
+from tests.workers import output, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("store_with_output")]
+SPOOLING_BUFFER = importlib.util.find_spec("lifecycle.deployments.serving.predlog") is not None
 
 
 def tamper_weights(version):
@@ -141,3 +145,31 @@ def test_a_process_killed_mid_traffic_leaves_the_other_serving_and_no_half_writt
     finally:
         stop_serving(doomed)
         stop_serving(survivor)
+
+
+@pytest.mark.skipif(not SPOOLING_BUFFER, reason="needs the spooling prediction log buffer (serving/predlog.py)")
+def test_with_the_database_away_for_a_moment_answers_go_on_and_every_log_row_arrives_once(trained, people, tmp_path):
+    deployment = make_deployment(trained, people, tmp_path)
+    key = ServingToken.issue(people["erin"], "client", [deployment])[1]
+    db = connection.settings_dict
+    proxy = CuttableProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
+    server = start_serving(tmp_path, {"DATABASE_URL": database_url_via(proxy.port)})
+    try:
+        client = Client(server.url, key)
+        before = [client.predict(deployment.name, [f"before {i}"]) for i in range(5)]
+        proxy.cut()
+        during = [client.predict(deployment.name, [f"during {i}", "and a second input"]) for i in range(20)]
+        wait_for(lambda: "heartbeat not written" in output(server), 10, "the process to find the database away")
+        during += [client.predict(deployment.name, [f"still {i}", "and a second input"]) for i in range(5)]
+        assert {r.status for r in before + during} == {200}
+        proxy.restore()
+        expected = {r.json["request_id"]: len(r.json["outputs"]) for r in before + during}
+        rows = PredictionLog.objects.filter(request_id__in=list(expected))
+        wait_for(lambda: rows.count() >= sum(expected.values()), 30, "the spooled rows to be written")
+        counts = {}
+        for request_id in rows.values_list("request_id", flat=True):
+            counts[str(request_id)] = counts.get(str(request_id), 0) + 1
+        assert counts == expected  # none lost, none twice
+    finally:
+        stop_serving(server)
+        proxy.cut()

@@ -73,6 +73,7 @@ class Service:
         self.loading, self.load_queue = set(), queue.Queue()
         self.used_tokens = set()
         self.shadows = set()
+        self.troubles = set()  # steps failing now (logged once)
         self.wake_event, self.stopping = threading.Event(), threading.Event()
         self.threads = []
         self.loop = None
@@ -135,11 +136,23 @@ class Service:
             try:
                 self.refresh()
             except DatabaseError as exc:
-                log.warning("routes not re-read (%s); serving the last ones", exc.__class__.__name__)
+                self._trouble("routes", f"routes not re-read ({exc.__class__.__name__}); serving the last ones")
                 connection.close()
             except Exception:  # noqa: BLE001 - keep serving the last routes whatever happened
                 log.exception("routes not re-read; serving the last ones")
+            else:
+                self._trouble("routes", None)
             self.wake_event.wait(settings.SERVING_ROUTES_REFRESH_SECONDS)
+
+    def _trouble(self, what, message):
+        """Log a failing step once when it starts failing and once when it recovers, not at
+        every try (the routes and the heartbeat retry every second)."""
+        if message and what not in self.troubles:
+            log.warning(message)
+            self.troubles.add(what)
+        elif not message and what in self.troubles:
+            log.info("%s: the database answers again", what)
+            self.troubles.discard(what)
 
     def refresh(self):
         from lifecycle.deployments.models import Deployment, ServingToken
@@ -277,10 +290,12 @@ class Service:
             try:
                 self.beat()
             except DatabaseError as exc:
-                log.warning("heartbeat not written (%s)", exc.__class__.__name__)
+                self._trouble("heartbeat", f"heartbeat not written ({exc.__class__.__name__})")
                 connection.close()
             except Exception:  # noqa: BLE001
                 log.exception("heartbeat not written")
+            else:
+                self._trouble("heartbeat", None)
             self.stopping.wait(HEARTBEAT_SECONDS)
 
     def beat(self):
@@ -306,6 +321,8 @@ class Service:
         """The token row for an Authorization header, or 401."""
         from lifecycle.deployments.models import ServingToken
 
+        if not self.routes_read:  # no token or deployment is known yet: say so, not 401 or 404
+            raise errors.unavailable("starting", "The serving process is starting (its routes are not read yet).")
         scheme, _, key = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise errors.unauthorized('Send a serving token as "Authorization: Bearer <token>".')

@@ -55,6 +55,7 @@ def test_a_candidate_tampered_on_disk_is_dropped_with_the_reason_and_stable_keep
         assert {(r.status, r.json["route"], r.json["version"]) for r in replies} == {
             (200, "stable", release.stable.number)}
         assert not PredictionLog.objects.filter(version_id=candidate.pk).exists()
+        assert client.get("/metrics").status == 404  # no METRICS_TOKEN and DEBUG off: not there
     finally:
         stop_serving(server)
 
@@ -93,8 +94,8 @@ def test_a_process_killed_mid_traffic_leaves_the_other_serving_and_no_half_writt
     key = ServingToken.issue(people["erin"], "client", [deployment])[1]
     doomed = start_serving(tmp_path, ready=False)
     (tmp_path / "metrics").mkdir()
-    survivor = start_serving(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
-                             args=["--workers", "2"], ready=False)
+    survivor = start_serving(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+                                        "METRICS_TOKEN": "scrape"}, args=["--workers", "2"], ready=False)
     try:
         wait_ready(doomed)
         wait_ready(survivor)
@@ -140,8 +141,9 @@ def test_a_process_killed_mid_traffic_leaves_the_other_serving_and_no_half_writt
                 "request_id", "position"):
             positions.setdefault(request_id, set()).add(position)
         assert positions and all(found == {0, 1, 2} for found in positions.values())
-        survivor_client = Client(survivor.url)
-        assert survivor_client.get("/metrics").status == 404  # no METRICS_TOKEN and DEBUG off: not there
+        # Either worker's /metrics sums both (one version loaded in each).
+        scrape = Client(survivor.url, "scrape").get("/metrics").body.decode()
+        assert "lifecycle_serving_loaded_models 2.0" in scrape.splitlines()
     finally:
         stop_serving(doomed)
         stop_serving(survivor)

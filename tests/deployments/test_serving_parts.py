@@ -201,3 +201,25 @@ def test_the_recorder_masks_off_the_caller_and_hands_rows_to_the_buffer_in_order
         recorder.record([{"input_text": f"{i}: call +44 20 7946 0958"}], "redact")
     recorder.stop()
     assert [row["input_text"] for row in buffer.rows] == [f"{i}: call <PHONE>" for i in range(5)]
+
+
+# --- a causal LM ---------------------------------------------------------------------------------
+
+
+def test_a_causal_lm_version_answers_generated_text_with_its_features(settings, tmp_path):
+    from lifecycle.deployments.serving.loaded import LoadedModel, VersionInfo
+    from lifecycle.runs import basemodels, outputs
+    from tests.runs.factories import TINY, make_tiny_causal_lm
+
+    tiny = make_tiny_causal_lm(tmp_path / TINY)
+    settings.MODEL_ROOTS = {**settings.MODEL_ROOTS, TINY: str(tiny)}
+    key = outputs.write(tiny, {"task": "causal_lm", "method": "full", "labels": [], "config": {"max_length": 64},
+                               "base_model": {"name": TINY, "sha256": basemodels.directory_sha256(tiny)}})
+    info = VersionInfo(id=1, number=1, model_slug="qa", model_name="QA", task="causal_lm", labels=(),
+                       output_sha256=key, artifact_bytes=1, pii_policy="redact")
+    model = LoadedModel(info, outputs.Predictor(key), size_bytes=1)
+    answers = model.forward(["question: where is my order ?", "hello"])
+    assert [set(a) for a in answers] == [{"text", "token_count", "embedding"}] * 2
+    assert all(isinstance(a["text"], str) and a["token_count"] > 0 and len(a["embedding"]) == 16 for a in answers)
+    assert model.forward(["question: where is my order ?"])[0] == answers[0]  # greedy: the same answer again
+    model.close()

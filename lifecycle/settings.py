@@ -328,6 +328,11 @@ SERVING_MAX_QUEUE = env_int("SERVING_MAX_QUEUE", 256)
 # Loaded models are kept while their summed size (the output's files plus the base model)
 # fits in this budget; the least recently used one leaves first.
 SERVING_MEMORY_BUDGET_MB = env_int("SERVING_MEMORY_BUDGET_MB", 4096)
+# Latency targets (seconds): each is a bucket edge of the serving latency histogram, so an
+# SLO on "requests faster than X" reads a bucket exactly (monitoring's SLOs use these).
+SERVING_LATENCY_SLO_SECONDS = [float(x) for x in env_list("SERVING_LATENCY_SLO_SECONDS", ["0.05", "0.5"])]
+# Set false to serve without writing the prediction log (the benchmark's logging-off run).
+SERVING_LOG_PREDICTIONS = env_bool("SERVING_LOG_PREDICTIONS", True)
 # Limits on one request (each answered 413/422 with the reason).
 SERVING_MAX_INPUTS = env_int("SERVING_MAX_INPUTS", 256)
 SERVING_MAX_INPUT_CHARS = env_int("SERVING_MAX_INPUT_CHARS", 20_000)

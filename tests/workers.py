@@ -20,10 +20,10 @@ def worker_env(**extra):
     db = connection.settings_dict
     auth = quote(db["USER"]) + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
     url = f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    return dict(
-        os.environ, DATABASE_URL=url, ARTIFACT_DIR=str(settings.ARTIFACT_DIR), JOB_HEARTBEAT_SECONDS="1",
-        JOB_HEARTBEAT_WINDOW_SECONDS=str(WINDOW), JOB_MAINTENANCE_SECONDS="1", PYTHONUNBUFFERED="1", **extra,
-    )
+    return {
+        **os.environ, "DATABASE_URL": url, "ARTIFACT_DIR": str(settings.ARTIFACT_DIR), "JOB_HEARTBEAT_SECONDS": "1",
+        "JOB_HEARTBEAT_WINDOW_SECONDS": str(WINDOW), "JOB_MAINTENANCE_SECONDS": "1", "PYTHONUNBUFFERED": "1", **extra,
+    }
 
 
 def start_manage(log_dir, *args, env=None):

@@ -155,7 +155,7 @@ class Deployment(models.Model):
 
     @classmethod
     def all_routes(cls):
-        return [d.routes() for d in cls.objects.select_related("current_release")]
+        return [d.routes() for d in cls.objects.select_related("current_release").filter(current_release__isnull=False)]
 
 
 def _check_share(share):
@@ -446,6 +446,12 @@ class ServingProcess(models.Model):
         cls.objects.update_or_create(pk=process_id, defaults=dict(
             host=host, pid=pid, port=port, started_at=started_at, last_seen_at=now, loaded=loaded,
             notices_ok=notices_ok))
+
+    @classmethod
+    def leave(cls, process_id):
+        """A clean stop: shown as gone at once, so no rollback waits for it (a killed
+        process is waited for until its last beat is PROCESS_LIVE_SECONDS old)."""
+        cls.objects.filter(pk=process_id).update(last_seen_at=timezone.now() - timedelta(seconds=PROCESS_LIVE_SECONDS + 1))
 
     @classmethod
     def applied(cls, process_id, deployment_id, generation, applied_at):

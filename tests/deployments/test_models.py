@@ -130,3 +130,12 @@ def test_lineage_walks_on_from_a_version_to_the_deployments_that_served_it(train
     assert page.status_code == 200
     text = page.content.decode()
     assert "support-router" in text and "release 2 as canary (active)" in text
+
+
+def test_serving_limits_that_would_refuse_every_request_stop_the_start(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.SERVING_MAX_INPUTS, settings.SERVING_MAX_QUEUE = 300, 256
+    with pytest.raises(SystemCheckError, match="SERVING_MAX_INPUTS"):
+        call_command("check")

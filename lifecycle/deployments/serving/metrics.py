@@ -17,11 +17,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 # Latency SLO targets (seconds) that must be bucket edges, so an SLO's good-request ratio is a
 # plain bucket read. SERVING_LATENCY_SLO_SECONDS is the monitoring side's list.
-DEFAULT_SLO_EDGES = (0.05, 0.5)
 
 
 def latency_buckets():
-    edges = getattr(settings, "SERVING_LATENCY_SLO_SECONDS", DEFAULT_SLO_EDGES) or ()
+    edges = settings.SERVING_LATENCY_SLO_SECONDS or ()
     return tuple(sorted(set(LATENCY_BUCKETS) | {float(edge) for edge in edges}))
 
 
@@ -39,14 +38,10 @@ LOADED_MODELS = Gauge("lifecycle_serving_loaded_models", "Versions loaded", mult
 LOADED_BYTES = Gauge("lifecycle_serving_loaded_model_bytes", "Summed size of the loaded versions (artifact plus base model)",
                      multiprocess_mode="livesum")
 # The prediction log's own metrics live beside its buffer, which counts as it writes.
-try:
-    from lifecycle.deployments.serving.predlog import BUFFERED as LOG_BUFFERED
-    from lifecycle.deployments.serving.predlog import DROPPED as LOG_DROPPED
-    from lifecycle.deployments.serving.predlog import SPOOLED as LOG_SPOOLED
-    from lifecycle.deployments.serving.predlog import WRITTEN as LOG_WRITTEN
-except ImportError:  # until predlog.py is merged
-    from lifecycle.deployments.serving._predlog_fallback import (LOG_BUFFERED, LOG_DROPPED, LOG_SPOOLED,
-                                                                 LOG_WRITTEN)
+from lifecycle.deployments.serving.predlog import BUFFERED as LOG_BUFFERED  # noqa: E402,F401
+from lifecycle.deployments.serving.predlog import DROPPED as LOG_DROPPED  # noqa: E402,F401
+from lifecycle.deployments.serving.predlog import SPOOLED as LOG_SPOOLED  # noqa: E402,F401
+from lifecycle.deployments.serving.predlog import WRITTEN as LOG_WRITTEN  # noqa: E402,F401
 # Requests let through without a rate-limit check because Redis did not answer.
 RATE_LIMIT_UNCHECKED = Counter("lifecycle_serving_rate_limit_unchecked_total", "Requests allowed unchecked while Redis was down")
 

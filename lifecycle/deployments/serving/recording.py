@@ -10,6 +10,8 @@ import logging
 import queue
 import threading
 
+from django.conf import settings
+
 from lifecycle.datasets import pii
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,10 @@ class Recorder:
 
     def record(self, rows, policy):
         """Rows (PredictionLog fields, input_text unmasked) of one version, whose PII policy is
-        `policy`. Called on the event loop; returns at once."""
-        self.queue.put((rows, policy))
+        `policy`. Called on the event loop; returns at once. With SERVING_LOG_PREDICTIONS off
+        nothing is kept (the benchmark's logging-off run; feedback then finds no prediction)."""
+        if settings.SERVING_LOG_PREDICTIONS:
+            self.queue.put((rows, policy))
 
     def _run(self):
         while True:

@@ -19,7 +19,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 
 import redis
 from django.conf import settings
@@ -32,10 +31,7 @@ from lifecycle.deployments.serving.batching import Batcher, Overloaded
 from lifecycle.deployments.serving.ratelimit import RateLimiter
 from lifecycle.deployments.serving.recording import Recorder
 
-try:
-    from lifecycle.deployments.serving.predlog import PredictionBuffer
-except ImportError:  # until predlog.py is merged
-    from lifecycle.deployments.serving._predlog_fallback import PredictionBuffer
+from lifecycle.deployments.serving.predlog import PredictionBuffer
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
@@ -117,11 +113,10 @@ class Service:
     def _leave(self):
         """A clean stop: show this process as gone at once, so no rollback waits for it
         (a killed one is waited for until its last beat is PROCESS_LIVE_SECONDS old)."""
-        from lifecycle.deployments.models import PROCESS_LIVE_SECONDS, ServingProcess
+        from lifecycle.deployments.models import ServingProcess
 
         try:
-            ServingProcess.objects.filter(pk=self.process_id).update(
-                last_seen_at=timezone.now() - timedelta(seconds=PROCESS_LIVE_SECONDS + 1))
+            ServingProcess.leave(self.process_id)
         except DatabaseError:
             pass
 

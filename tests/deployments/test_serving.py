@@ -5,6 +5,7 @@ import math
 import shutil
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.test import override_settings
@@ -20,7 +21,8 @@ from tests.workers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 METRICS_TOKEN = "metrics-scrape-token-for-tests"
-# Small enough that one request of MAX_QUEUE + 1 inputs is refused as overload, deterministically.
+# Small, so that a burst of concurrent requests of MAX_QUEUE inputs each overloads the queue
+# (the largest request allowed, SERVING_MAX_INPUTS, still fits it alone: a system check).
 MAX_QUEUE = 64
 
 
@@ -46,7 +48,8 @@ def artifacts(settings, store_dir):
 @pytest.fixture(scope="module")
 def server(django_db_setup, django_db_blocker, store_dir):
     with override_settings(ARTIFACT_DIR=store_dir / "artifacts", MODEL_CACHE_DIR=store_dir / "model-cache"):
-        process = start_serving(store_dir, {"METRICS_TOKEN": METRICS_TOKEN, "SERVING_MAX_QUEUE": str(MAX_QUEUE)})
+        process = start_serving(store_dir, {"METRICS_TOKEN": METRICS_TOKEN, "SERVING_MAX_QUEUE": str(MAX_QUEUE),
+                                           "SERVING_MAX_INPUTS": str(MAX_QUEUE)})
     yield process
     stop_serving(process)
 
@@ -209,8 +212,6 @@ def test_every_bad_input_gets_a_clear_error_in_one_shape_and_nothing_is_logged(s
     # Until the process re-reads its tokens (at most SERVING_ROUTES_REFRESH_SECONDS) it still answers.
     wait_for(lambda: not good(client.predict(deployment.name, ["a"], token=revoked_key)), 10, "the revoked token refused")
     error_of(client.predict(deployment.name, ["a"], token=revoked_key), 401, "unauthorized")
-    error_of(client.predict(deployment.name, ["x"] * (MAX_QUEUE + 1)), 503, "overloaded")
-    assert client.predict(deployment.name, ["x"] * (MAX_QUEUE + 1)).headers.get("retry-after") == "1"
     error_of(client.get(url), 405, "method_not_allowed")
     error_of(client.get("/v1/no-such-endpoint"), 404, "not_found")
 
@@ -220,6 +221,25 @@ def test_every_bad_input_gets_a_clear_error_in_one_shape_and_nothing_is_logged(s
     logged(answered[-1:], 1)
     rows = PredictionLog.objects.filter(deployment_id__in=[deployment.pk, other.pk])
     assert sorted(str(r) for r in rows.values_list("request_id", flat=True)) == sorted(answered)
+
+
+def test_overload_is_answered_503_with_retry_after_while_the_rest_are_answered(server, trained, people, tmp_path):
+    deployment, key = deploy(trained, people, tmp_path, server)
+
+    def send(_):
+        client = Client(server.url, key)
+        try:
+            return client.predict(deployment.name, ["a long enough ticket about a parcel " * 4] * MAX_QUEUE)
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(send, range(16)))
+    statuses = {r.status for r in replies}
+    assert statuses == {200, 503}, statuses
+    over = next(r for r in replies if r.status == 503)
+    error_of(over, 503, "overloaded")
+    assert over.headers.get("retry-after") == "1"
 
 
 def test_a_token_over_its_rate_limit_is_answered_429_with_retry_after(server, trained, people, tmp_path):

@@ -39,11 +39,21 @@ class Recorder:
         if settings.SERVING_LOG_PREDICTIONS:
             self.queue.put((rows, policy))
 
+    def flush(self, timeout=30.0):
+        """Wait until everything handed over so far is in the buffer (feedback may name an
+        answer whose rows are still being masked here)."""
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout) if self.thread.is_alive() else True
+
     def _run(self):
         while True:
             item = self.queue.get()
             if item is _STOP:
                 return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             rows, policy = item
             try:
                 for row in rows:

@@ -437,7 +437,9 @@ class Service:
         try:
             deployment_id = answered()
             if deployment_id is None:
-                self.buffer.flush()  # the prediction may still be in this process's buffer
+                # The prediction may still be on its way: being masked, or in the buffer.
+                self.recorder.flush()
+                self.buffer.flush()
                 deployment_id = answered()
             if deployment_id is None:
                 raise errors.not_found("No prediction with that request id (and position) is in the log.")

@@ -1,11 +1,11 @@
-"""Start-page panel of the deployments (core/home.py): for on-call and engineers, what each
-deployment serves now, the candidates whose verdict failed or passed, and rollbacks still
-waiting for a serving process."""
+"""Start-page panels of the deployments (core/home.py): for on-call and engineers, what each
+deployment serves now, the candidates' verdicts, and rollbacks still waiting for a serving
+process; for labelers, the way to the answers they may correct."""
 from django.urls import reverse
 
 from lifecycle.core.home import Panel, panel
-from lifecycle.core.roles import ML_ENGINEER, ONCALL
-from lifecycle.deployments.models import Deployment, Release, Rollback
+from lifecycle.core.roles import LABELER, ML_ENGINEER, ONCALL
+from lifecycle.deployments.models import Deployment, Feedback, Release, Rollback
 
 SHOWN = 8
 
@@ -31,3 +31,12 @@ def deployments(request):
     links = [("All deployments", reverse("deployments:list")), ("Review answers", reverse("deployments:review"))]
     return Panel("Deployments", note=note, rows=[(d.name, d.get_absolute_url(), _detail(d)) for d in found],
                  empty="Nothing is deployed yet.", links=links, id="home-deployments")
+
+
+@panel(LABELER, order=20)
+def answers_to_review(request):
+    mine = Feedback.objects.filter(given_by=request.user).count()
+    note = f"You have corrected or confirmed {mine} answer{'s' if mine != 1 else ''} so far." if mine else ""
+    return Panel("Answers to review", note=note or "Correct what the deployed models answered: corrections go back "
+                 "into the training data.", links=[("Review recent answers", reverse("deployments:review"))],
+                 id="home-review")

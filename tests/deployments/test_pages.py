@@ -352,3 +352,9 @@ def test_the_start_page_tells_oncall_and_engineers_what_serves(client, canary, p
         assert "production: v1 90 %, v2 10 % (verdict pending)" in text
     as_user(client, people["vic"])
     assert 'id="home-deployments"' not in page_text(client.get("/"))
+
+
+def test_a_labeler_finds_the_answers_to_review_from_the_start_page(client, canary, people):
+    as_user(client, people["lee"])
+    text = page_text(client.get("/"))
+    assert 'id="home-review"' in text and 'href="/deployments/feedback"' in text and 'id="home-deployments"' not in text

@@ -62,7 +62,7 @@ def request_rate(window):
 def latency(window):
     minutes = _minutes(window)
     x = [m.isoformat() for m in minutes]
-    title = "Latency p50, p95, p99" + (" (newest rows sampled)" if window.sampled else "")
+    title = "Request latency p50, p95, p99" + (" (newest requests sampled)" if window.sampled else "")
     fig = _figure(title, "ms", window)
     for route in _route_order(window):
         found = _by_minute(window.routes[route])
@@ -77,10 +77,10 @@ def latency(window):
 def error_rate(window):
     minutes = _minutes(window)
     x = [m.isoformat() for m in minutes]
-    fig = _figure("Error rate", "% of inputs", window)
+    fig = _figure("Error rate", "% of requests", window)
     for route in _route_order(window):
         found = _by_minute(window.routes[route])
-        y = [round(100 * found[m]["errors"] / found[m]["inputs"], 3) if m in found and found[m]["inputs"] else None
+        y = [round(100 * found[m]["errors"] / found[m]["requests"], 3) if m in found and found[m]["requests"] else None
              for m in minutes]
         fig.add_trace(go.Scatter(name=plain(route), x=x, y=y, mode="lines+markers", marker={"size": 4},
                                  line={"color": ROUTE_COLOURS.get(route, PALETTE[5])}))

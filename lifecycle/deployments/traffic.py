@@ -4,22 +4,23 @@ The log grows by one row per input served, so nothing here loads it whole: the p
 figures are a GROUP BY over the (deployment, created_at) index, the shadow comparison a join
 on (request_id, position). PostgreSQL computes the latency percentiles itself
 (percentile_disc); SQLite has no percentile function, so there they come from a bounded
-sample of the newest rows (`SQLITE_SAMPLE`), and the result says it is sampled.
+sample of the newest requests (`SQLITE_SAMPLE`), and the result says it is sampled.
 """
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 from django.db import connection
-from django.db.models import Count, F, OuterRef, Q, Subquery
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from lifecycle.deployments.models import PredictionLog, Route
 
 WINDOW_MINUTES = 60
-SQLITE_SAMPLE = 20_000  # rows read to estimate percentiles where the database cannot
+SQLITE_SAMPLE = 20_000  # requests read to estimate percentiles where the database cannot
 PERCENTILES = (0.5, 0.95, 0.99)
 LIVE_ROUTES = (Route.STABLE, Route.CANARY)
 TABLE = PredictionLog._meta.db_table
@@ -38,6 +39,9 @@ def _postgres():
 
 
 # --- per minute and route ---------------------------------------------------------------------
+# One observation per request, as the verdicts count them (verdicts.side_counts): a request's
+# inputs share a batch and an answer time, so its latency is its slowest input's and it failed
+# if any input failed. A request's rows carry one created_at, so it falls in one minute.
 
 
 @dataclass
@@ -46,9 +50,10 @@ class Minutes:
 
     since: object
     until: object
-    # {route: [{"minute", "requests", "inputs", "errors", "p50", "p95", "p99"}, ...]} oldest first
+    # {route: [{"minute", "requests", "inputs", "errors", "p50", "p95", "p99"}, ...]} oldest first;
+    # errors are requests with an error, the percentiles over requests' latencies (ms)
     routes: dict = field(default_factory=dict)
-    sampled: bool = False  # percentiles from a sample of the newest rows (SQLite)
+    sampled: bool = False  # percentiles from a sample of the newest requests (SQLite)
 
     @property
     def empty(self):
@@ -58,59 +63,64 @@ class Minutes:
         """{route: {"requests", "inputs", "errors", "error_rate"}} over the whole window."""
         out = {}
         for route, rows in self.routes.items():
-            inputs, errors = sum(r["inputs"] for r in rows), sum(r["errors"] for r in rows)
-            out[route] = {"requests": sum(r["requests"] for r in rows), "inputs": inputs, "errors": errors,
-                          "error_rate": errors / inputs if inputs else None}
+            requests, errors = sum(r["requests"] for r in rows), sum(r["errors"] for r in rows)
+            out[route] = {"requests": requests, "inputs": sum(r["inputs"] for r in rows), "errors": errors,
+                          "error_rate": errors / requests if requests else None}
         return out
 
 
 def per_minute(deployment_id, *, minutes=WINDOW_MINUTES, now=None):
-    """Requests, inputs, errors and p50/p95/p99 latency (ms) per minute and route over the last
-    `minutes` (the minute now running included)."""
+    """Requests, inputs, failed requests and p50/p95/p99 request latency (ms) per minute and
+    route over the last `minutes` (the minute now running included)."""
     until = (now or timezone.now()).replace(second=0, microsecond=0) + timedelta(minutes=1)
     since = until - timedelta(minutes=minutes)
-    rows, sampled = (_minutes_postgres if _postgres() else _minutes_sampled)(deployment_id, since, until)
+    window = PredictionLog.objects.filter(deployment_id=deployment_id, created_at__gte=since, created_at__lt=until)
+    latencies, sampled = (_percentiles_postgres if _postgres() else _percentiles_sampled)(window)
     result = Minutes(since=since, until=until, sampled=sampled)
-    for row in sorted(rows, key=lambda r: (r["route"], r["minute"])):
-        result.routes.setdefault(row.pop("route"), []).append(row)
+    for row in sorted(_counts(window), key=lambda r: (r["route"], r["minute"])):
+        found = latencies.get((row["minute"], row["route"]), {})
+        result.routes.setdefault(row.pop("route"), []).append({**row, **{k: found.get(k) for k in ("p50", "p95", "p99")}})
     return result
 
 
-MINUTES_SQL = f"""
-    SELECT date_trunc('minute', created_at) AS minute, route,
-           count(DISTINCT request_id) AS requests, count(*) AS inputs,
-           count(*) FILTER (WHERE status = 'error') AS errors,
-           percentile_disc(ARRAY[{", ".join(map(str, PERCENTILES))}]) WITHIN GROUP (ORDER BY latency_ms) AS latency
-    FROM {TABLE}
-    WHERE deployment_id = %s AND created_at >= %s AND created_at < %s
-    GROUP BY 1, 2
-"""
+def _counts(window):
+    """One GROUP BY over the (deployment, created_at) index."""
+    failed = Q(status=PredictionLog.Status.ERROR)
+    return (window.annotate(minute=TruncMinute("created_at")).values("minute", "route").order_by()
+            .annotate(requests=Count("request_id", distinct=True), inputs=Count("id"),
+                      errors=Count("request_id", distinct=True, filter=failed)))
 
 
-def _minutes_postgres(deployment_id, since, until):
+def _requests(window):
+    """Each request once: its minute, route and latency (its slowest input's)."""
+    return (window.annotate(minute=TruncMinute("created_at")).values("minute", "route", "request_id").order_by()
+            .annotate(latency=Max("latency_ms")))
+
+
+def _percentiles_postgres(window):
+    sql, params = _requests(window).query.sql_with_params()
+    wanted = ", ".join(map(str, PERCENTILES))
     with connection.cursor() as cursor:
-        cursor.execute(MINUTES_SQL, [deployment_id, since, until])
+        cursor.execute(f"SELECT minute, route, percentile_disc(ARRAY[{wanted}]) WITHIN GROUP (ORDER BY latency) "
+                       f"FROM ({sql}) AS requests GROUP BY minute, route", params)
         found = cursor.fetchall()
-    return [{"minute": minute, "route": route, "requests": requests, "inputs": inputs, "errors": errors,
-             **dict(zip(("p50", "p95", "p99"), latency))}
-            for minute, route, requests, inputs, errors, latency in found], False
+    return {(_aware(minute), route): dict(zip(("p50", "p95", "p99"), values)) for minute, route, values in found}, False
 
 
-def _minutes_sampled(deployment_id, since, until):
-    """Counts by the database's GROUP BY; percentiles over the newest SQLITE_SAMPLE rows."""
-    window = PredictionLog.objects.filter(deployment_id=deployment_id, created_at__gte=since, created_at__lt=until)
-    counts = (window.annotate(minute=TruncMinute("created_at")).values("minute", "route").order_by()
-              .annotate(requests=Count("request_id", distinct=True), inputs=Count("id"),
-                        errors=Count("id", filter=Q(status=PredictionLog.Status.ERROR))))
-    latencies = defaultdict(list)
-    sample = window.order_by("-created_at").values_list("created_at", "route", "latency_ms")[:SQLITE_SAMPLE]
-    for created_at, route, latency in sample:
-        latencies[(created_at.replace(second=0, microsecond=0), route)].append(latency)
-    rows = []
-    for row in counts:
-        ordered = sorted(latencies.get((row["minute"], row["route"]), ()))
-        rows.append({**row, **{f"p{round(p * 100)}": percentile_disc(ordered, p) for p in PERCENTILES}})
-    return rows, sum(row["inputs"] for row in rows) > SQLITE_SAMPLE
+def _aware(moment):
+    """A raw query's minute (TruncMinute gives a UTC wall time there) as the ORM gives it."""
+    return timezone.make_aware(moment, dt_timezone.utc) if timezone.is_naive(moment) else moment
+
+
+def _percentiles_sampled(window):
+    """Where the database has no percentile function: over the newest SQLITE_SAMPLE requests."""
+    newest = list(_requests(window).order_by("-minute").values_list("minute", "route", "latency")[:SQLITE_SAMPLE + 1])
+    sampled, newest = len(newest) > SQLITE_SAMPLE, newest[:SQLITE_SAMPLE]
+    grouped = defaultdict(list)
+    for minute, route, latency in newest:
+        grouped[(minute, route)].append(latency)
+    return {key: {f"p{round(p * 100)}": percentile_disc(sorted(values), p) for p in PERCENTILES}
+            for key, values in grouped.items()}, sampled
 
 
 # --- shadow against live ----------------------------------------------------------------------
@@ -121,7 +131,7 @@ class ShadowSummary:
     pairs: int = 0  # inputs both sides answered without an error
     agreed: int = 0
     flips: list = field(default_factory=list)  # [(live label, shadow label, count)], most first
-    latency: dict = field(default_factory=dict)  # {"live": {"p50", "p95"}, "shadow": {...}}
+    latency: dict = field(default_factory=dict)  # {"live": {"p50", "p95"}, "shadow": {...}} over requests
     sampled: bool = False
 
     @property
@@ -159,9 +169,13 @@ def shadow_summary(release_id):
     return summary
 
 
+# Each request once, as on the charts: a side's latency is its slowest input's.
+PAIRED_REQUESTS = f"SELECT max(l.latency_ms) AS live, max(s.latency_ms) AS shadow {PAIRS_FROM} GROUP BY s.request_id"
+
+
 def _pair_latency_postgres(release_id):
-    sql = (f"SELECT percentile_disc(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY l.latency_ms), "
-           f"percentile_disc(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY s.latency_ms) {PAIRS_FROM}")
+    sql = ("SELECT percentile_disc(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY live), "
+           f"percentile_disc(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY shadow) FROM ({PAIRED_REQUESTS}) AS requests")
     with connection.cursor() as cursor:
         cursor.execute(sql, [release_id])
         live, shadow = cursor.fetchone()
@@ -169,7 +183,7 @@ def _pair_latency_postgres(release_id):
 
 
 def _pair_latency_sampled(release_id):
-    sql = f"SELECT l.latency_ms, s.latency_ms {PAIRS_FROM} ORDER BY s.id DESC LIMIT {SQLITE_SAMPLE + 1}"
+    sql = f"{PAIRED_REQUESTS} ORDER BY max(s.id) DESC LIMIT {SQLITE_SAMPLE + 1}"
     with connection.cursor() as cursor:
         cursor.execute(sql, [release_id])
         rows = cursor.fetchall()

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from lifecycle.core.models import ApiToken
 from lifecycle.deployments import traffic, views
-from lifecycle.deployments.models import Deployment, Rollback, ServingProcess
+from lifecycle.deployments.models import Deployment, PredictionLog, Rollback, ServingProcess
 from tests.deployments.factories import make_deployment
 from tests.deployments.page_helpers import as_user, log_row, page_text, write
 
@@ -25,7 +25,8 @@ def canary(trained, people, tmp_path):
 
 
 def a_minute_of_traffic(deployment, minute):
-    """100 stable inputs (latencies 1..100 ms) and 10 canary inputs in 5 requests, 2 failed."""
+    """100 stable requests (latencies 1..100 ms) and 10 canary inputs in 5 requests, the first
+    request's two inputs failed."""
     rows = [log_row(deployment, latency_ms=float(ms), created_at=minute + timedelta(seconds=ms % 50)) for ms in range(1, 101)]
     requests = [uuid.uuid4() for _ in range(5)]
     rows += [log_row(deployment, route="canary", request_id=requests[i // 2], position=i % 2, latency_ms=20.0 + i,
@@ -48,22 +49,25 @@ def test_the_last_hour_is_counted_per_minute_and_route_in_the_database(canary, p
     assert not window.sampled and set(window.routes) == {"stable", "canary"}
     [stable], [candidate] = window.routes["stable"], window.routes["canary"]
     assert stable == {"minute": minute, "requests": 100, "inputs": 100, "errors": 0, "p50": 50.0, "p95": 95.0, "p99": 99.0}
-    assert candidate == {"minute": minute, "requests": 5, "inputs": 10, "errors": 2, "p50": 24.0, "p95": 29.0, "p99": 29.0}
+    # A request counts once: its latency is its slowest input's, and it failed if one input did.
+    assert candidate == {"minute": minute, "requests": 5, "inputs": 10, "errors": 1, "p50": 25.0, "p95": 29.0, "p99": 29.0}
     assert window.totals()["canary"]["error_rate"] == 0.2
 
 
-def test_the_bounded_sample_gives_the_same_counts_and_says_when_it_is_a_sample(canary, monkeypatch):
-    """The SQLite path (ORM counts, percentiles from the newest rows) run on this database."""
+def test_the_bounded_sample_gives_the_same_percentiles_and_says_when_it_is_a_sample(canary, monkeypatch):
+    """The SQLite path (percentiles from the newest requests) run on this database."""
     now = timezone.now()
     minute = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
     write(a_minute_of_traffic(canary, minute))
     since, until = now - timedelta(hours=1), now + timedelta(minutes=1)
-    rows, sampled = traffic._minutes_sampled(canary.pk, since, until)
-    by_route = {row["route"]: row for row in rows}
-    assert not sampled and by_route["stable"]["p95"] == 95.0 and by_route["canary"]["errors"] == 2
-    assert by_route["canary"]["requests"] == 5 and by_route["canary"]["p50"] == 24.0
+    window = PredictionLog.objects.filter(deployment_id=canary.pk, created_at__gte=since, created_at__lt=until)
+    found, sampled = traffic._percentiles_sampled(window)
+    assert not sampled and found == traffic._percentiles_postgres(window)[0]
+    assert found[(minute, "stable")] == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert found[(minute, "canary")] == {"p50": 25.0, "p95": 29.0, "p99": 29.0}
     monkeypatch.setattr(traffic, "SQLITE_SAMPLE", 50)
-    assert traffic._minutes_sampled(canary.pk, since, until)[1] is True
+    found, sampled = traffic._percentiles_sampled(window)
+    assert sampled is True and set(found) <= {(minute, "stable"), (minute, "canary")}
 
 
 def test_the_page_and_the_metrics_api_chart_the_last_hour(client, canary, people):

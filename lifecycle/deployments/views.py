@@ -75,18 +75,60 @@ def _show(value):
     return "—" if value is None else str(value)
 
 
-def verdict_rows(numbers, prefix=""):
-    """The verdict's numbers as (name, value) rows; nested objects become dotted names."""
+def _percent(value):
+    return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def _rate(side):
+    """A rate with its confidence interval: "1.20 % [0.80 %, 1.90 %] of 500"."""
+    if not isinstance(side, dict):
+        return "—"
+    shown = _percent(side.get("rate"))
+    if side.get("low") is not None and side.get("high") is not None:
+        shown += f" [{_percent(side['low'])}, {_percent(side['high'])}]"
+    return f"{shown} of {side['n']}" if "n" in side else shown
+
+
+def flat_rows(numbers, prefix=""):
+    """Numbers as (name, value) rows; nested objects become dotted names."""
     rows = []
     for key, value in (numbers or {}).items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            rows += verdict_rows(value, f"{name} · ")
+            rows += flat_rows(value, f"{name} · ")
         elif isinstance(value, list):
-            rows.append((name, ", ".join(_show(v) for v in value)))
+            rows.append((name, f"{len(value)} entries"))
         else:
             rows.append((name, _show(value)))
     return rows
+
+
+# The verdict's numbers as verdicts.evaluate writes them: per side counts, per rule (sequential)
+# or per interval (threshold). Keys shown in their own table; anything else is listed flat.
+VERDICT_TABLES = ("sides", "results", "checks", "intervals", "rules", "routes")
+
+
+def verdict_view(numbers):
+    numbers = numbers or {}
+    sides = [{"side": name, **{k: _show(v) for k, v in side.items() if not k.endswith("_rate")},
+              "error_rate": _percent(side.get("error_rate")), "slow_rate": _percent(side.get("slow_rate"))}
+             for name, side in (numbers.get("sides") or {}).items() if isinstance(side, dict)]
+    rules = []
+    for name, result in (numbers.get("results") or {}).items():
+        if not isinstance(result, dict):
+            continue
+        worse = result.get("worse_by") or {}
+        bounds = (f"{_percent(worse.get('estimate'))} [{_percent(worse.get('low'))}, {_percent(worse.get('high'))}]"
+                  if worse else "—")
+        limits = (f"fails above {_percent(result['fail_margin'])}, passes below {_percent(result['pass_margin'])}"
+                  if "fail_margin" in result else f"limit {_percent(result['limit'])}" if "limit" in result else "")
+        rules.append({"rule": result.get("title") or name, "decision": result.get("decision", ""),
+                      "candidate": _rate(result.get("candidate")), "stable": _rate(result.get("stable")),
+                      "worse_by": bounds, "limits": limits})
+    intervals = [i for i in numbers.get("intervals") or [] if isinstance(i, dict)]
+    rest = {k: v for k, v in numbers.items() if k not in VERDICT_TABLES}
+    return {"sides": sides, "rules": rules, "checks": numbers.get("checks") or {}, "intervals": intervals,
+            "other": flat_rows(rest), "any": bool(numbers)}
 
 
 def totals_rows(window):
@@ -165,7 +207,7 @@ def _detail_context(request, deployment, keys, **forms):
     context = {
         "deployment": deployment, "release": release, "is_engineer": is_engineer,
         "can_rollback": has_role(request.user, *ROLLBACK_ROLES) and live,
-        "verdict_numbers": verdict_rows(release.verdict_numbers),
+        "verdict": verdict_view(release.verdict_numbers),
         "charts": charts.deployment_charts(window), "totals": totals_rows(window), "sampled": window.sampled,
         "history": _history(deployment, keys), "query": _query(request),
         "latest_rollback": release.rollbacks.select_related("actor").order_by("-clicked_at").first(),

@@ -358,3 +358,39 @@ def test_a_labeler_finds_the_answers_to_review_from_the_start_page(client, canar
     as_user(client, people["lee"])
     text = page_text(client.get("/"))
     assert 'id="home-review"' in text and 'href="/deployments/feedback"' in text and 'id="home-deployments"' not in text
+
+
+# --- the verdict's numbers -----------------------------------------------------------------------
+
+SEQUENTIAL_NUMBERS = {  # the shape verdicts.evaluate stores (a sequential verdict)
+    "method": "sequential", "decision": "pending", "evaluated_at": "2026-01-01T10:00:00+00:00", "alpha_per_rule": 0.0167,
+    "rules": {"alpha": 0.05, "min_requests": 200}, "routes": {"stable": "stable", "candidate": "canary"},
+    "sides": {"stable": {"requests": 900, "errors": 9, "slow": 3, "error_rate": 0.01, "slow_rate": 0.0033, "p99_ms": 41.0},
+              "candidate": {"requests": 100, "errors": 4, "slow": 2, "error_rate": 0.04, "slow_rate": 0.02, "p99_ms": 77.5}},
+    "results": {"error_rate": {
+        "title": "error rate", "decision": "pending", "fail_margin": 0.02, "pass_margin": 0.01, "alpha": 0.0167,
+        "candidate": {"n": 100, "k": 4, "rate": 0.04, "low": 0.01, "high": 0.11},
+        "stable": {"n": 900, "k": 9, "rate": 0.01, "low": 0.004, "high": 0.02},
+        "worse_by": {"estimate": 0.03, "low": -0.01, "high": 0.106}}},
+}
+THRESHOLD_NUMBERS = {
+    "method": "threshold", "decision": "pending", "checks": {"passed": 3, "failed": 1, "skipped": 2},
+    "intervals": [{"start": "2026-01-01T10:01:00+00:00", "requests": 60, "errors": 2, "slow": 0, "outcome": "failed",
+                   "why": "success rate 96.7% < 99.0%"}],
+}
+
+
+def test_the_verdicts_numbers_are_shown_per_side_and_rule(client, canary, people):
+    release = canary.current_release
+    Release.objects.filter(pk=release.pk).update(verdict_numbers=SEQUENTIAL_NUMBERS,
+                                                 verdict_reason="Not decided yet: error rate.")
+    as_user(client, people["vic"])
+    text = page_text(client.get(f"/deployments/{NAME}/"))
+    assert "Not decided yet: error rate." in text
+    assert '<th scope="row">candidate</th><td>100</td><td>4</td><td>4.00 %</td><td>2</td><td>2.00 %</td><td>77.5</td>' in text
+    assert "4.00 % [1.00 %, 11.00 %] of 100" in text and "3.00 % [-1.00 %, 10.60 %]" in text
+    assert "fails above 2.00 %, passes below 1.00 %" in text and "alpha_per_rule" in text
+    Release.objects.filter(pk=release.pk).update(verdict_numbers=THRESHOLD_NUMBERS)
+    text = page_text(client.get(f"/deployments/{NAME}/"))
+    assert "Interval checks: 3 passed, 1 failed, 2 skipped" in text
+    assert "<td>10:01</td><td>60</td><td>2</td><td>0</td><td>failed: success rate 96.7% < 99.0%</td>" in text

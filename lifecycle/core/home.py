@@ -53,16 +53,6 @@ def panels_for(request):
     return shown
 
 
-# Until deployments land, on-call's panel says so plainly, with no numbers: it goes when the
-# deployments app's home.py takes over.
-
-
-@panel(ONCALL, order=10)
-def production(request):
-    return Panel("Production", note="Deployments are not available yet: nothing is served, so there is nothing to "
-                 "watch or roll back.", id="home-production")
-
-
 @panel(VIEWER, order=90)
 def readable(request):
     return Panel("What you may read", rows=[(label, url, "") for label, url in nav_items(request.user)],

@@ -55,7 +55,6 @@ def page_not_found(request, exception=None):
 # Sections whose apps are not built yet (core/urls.py routes them here); each goes when its app
 # routes its own pages.
 NOT_AVAILABLE = {
-    "deployments": "Deployments",
     "monitoring": "Monitoring",
 }
 

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from lifecycle.core.jobs import maintenance_step, task
 from lifecycle.core.roles import READ_ROLES
+from lifecycle.deployments import feedback_export  # noqa: F401  (its task registers where tasks are looked up)
 
 PURGE_BATCH = 10_000
 

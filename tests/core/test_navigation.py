@@ -16,16 +16,16 @@ from tests.conftest import make_user
 from tests.labeling.factories import labeled_version, make_project
 from tests.runs.test_web import make_run
 
-ALL_SECTIONS = ["Datasets", "Labeling", "Runs", "Registry", "Audit", "Jobs"]
-# What each role may open today (deployments and monitoring are not routed yet).
+ALL_SECTIONS = ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Audit", "Jobs"]
+# What each role may open today (monitoring is not routed yet).
 MENU = {
     "labeler": ["Labeling", "Jobs"],
     "ml_engineer": ALL_SECTIONS,
     "approver": ALL_SECTIONS,
-    "oncall": ["Registry", "Audit", "Jobs"],
-    "viewer": ["Datasets", "Labeling", "Runs", "Registry", "Jobs"],
+    "oncall": ["Registry", "Deployments", "Audit", "Jobs"],
+    "viewer": ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Jobs"],
 }
-NOT_BUILT = ["/deployments/", "/monitoring/"]
+NOT_BUILT = ["/monitoring/"]
 ROUTE_LISTING = ("URLconf", "Django tried these URL patterns", "technical_404", "lifecycle.urls")
 
 
@@ -77,7 +77,7 @@ def test_a_superuser_sees_every_section_and_a_user_without_roles_none(client):
 @pytest.mark.django_db
 def test_a_user_with_two_roles_sees_both_menus(client):
     client.force_login(make_user("lab-and-call", "labeler", "oncall"))
-    assert [label for _, label in menu(client.get("/"))] == ["Labeling", "Registry", "Audit", "Jobs"]
+    assert [label for _, label in menu(client.get("/"))] == ["Labeling", "Registry", "Deployments", "Audit", "Jobs"]
 
 
 # --- the start page, per role -----------------------------------------------------------------
@@ -164,13 +164,6 @@ def test_an_approver_sees_promotions_and_pii_waiting_for_sign_off(client, tmp_pa
     assert "support v1" not in home(client, approver)[1]
 
 
-@pytest.mark.django_db
-def test_oncall_is_told_deployments_are_not_there_yet(client):
-    _, page = home(client, make_user("omar-oncall", "oncall"))
-    assert "Deployments are not available yet" in page
-    assert not re.search(r"\d+ (promotions|deployments|alerts)", page)  # no made-up numbers
-
-
 def test_a_viewer_sees_what_they_may_read(client, project):
     run = make_run(project.version, name="first try", user=project.created_by)
     _, page = home(client, make_user("vic-viewer", "viewer"))
@@ -194,7 +187,7 @@ def test_the_start_page_costs_a_bounded_number_of_queries(client, project, djang
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("url", NOT_BUILT + ["/deployments/3", "/monitoring/drift/x/y"])
+@pytest.mark.parametrize("url", NOT_BUILT + ["/monitoring/drift/x/y"])
 def test_sections_not_built_yet_say_so_plainly(client, url):
     client.force_login(make_user("vic-viewer", "viewer"))
     response = client.get(url)

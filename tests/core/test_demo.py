@@ -95,7 +95,8 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     subprocess.run([sys.executable, "manage.py", "demo", "--no-server"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=300)
     # The demo's serving process, as `manage.py demo` starts it: the traffic job talks to it.
-    with open(tmp_path / "serving.log", "w") as serving_log:
+    # Owner-only, as the demo's own logs are (scripts/demo runs under umask 077).
+    with open(os.open(tmp_path / "serving.log", os.O_WRONLY | os.O_CREAT, 0o600), "w") as serving_log:
         serving = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=ROOT, env=env, stdout=serving_log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -118,7 +119,8 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
                             "lifecycle.deployments.tasks.start_demo_candidate": "succeeded",
                             "lifecycle.deployments.tasks.deploy_demo": "succeeded",
                             "lifecycle.deployments.tasks.send_demo_traffic": "succeeded"}, worker.stderr[-3000:]
-        runs = db.execute("SELECT name, test_metrics, output_sha256, status FROM runs_run ORDER BY id").fetchall()
+        runs = db.execute("SELECT r.name, r.test_metrics, r.output_sha256, j.status FROM runs_run r "
+                          "JOIN core_job j ON r.job_id = j.id ORDER BY r.id").fetchall()
         [(name, metrics, output, _), (_, _, second_output, second_status)] = runs
         [(project_id,)] = db.execute("SELECT id FROM labeling_labelingproject").fetchall()
         states = dict(db.execute("SELECT state, count(*) FROM labeling_item GROUP BY state").fetchall())

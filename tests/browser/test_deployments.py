@@ -151,3 +151,32 @@ def test_a_labeler_corrects_an_answer_the_shadow_disagrees_with(browser, live_se
     feedback = Feedback.objects.get()
     assert feedback.is_override and feedback.label == "refund_request" and feedback.given_by.username == "lee-labeler"
     assert_fits(browser, live_server, feedback.given_by, ["/deployments/feedback"])
+
+
+def test_oncall_rolls_back_while_a_real_serving_process_serves_and_sees_its_reported_time(
+        browser, live_server, store, trained, people, tmp_path):
+    """The same click with a real `manage.py serve` holding both versions: the page waits for
+    that process's report of the switch and writes in the time it measured."""
+    from tests.deployments.serving_helpers import start_serving, stop_serving, wait_applied
+
+    deployment = make_deployment(trained, people, tmp_path, mode="canary", share=20)
+    server = start_serving(tmp_path)
+    try:
+        wait_applied(deployment)
+        ona = user_page(browser, live_server, people["ona"])
+        ona.goto(f"{live_server.url}{deployment.get_absolute_url()}")
+        ona.click("#rollback-button")
+        expect(ona.locator(".rollback-confirm")).to_contain_text("1 serving process is live")
+        ona.fill("textarea[name=reason]", "canary answers look wrong")
+        ona.click("#confirm-rollback")
+        expect(ona.locator("#stable-share")).to_have_text("100 %")
+        card = ona.locator(".rollback-card")
+        expect(card).to_have_attribute("data-completed", "yes", timeout=20_000)
+        rollback = Rollback.objects.get()
+        assert rollback.completed_at is not None and len(rollback.processes) == 1
+        expect(ona.locator("#time-to-rollback")).to_have_text(f"{rollback.time_to_rollback_ms:.0f} ms")
+        expect(card).to_contain_text("answers only from stable")
+        assert Deployment.objects.get(pk=deployment.pk).routes()["candidate"] is None
+        shot(ona, tmp_path, "05-rolled-back-with-a-real-serving-process")
+    finally:
+        stop_serving(server)

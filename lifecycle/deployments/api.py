@@ -6,7 +6,6 @@ Token auth is core's ApiToken (`Authorization: Bearer lc_…`, core/middleware.p
 read by lib/jsonbody.py and an unknown field is refused. Errors have the API's shape,
 {"error", "detail"}: a refused change 400, an unknown deployment, release or rollback 404.
 """
-from functools import wraps
 
 from django.http import JsonResponse
 from django.urls import reverse
@@ -15,51 +14,17 @@ from lifecycle.core.roles import role_required
 from lifecycle.deployments import charts, notices, traffic
 from lifecycle.deployments.models import Deployment, DeploymentError, Release, Rollback, RouteAck, ServingProcess
 from lifecycle.deployments.views import READ_ROLES, ROLLBACK_ROLES
-from lifecycle.lib import jsonbody
+from lifecycle.lib import jsonapi
 from lifecycle.lib.pagination import keyset_page
-from lifecycle.lib.params import BadParameter, parse_int, parse_optional_id
+from lifecycle.lib.params import parse_int, parse_optional_id
 
 MAX_REASON = 2000
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 MAX_MINUTES = 24 * 60
 
 
-class NotFound(Exception):
-    pass
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _error(status, error, detail):
-    return JsonResponse({"error": error, "detail": detail}, status=status)
-
-
-def api(*methods):
-    """Allow only `methods` (405 otherwise) and answer every refusal in the API's error shape."""
-
-    def decorator(view):
-        @wraps(view)
-        def wrapper(request, *args, **kwargs):
-            if request.method not in methods:
-                response = _error(405, "method_not_allowed", f"use {' or '.join(methods)}")
-                response["Allow"] = ", ".join(methods)
-                return response
-            try:
-                return view(request, *args, **kwargs)
-            except jsonbody.JsonBodyError as exc:
-                return exc.response()
-            except (BadRequest, BadParameter) as exc:
-                return _error(400, "bad_request", str(exc))
-            except NotFound as exc:
-                return _error(404, "not_found", str(exc))
-            except DeploymentError as exc:
-                return _error(400, "refused", str(exc))
-
-        return wrapper
-
-    return decorator
+NotFound, BadRequest, _error, _body = jsonapi.NotFound, jsonapi.BadRequest, jsonapi.error, jsonapi.body
+api = jsonapi.api_view(((DeploymentError, 400, "refused"),))
 
 
 def _listed():
@@ -128,17 +93,6 @@ def _applied(deployment, live):
     """The live processes that route this deployment by its current generation."""
     return RouteAck.objects.filter(deployment=deployment, process__in=live,
                                    generation__gte=deployment.generation).values_list("process_id", flat=True)
-
-
-def _body(request, allowed, required=()):
-    data = jsonbody.read_object(request)
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; this takes {', '.join(allowed)}")
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise BadRequest(f"missing field(s): {', '.join(missing)}")
-    return data
 
 
 # --- endpoints ---------------------------------------------------------------------------------

@@ -6,17 +6,15 @@ lib/jsonbody.py and checked here field by field (an unknown field is refused, no
 Errors have the API's shape, {"error", "detail"}: RegistryError 400, ApprovalDenied 403,
 EvidenceChanged 409 (with "changed"), an unknown model, version, run or request 404.
 """
-from functools import wraps
-
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.http import JsonResponse
 from django.urls import reverse
 
 from lifecycle.core.roles import APPROVER, ML_ENGINEER, forbidden, has_role, role_required
-from lifecycle.lib import jsonbody
+from lifecycle.lib import jsonapi
 from lifecycle.lib.pagination import keyset_page
-from lifecycle.lib.params import BadParameter, parse_id, parse_int, parse_optional_id
+from lifecycle.lib.params import parse_id, parse_int, parse_optional_id
 from lifecycle.registry import export as governance  # `export` is a view's name here
 from lifecycle.registry.models import (
     HEX64, ApprovalDenied, EvidenceChanged, ModelVersion, PromotionRequest, RegisteredModel, RegistryError, Stage,
@@ -29,48 +27,13 @@ PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 MAX_TEXT = 10_000  # descriptions, reasons and comments
 
 
-class NotFound(Exception):
-    pass
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _error(status, error, detail, **extra):
-    return JsonResponse({"error": error, "detail": detail, **extra}, status=status)
-
-
-def api(*methods):
-    """Allow only `methods` (405 otherwise) and answer every refusal in the API's error shape."""
-
-    def decorator(view):
-        @wraps(view)
-        def wrapper(request, *args, **kwargs):
-            if request.method not in methods:
-                response = _error(405, "method_not_allowed", f"use {' or '.join(methods)}")
-                response["Allow"] = ", ".join(methods)
-                return response
-            try:
-                return view(request, *args, **kwargs)
-            except jsonbody.JsonBodyError as exc:
-                return exc.response()
-            except (BadRequest, BadParameter) as exc:
-                return _error(400, "bad_request", str(exc))
-            except NotFound as exc:
-                return _error(404, "not_found", str(exc))
-            except EvidenceChanged as exc:
-                return _error(409, "evidence_changed", str(exc), changed=exc.changed)
-            except ApprovalDenied as exc:
-                return _error(403, "forbidden", str(exc))
-            except (RegistryError, OutputError) as exc:
-                return _error(400, "refused", str(exc))
-            except SigningError as exc:
-                return _error(503, "signing_unavailable", str(exc))
-
-        return wrapper
-
-    return decorator
+NotFound, BadRequest, _error, _body = jsonapi.NotFound, jsonapi.BadRequest, jsonapi.error, jsonapi.body
+api = jsonapi.api_view((
+    (EvidenceChanged, 409, "evidence_changed", lambda exc: {"changed": exc.changed}),
+    (ApprovalDenied, 403, "forbidden"),
+    (RegistryError, 400, "refused"), (OutputError, 400, "refused"),
+    (SigningError, 503, "signing_unavailable"),
+))
 
 
 def _may_write(request, *roles):
@@ -79,17 +42,6 @@ def _may_write(request, *roles):
 
 
 # --- reading a body ----------------------------------------------------------------------------
-
-
-def _body(request, allowed, required=()):
-    data = jsonbody.read_object(request)
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; this takes {', '.join(allowed)}")
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise BadRequest(f"missing field(s): {', '.join(missing)}")
-    return data
 
 
 def _text(data, name, *, default="", limit=MAX_TEXT):

@@ -7,7 +7,6 @@ deployment's `generation` in the same transaction as its audit event, then a Red
 tells every serving process to re-read (serving/routes.py). Each process reports the
 generation it applied (`ServingProcess.applied`), which is how a rollback's time is measured.
 """
-import hashlib
 import secrets
 import uuid
 from datetime import timedelta
@@ -18,7 +17,7 @@ from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from lifecycle.core.models import AuditEvent
+from lifecycle.core.models import ApiToken, AuditEvent
 from lifecycle.registry.models import ModelVersion, RegisteredModel, RegistryError, Stage
 
 SERVABLE_STAGES = (Stage.STAGING, Stage.PRODUCTION)
@@ -505,9 +504,7 @@ class ServingToken(models.Model):
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
 
-    @staticmethod
-    def hash_key(key):
-        return hashlib.sha256(key.encode()).hexdigest()
+    hash_key = staticmethod(ApiToken.hash_key)  # the same one-way hash as the API's tokens
 
     @classmethod
     def issue(cls, user, name, deployments, *, rate_per_second=100.0, burst=200):

@@ -345,6 +345,24 @@ SERVING_SPOOL_DIR = Path(env_str("SERVING_SPOOL_DIR", str(DATA_DIR / "serving-sp
 SERVING_SPOOL_MAX_MB = env_int("SERVING_SPOOL_MAX_MB", 512)
 # Prediction log entries older than this are purged (a maintenance step); 0 keeps them all.
 PREDICTION_RETENTION_DAYS = env_int("PREDICTION_RETENTION_DAYS", 30)
+# --- Monitoring (docs/monitoring.md says where each number comes from) ---
+# Scheduled drift checks: every MONITORING_DRIFT_EVERY_MINUTES, over the last
+# MONITORING_DRIFT_WINDOW_MINUTES of each live version's answers; a window with fewer answers
+# than MONITORING_DRIFT_MIN_REQUESTS is skipped, and says so.
+MONITORING_DRIFT_EVERY_MINUTES = env_int("MONITORING_DRIFT_EVERY_MINUTES", 10)
+MONITORING_DRIFT_WINDOW_MINUTES = env_int("MONITORING_DRIFT_WINDOW_MINUTES", 60)
+MONITORING_DRIFT_MIN_REQUESTS = env_int("MONITORING_DRIFT_MIN_REQUESTS", 100)
+# The false discovery rate across a check's features (Benjamini-Hochberg).
+MONITORING_DRIFT_FDR = env_float("MONITORING_DRIFT_FDR", 0.05)
+# Estimated and feedback accuracy further apart than this raise a quality-gap alert.
+MONITORING_QUALITY_GAP = env_float("MONITORING_QUALITY_GAP", 0.10)
+# Per-minute rollups older than this are merged into hourly ones.
+MONITORING_MINUTE_ROLLUP_DAYS = env_int("MONITORING_MINUTE_ROLLUP_DAYS", 7)
+# The full Evidently report reads at most this many logged rows of the window (a sample).
+MONITORING_REPORT_MAX_ROWS = env_int("MONITORING_REPORT_MAX_ROWS", 200_000)
+# SLOs and burn rates are evaluated at most this often (seconds) by the maintenance pass.
+MONITORING_SLO_EVERY_SECONDS = env_int("MONITORING_SLO_EVERY_SECONDS", 60)
+
 # Scrapes of /metrics (web and serving) must carry "Authorization: Bearer <METRICS_TOKEN>".
 # Unset: open with DEBUG on (the demo), answered 404 with DEBUG off.
 METRICS_TOKEN = env_secret("METRICS_TOKEN")

@@ -12,5 +12,6 @@ urlpatterns = [
     path("", include("lifecycle.labeling.urls")),
     path("", include("lifecycle.registry.urls")),
     path("", include("lifecycle.deployments.urls")),
+    path("", include("lifecycle.monitoring.urls")),
     path("admin/", admin.site.urls),
 ]

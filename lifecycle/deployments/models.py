@@ -549,6 +549,22 @@ class Route(models.TextChoices):
     SHADOW = "shadow"  # the candidate's answer to a copy of the request: logged, never returned
 
 
+class PredictionBatch(models.Model):
+    """One committed write of the prediction log (a flush, or a chunk of a spool replay),
+    written in the same transaction as its rows. Monitoring rolls each batch up exactly once:
+    it claims the batch (`rolled_up_at` set where it was empty) in the transaction that adds
+    the batch's counts, so a batch processed twice adds nothing."""
+
+    process = models.CharField(max_length=200, blank=True)
+    rows = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rolled_up_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["id"], condition=models.Q(rolled_up_at__isnull=True),
+                                name="predbatch_pending_idx")]
+
+
 class PredictionLog(models.Model):
     """One answer to one input of one request (a request of 3 inputs writes 3 rows; a
     shadow adds 3 more with route "shadow" and the same request id). Written in batches by the
@@ -580,6 +596,9 @@ class PredictionLog(models.Model):
     embedding = models.JSONField(default=list, blank=True)  # the mean-pooled embedding, projected to 16 numbers
     process = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField()
+    # The write it landed in (PredictionBatch); no database FK, as for the others.
+    batch = models.ForeignKey(PredictionBatch, null=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                              db_index=False, related_name="+")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -587,6 +606,7 @@ class PredictionLog(models.Model):
             models.Index(fields=["deployment", "created_at"], name="predlog_deployment_idx"),
             models.Index(fields=["release", "route", "created_at"], name="predlog_release_idx"),
             models.Index(fields=["created_at"], name="predlog_created_idx"),  # the retention purge
+            models.Index(fields=["batch"], name="predlog_batch_idx"),  # monitoring's rollups
         ]
         constraints = [models.UniqueConstraint(fields=["request_id", "route", "position"], name="predlog_unique")]
 
@@ -647,5 +667,5 @@ class Feedback(models.Model):
         return feedback
 
 
-__all__ = ["Deployment", "DeploymentError", "Feedback", "PredictionLog", "Release", "Rollback", "Route",
+__all__ = ["Deployment", "DeploymentError", "Feedback", "PredictionBatch", "PredictionLog", "Release", "Rollback", "Route",
            "RouteAck", "ServingProcess", "ServingToken", "RegistryError", "check_releasable"]

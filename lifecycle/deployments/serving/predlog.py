@@ -237,11 +237,20 @@ class PredictionBuffer:
             return a + b, refused_a + refused_b
 
     def _commit(self, rows, *, idempotent):
+        from lifecycle.deployments.models import PredictionBatch
+
         connection = connections[self.using]
         with transaction.atomic(using=self.using):
+            # The batch row commits with its rows, so monitoring never sees one without the other.
+            batch = PredictionBatch.objects.using(self.using).create(process=self.process_id[:200], rows=len(rows))
+            rows = [{**row, "batch_id": batch.pk} for row in rows]
             if connection.vendor == "postgresql":
-                return _copy(connection, rows, idempotent)
-            return _bulk_create(connection, self.using, rows, idempotent)
+                inserted = _copy(connection, rows, idempotent)
+            else:
+                inserted = _bulk_create(connection, self.using, rows, idempotent)
+            if inserted != len(rows):
+                PredictionBatch.objects.using(self.using).filter(pk=batch.pk).update(rows=inserted)
+            return inserted
 
     def _written(self, sent, inserted, refused, *, replayed=False):
         self._count(written=inserted, replayed=inserted if replayed else 0, skipped=sent - inserted - refused,

@@ -1,0 +1,1 @@
+"""Receivers: a version released by a deployment gets its reference statistics computed once."""

@@ -1,0 +1,2 @@
+"""alerts pages."""
+urlpatterns = []

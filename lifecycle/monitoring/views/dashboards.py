@@ -1,0 +1,2 @@
+"""dashboards pages."""
+urlpatterns = []

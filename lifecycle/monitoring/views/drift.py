@@ -1,0 +1,2 @@
+"""drift pages."""
+urlpatterns = []

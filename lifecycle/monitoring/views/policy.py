@@ -1,0 +1,2 @@
+"""policy pages."""
+urlpatterns = []

@@ -23,10 +23,3 @@ urlpatterns = [
     path("api/v1/me", views.api_me, name="api_me"),
     path("api/v1/jobs/<int:job_id>", views.api_job, name="api_job"),
 ]
-
-# A plain "not available yet" page under the sections still to be built, instead of a bare 404.
-for section in views.NOT_AVAILABLE:
-    urlpatterns += [
-        path(f"{section}/", views.not_available, {"section": section}, name=f"{section}_not_available"),
-        path(f"{section}/<path:rest>", views.not_available, {"section": section}, name=f"{section}_not_available_under"),
-    ]

@@ -52,17 +52,6 @@ def page_not_found(request, exception=None):
     return render(request, "404.html", status=404)
 
 
-# Sections whose apps are not built yet (core/urls.py routes them here); each goes when its app
-# routes its own pages.
-NOT_AVAILABLE = {
-    "monitoring": "Monitoring",
-}
-
-
-def not_available(request, section, rest=""):
-    return render(request, "core/not_available.html", {"what": NOT_AVAILABLE[section]}, status=404)
-
-
 @require_GET
 def home(request):
     roles = user_roles(request.user)

@@ -55,9 +55,10 @@ def test_a_labeler_opens_every_menu_item_and_labels_from_the_start_page(page, li
 def test_an_engineer_opens_every_menu_item_and_the_newest_run_from_the_start_page(page, live_server, project):
     log_in(page, live_server, project.created_by)
     expect(page.locator("#home-runs")).to_contain_text("first try")
-    assert click_every_menu_item(page) == ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Audit", "Jobs"]
+    assert click_every_menu_item(page) == ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Monitoring",
+                                           "Audit", "Jobs"]
     page.click(".brand")
     page.click("#home-runs >> text=first try")
     expect(page.locator("h1")).to_contain_text("first try")
     page.goto(f"{live_server.url}/monitoring/")
-    expect(page.locator("h1")).to_have_text("Not available yet")
+    expect(page.locator("h1")).to_have_text("Monitoring")

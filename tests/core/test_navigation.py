@@ -16,16 +16,15 @@ from tests.conftest import make_user
 from tests.labeling.factories import labeled_version, make_project
 from tests.runs.test_web import make_run
 
-ALL_SECTIONS = ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Audit", "Jobs"]
-# What each role may open today (monitoring is not routed yet).
+ALL_SECTIONS = ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Monitoring", "Audit", "Jobs"]
+# What each role may open.
 MENU = {
     "labeler": ["Labeling", "Jobs"],
     "ml_engineer": ALL_SECTIONS,
     "approver": ALL_SECTIONS,
-    "oncall": ["Registry", "Deployments", "Audit", "Jobs"],
-    "viewer": ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Jobs"],
+    "oncall": ["Registry", "Deployments", "Monitoring", "Audit", "Jobs"],
+    "viewer": ["Datasets", "Labeling", "Runs", "Registry", "Deployments", "Monitoring", "Jobs"],
 }
-NOT_BUILT = ["/monitoring/"]
 ROUTE_LISTING = ("URLconf", "Django tried these URL patterns", "technical_404", "lifecycle.urls")
 
 
@@ -183,25 +182,7 @@ def test_the_start_page_costs_a_bounded_number_of_queries(client, project, djang
         assert client.get("/").status_code == 200
 
 
-# --- sections not built yet, and 404s -------------------------------------------------------
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("url", NOT_BUILT + ["/monitoring/drift/x/y"])
-def test_sections_not_built_yet_say_so_plainly(client, url):
-    client.force_login(make_user("vic-viewer", "viewer"))
-    response = client.get(url)
-    assert response.status_code == 404
-    page = response.content.decode()
-    assert "Not available yet" in page and "later release" in page
-    assert not any(text in page for text in ROUTE_LISTING)
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("url", NOT_BUILT)
-def test_sections_not_built_yet_need_a_login(client, url):
-    response = client.get(url)
-    assert response.status_code == 302 and response["Location"].startswith("/login/?next=")
+# --- 404s ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.django_db

@@ -11,7 +11,6 @@ from django.test import override_settings
 from lifecycle.datasets import uploads
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.synthetic import generate
-from lifecycle.labeling.models import Assignment
 from tests.conftest import make_user
 from tests.labeling.factories import labeled_version, make_project
 from tests.runs.test_web import make_run

@@ -10,11 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.urls import include, path
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from lifecycle import urls as root_urls
 from lifecycle.core.models import Job
 from lifecycle.deployments.models import PredictionLog, Rollback, Route
 from lifecycle.monitoring import dashboards
@@ -29,10 +27,6 @@ from tests.monitoring.test_dashboards import (
     add_rollup, alert, drift_check, feedback_for, minute, sample_reference, slo, traffic,
 )
 
-# merge: remove with the same lines of tests/monitoring/test_dashboards.py (core's "not
-# available yet" page for monitoring/ is routed before the section's own until then).
-urlpatterns = [path("", include("lifecycle.monitoring.urls")), *root_urls.urlpatterns]
-pytestmark = pytest.mark.urls(__name__)
 
 
 @pytest.fixture

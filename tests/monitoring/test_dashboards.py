@@ -14,10 +14,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from django.urls import include, path
 from django.utils import timezone
 
-from lifecycle import urls as root_urls
 
 from lifecycle.core.artifacts import get_store
 from lifecycle.core.models import Job
@@ -31,10 +29,7 @@ from tests.deployments.factories import make_deployment
 from tests.deployments.page_helpers import as_user
 from tests.monitoring.factories import make_log
 
-# merge: remove the urls marker and `urlpatterns` below once core/views.py's NOT_AVAILABLE no
-# longer holds "monitoring" (its "not available yet" page is routed before the section's own).
-urlpatterns = [path("", include("lifecycle.monitoring.urls")), *root_urls.urlpatterns]
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("store_with_output"), pytest.mark.urls(__name__)]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("store_with_output")]
 
 NAME = "support-router"
 

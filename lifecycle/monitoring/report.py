@@ -137,14 +137,15 @@ def run_evidently(current, reference, *, text=True):
     """(html, json, summary) of Report([DataDriftPreset()]) on the two frames."""
     DataDefinition, Dataset, Report, DataDriftPreset = _evidently()
     numeric = [c for c in NUMERIC if c in current.columns]
-    columns = [*numeric, "label", *(["text"] if text else [])]
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=["label"],
-                                text_columns=["text"] if text else [])
+    categorical = ["label"] if "label" in current.columns else []
+    texts = ["text"] if text and "text" in current.columns else []
+    columns = [*numeric, *categorical, *texts]
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical, text_columns=texts)
     try:
         snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(current[columns], data_definition=definition),
                                                    Dataset.from_pandas(reference[columns], data_definition=definition))
     except ValueError as exc:
-        if not text or "no terms remain" not in str(exc):
+        if not texts or "no terms remain" not in str(exc):
             raise
         html, data, summary = run_evidently(current, reference, text=False)
         summary["text"] = f"not checked: Evidently's text drift found no words to compare ({exc})"

@@ -123,6 +123,7 @@ def series_chart(feature, points):
 @require_GET
 def drift_page(request, name):
     deployment = _get_deployment(name)
+    job = _own_job(request)
     versions = [{"version": v, "route": r, "check": _latest(deployment, v)} for v, r in _live(deployment)]
     for item in versions:
         item["rows"] = rows_of(item["check"]) if item["check"] else []
@@ -130,7 +131,7 @@ def drift_page(request, name):
     return render(request, "monitoring/drift/deployment.html", {
         "deployment": deployment, "versions": versions, "reports": reports, "can_run": has_role(request.user, *RUN_ROLES),
         "report_form": ReportForm(), "window_minutes": _window_minutes(),
-        "job": _own_job(request), "job_outcome": None})
+        "job": job, "job_outcome": outcome_of(job) if job else None})
 
 
 def _window_minutes():

@@ -121,6 +121,10 @@ def test_the_draft_folds_feedback_in_and_an_engineer_starts_it_as_a_queued_run(c
     assert child.leakage_report["near_duplicates_appended"]["checked"] is False
     assert child.leakage_report["exact_duplicates"] is not None and not child.has_leakage
     assert draft.config == {**stable.run.config, "dataset_version": child.pk}
+    as_user(client, people["erin"])
+    assert client.get(child.get_absolute_url()).status_code == 200
+    diff = client.get(f"/datasets/{child.dataset.slug}/diff?a={base.number}&b={child.number}")
+    assert diff.status_code == 200 and "a brand new ticket 77" in page_text(diff)
 
     as_user(client, people["sam"])
     assert client.get(f"/monitoring/retrain/{draft.pk}").status_code == 403

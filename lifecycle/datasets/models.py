@@ -101,6 +101,7 @@ class DatasetVersion(models.Model):
         DEDUP = "dedup"
         RESPLIT = "resplit"
         RELABEL = "relabel"
+        FEEDBACK = "feedback"  # a deployment's feedback corrections folded in (monitoring/retrain.py)
 
     class PiiStatus(models.TextChoices):
         CLEAN = "clean", "no PII found"

@@ -163,11 +163,29 @@ class CardComplete(Gate):
 
 
 GATES = (MetricThresholds(), NoRegression(), DataClean(), LabelingQC(), SignatureValid(), CardComplete())
+# Gates a higher app adds (monitoring's error-budget policy): the registry never imports them,
+# they register themselves when their app loads.
+_registered = []
+
+
+def register(gate):
+    """Evaluate `gate` after the built-in ones, from now on. A gate of the same name replaces
+    the one registered before (a module imported twice registers once). Returns the gate."""
+    if gate.name in {g.name for g in GATES}:
+        raise ValueError(f"{gate.name!r} is the name of a built-in gate")
+    _registered[:] = [g for g in _registered if g.name != gate.name] + [gate]
+    return gate
+
+
+def all_gates():
+    return (*GATES, *_registered)
 
 
 def evaluate_all(version, target_stage):
-    """Each gate's result as a dict, in GATES order. Archiving is never gated."""
+    """Each gate's result as a dict, the built-in ones first, then the registered ones in the
+    order they registered. Archiving is never gated."""
+    gates = all_gates()
     if str(target_stage) == "archived":
-        return [GateResult(g.name, NOT_APPLICABLE, "Archiving a version is never gated.").as_dict() for g in GATES]
-    return [gate.evaluate(version, target_stage).as_dict() for gate in GATES]
+        return [GateResult(g.name, NOT_APPLICABLE, "Archiving a version is never gated.").as_dict() for g in gates]
+    return [gate.evaluate(version, target_stage).as_dict() for gate in gates]
 

@@ -48,7 +48,8 @@ def test_two_approvals_promote_once_and_the_timeline_says_who_and_when(trained, 
     assert request.status == PromotionRequest.Status.OPEN and request.approvals_required == 2
     assert {g["gate"]: g["status"] for g in request.gate_results} == {
         "metrics": "pass", "no_regression": "not_applicable", "data": "pass", "labeling_qc": "not_applicable",
-        "signature": "pass", "card": "pass"}
+        "signature": "pass", "card": "pass",
+        "error_budget": "not_applicable"}  # monitoring's gate (registered by that app): no SLO watches this model
     approve(request, people["ann"])
     version.refresh_from_db()
     assert version.stage == Stage.CANDIDATE  # one of two

@@ -18,9 +18,8 @@ from tests.browser.test_registry import shot, user_page
 from tests.conftest import make_user
 from tests.deployments.factories import make_deployment
 from tests.deployments.page_helpers import log_row, write
-from tests.monitoring.test_incidents import MONITORING_URLS
 
-pytestmark = [pytest.mark.browser, MONITORING_URLS]
+pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture

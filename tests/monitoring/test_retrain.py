@@ -17,9 +17,8 @@ from lifecycle.monitoring.models import SLO, Alert, DriftCheck, Incident, Refere
 from lifecycle.runs.models import Run
 from tests.deployments.factories import make_deployment
 from tests.deployments.page_helpers import as_user, log_row, page_text, write
-from tests.monitoring.test_incidents import MONITORING_URLS
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("store_with_output"), MONITORING_URLS]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("store_with_output")]
 
 
 def drift_check(deployment, version, *, drifted, trigger=DriftCheck.Trigger.SCHEDULE):

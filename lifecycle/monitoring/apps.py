@@ -7,6 +7,6 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring"
 
     def ready(self):
-        # Receivers (a released version gets its reference) and the registry gate (the
-        # error-budget policy) register on import.
-        from lifecycle.monitoring import policy, signals  # noqa: F401
+        # Receivers (a released version gets its reference), the registry gate (the
+        # error-budget policy), and the maintenance steps and jobs register on import.
+        from lifecycle.monitoring import policy, signals, tasks  # noqa: F401

@@ -10,7 +10,6 @@ Something that was not measured is None here and "no answers yet" (or why) on th
 never 0.
 """
 import functools
-import io
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone as dt_timezone
@@ -18,16 +17,18 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 import numpy as np
 from django.db.models import Avg, Count, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import TruncDate, TruncMonth
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 
 from lifecycle.core.models import Job
 from lifecycle.deployments.models import Feedback, PredictionLog, Release, Rollback, Route
 from lifecycle.deployments.serving.features import EMBEDDING_SIZE
-from lifecycle.monitoring import features
+from lifecycle.monitoring import estimate, features
 from lifecycle.monitoring.models import (
     SLO, Alert, DriftCheck, Incident, Reference, Resolution, RetrainDraft, Rollup,
 )
+from lifecycle.monitoring.reference import load_sample
+from lifecycle.monitoring.rollups import series, window
 from lifecycle.registry.models import ModelVersion, Stage, StageChange
 from lifecycle.runs.models import Run
 
@@ -50,12 +51,11 @@ def now_utc():
 
 
 def url_or_none(name, *args):
-    """The URL of another part's page, or None while that part's routes are not in this
-    build (each monitoring area lands separately; the page then shows no link)."""
-    try:
-        return reverse(name, args=args)
-    except NoReverseMatch:  # merge: remove once every area's routes are in
-        return None
+    return reverse(name, args=args)
+
+
+def _pk(value):
+    return getattr(value, "pk", value)
 
 
 def share(part, whole):
@@ -95,13 +95,13 @@ def window_numbers(win):
             **latency_percentiles(win.latency)}
 
 
-# --- estimates: B's estimate.py when present, else the drift checks' own estimate ----------------
+# --- estimates: from the rollups' confidence, else the drift checks' own estimate ----------------
 
 
 def estimated_accuracy(reference, confidence_counts):
     """The label-free expected accuracy (B's CBPE-style estimate) of a window's confidence
     histogram against the version's ready reference; None when either is missing."""
-    if estimate is None or reference is None or reference.status != Reference.Status.READY:
+    if reference is None or reference.status != Reference.Status.READY:
         return None
     if not sum(confidence_counts or []):
         return None
@@ -594,105 +594,3 @@ def feature_window(deployment, version, start, end):
     """The version's rollups in `deployment` over [start, end), every route it answered on."""
     return window(deployment, start=start, end=end, version=version.pk, routes=list(Route.values),
                   parts=("counts", "labels", "confidence", "features"))
-
-
-# --- rollups, estimate and the reference sample: A's and B's modules ----------------------------------
-# Their code lands with theirs; until then these small readers over the same rows keep the
-# dashboards working in this build. merge: remove (from here to the imports below).
-
-
-@dataclass
-class Window:
-    requests: int = 0
-    errors: int = 0
-    latency_sum_ms: float = 0.0
-    latency: list = field(default_factory=list)
-    labels: dict = field(default_factory=dict)
-    confidence: list = field(default_factory=list)
-    features: dict = field(default_factory=dict)
-    sample: list = field(default_factory=list)
-    buckets: int = 0
-    start: object = None
-    end: object = None
-
-
-PART_COLUMNS = {"counts": ("requests", "errors"), "latency": ("latency_sum_ms", "latency"), "labels": ("labels",),
-                "confidence": ("confidence",), "features": ("features",), "sample": ("sample",)}
-
-
-def _pk(value):
-    return getattr(value, "pk", value)
-
-
-def _rollup_rows(deployment, start, end, version, route, routes, parts):
-    rows = Rollup.objects.filter(deployment_id=_pk(deployment), resolution__in=Resolution.values,
-                                 start__gte=start, start__lt=end)
-    if version is not None:
-        rows = rows.filter(version_id=_pk(version))
-    rows = rows.filter(route=route) if route else rows.filter(route__in=routes or LIVE_ROUTES)
-    columns = ["start", *(c for p in parts for c in PART_COLUMNS[p])]
-    return rows.values(*columns)
-
-
-def _add(win, row):
-    win.buckets += 1
-    win.requests += row.get("requests", 0)
-    win.errors += row.get("errors", 0)
-    win.latency_sum_ms += row.get("latency_sum_ms", 0.0)
-    win.latency = features.add_counts(win.latency, row.get("latency"))
-    win.labels = features.add_counts(win.labels, row.get("labels"))
-    win.confidence = features.add_counts(win.confidence, row.get("confidence"))
-    for name, counts in (row.get("features") or {}).items():
-        win.features[name] = features.add_counts(win.features.get(name), counts)
-    win.sample = features.merge_sample(win.sample, row.get("sample"))
-    return win
-
-
-def _window(deployment, *, start, end, version=None, route=None, routes=None,
-            parts=("counts", "latency", "labels", "confidence", "features", "sample"), sample_size=500):
-    win = Window(start=start, end=end)
-    for row in _rollup_rows(deployment, start, end, version, route, routes, parts):
-        _add(win, row)
-    return win
-
-
-def _series(deployment, *, start, end, step_minutes, version=None, route=None, routes=None,
-            parts=("counts", "latency")):
-    step = timedelta(minutes=step_minutes)
-    count = int((end - start) / step)
-    buckets = [(start + i * step, Window(start=start + i * step, end=start + (i + 1) * step)) for i in range(count)]
-    for row in _rollup_rows(deployment, start, end, version, route, routes, parts):
-        i = int((row["start"] - start) / step)
-        if 0 <= i < count:
-            _add(buckets[i][1], row)
-    return buckets
-
-
-def _load_sample(reference):
-    import pandas as pd
-
-    from lifecycle.core.artifacts import get_store
-
-    if not reference.sample_sha256:
-        return None
-    return pd.read_parquet(io.BytesIO(get_store().read_bytes(reference.sample_sha256)))
-
-
-def _optional(name):
-    """The module when it is in this build; None only when it is missing (an error inside
-    it still raises)."""
-    import importlib
-
-    path = f"lifecycle.monitoring.{name}"
-    try:
-        return importlib.import_module(path)
-    except ModuleNotFoundError as exc:
-        if exc.name != path:
-            raise
-        return None
-
-
-_rollups, _reference, estimate = _optional("rollups"), _optional("reference"), _optional("estimate")
-window = _rollups.window if _rollups else _window
-series = _rollups.series if _rollups else _series
-load_sample = _reference.load_sample if _reference else _load_sample

@@ -48,6 +48,11 @@ def _percent(value, digits=3):
     return "—" if value is None else f"{100 * value:.{digits}g} %"
 
 
+def _budget(value):
+    """Budget left as a plain percentage: "-1900.0 %", never an exponent."""
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
 # --- alerts ---------------------------------------------------------------------------------------
 
 
@@ -208,7 +213,7 @@ def _slo_rows(deployment):
     for item in SLO.objects.filter(deployment=deployment).order_by("name"):
         state = item.state or {}
         rows.append({"slo": item, "sli": _percent(state.get("sli"), 5), "target": _percent(item.target, 6),
-                     "remaining": _percent(state.get("budget_remaining"), 3),
+                     "remaining": _budget(state.get("budget_remaining")),
                      "exhausted": slos_.budget_exhausted(item), "note": state.get("note", ""),
                      "firing": sorted({b["severity"] for b in state.get("burn", []) if b.get("firing")})})
     return rows
@@ -247,7 +252,7 @@ def _slo_context(item, form):
     state = item.state or {}
     return {"slo": item, "state": state, "form": form, "burn": _burn_rows(state),
             "sli": _percent(state.get("sli"), 5), "target": _percent(item.target, 6),
-            "remaining": _percent(state.get("budget_remaining"), 3), "exhausted": slos_.budget_exhausted(item),
+            "remaining": _budget(state.get("budget_remaining")), "exhausted": slos_.budget_exhausted(item),
             "charts": slo_charts(item),
             "alerts": Alert.objects.filter(slo=item).select_related("deployment").order_by("-pk")[:10]}
 
@@ -289,8 +294,9 @@ def slo_charts(item, now=None):
 
 
 def _line(title, y_title, x, y, level, level_name, empty):
-    fig = go.Figure([go.Scatter(name=plain(title), x=x, y=y, mode="lines", line={"color": PALETTE[0]},
-                                connectgaps=False),
+    # Markers too: an hour with events between idle ones is a point, which a bare line hides.
+    fig = go.Figure([go.Scatter(name=plain(title), x=x, y=y, mode="lines+markers", marker={"size": 4},
+                                line={"color": PALETTE[0]}, connectgaps=False),
                      go.Scatter(name=plain(level_name), x=[x[0], x[-1]], y=[level, level], mode="lines",
                                 line={"color": PALETTE[3], "dash": "dash"})])
     fig.update_layout(title=plain(title), height=300, **LAYOUT)

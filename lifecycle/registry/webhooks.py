@@ -40,7 +40,8 @@ from django.utils import timezone
 
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.lib import outbound
-from lifecycle.registry.models import WEBHOOK_EVENTS, Webhook, WebhookDelivery
+from lifecycle.registry import models as registry_models
+from lifecycle.registry.models import Webhook, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,22 @@ def body_for(event, when, data):
                       sort_keys=True, separators=(",", ":"))
 
 
+# --- events of higher apps ----------------------------------------------------------------
+
+
+def register_events(*names):
+    """Let a higher app (monitoring: "alert.fired", "alert.resolved") send its own events
+    through these signed webhooks without the registry importing it: the names join the
+    events a webhook may subscribe to (the model's check and the form's choices). Idempotent."""
+    from lifecycle.registry.webhook_forms import WebhookForm
+
+    added = tuple(name for name in names if name not in registry_models.WEBHOOK_EVENTS)
+    if added:
+        registry_models.WEBHOOK_EVENTS += added
+        WebhookForm.base_fields["events"].choices = [(e, e) for e in registry_models.WEBHOOK_EVENTS]
+    return registry_models.WEBHOOK_EVENTS
+
+
 # --- emitting --------------------------------------------------------------------------------
 
 
@@ -96,7 +113,7 @@ def emit(event, obj, data):
     """Queue a delivery of `event` to every active webhook subscribed to it, once the
     transaction commits; returns the deliveries made. `obj` is the object the event is about
     (`data` already names it for the receiver)."""
-    if event not in WEBHOOK_EVENTS:
+    if event not in registry_models.WEBHOOK_EVENTS:
         raise ValueError(f"{event!r} is not a webhook event")
     hooks = Webhook.objects.subscribed_to(event)
     if not hooks:

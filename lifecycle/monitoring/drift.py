@@ -412,25 +412,12 @@ def _save(found, user):
 # --- what a check sets off ------------------------------------------------------------------------------
 
 
-def _alerts():
-    try:
-        from lifecycle.monitoring import alerts
-    except ImportError:  # merge: remove
-        log.warning("monitoring.alerts is not installed; drift alerts are not raised")  # merge: remove
-        return None  # merge: remove
-    return alerts
-
-
 def _notify(found):
     """Fire or clear the drift and quality-gap alerts, then let the retrain rules see the check."""
-    alerts = _alerts()
-    if alerts is not None:
-        _drift_alert(alerts, found)
-        _quality_alert(alerts, found)
-    try:
-        from lifecycle.monitoring import retrain
-    except ImportError:  # merge: remove
-        return  # merge: remove
+    from lifecycle.monitoring import alerts, retrain  # they read drift checks: imported late
+
+    _drift_alert(alerts, found)
+    _quality_alert(alerts, found)
     retrain.after_drift_check(found)
 
 

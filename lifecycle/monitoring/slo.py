@@ -37,7 +37,7 @@ from lifecycle.core.jobs import maintenance_step
 from lifecycle.core.models import AuditEvent
 from lifecycle.deployments.models import Feedback, Route
 from lifecycle.monitoring import alerts
-from lifecycle.monitoring.features import CONFIDENCE_EDGES, LATENCY_EDGES_MS
+from lifecycle.monitoring.features import LATENCY_EDGES_MS
 from lifecycle.monitoring.models import SLO, Alert, MonitoringError, Reference, Rollup, default_burn_windows
 
 log = logging.getLogger(__name__)
@@ -118,46 +118,9 @@ def replay(timeline, windows, target):
 
 
 def _rollups():
-    """Part A's rollups.window/series (lifecycle/monitoring/rollups.py)."""
-    try:
-        from lifecycle.monitoring import rollups
-    except ImportError:  # merge: remove (rollups.py lands with part A)
-        return _FallbackRollups  # merge: remove
+    from lifecycle.monitoring import rollups  # imported late: rollups imports the reference module
+
     return rollups
-
-
-class _FallbackRollups:  # merge: remove (the whole class: rollups.py lands with part A)
-    """The two calls of rollups.py this module makes, over the same rows, until it lands."""
-
-    @staticmethod
-    def _rows(deployment, start, end, version=None):
-        rows = Rollup.objects.filter(deployment=deployment, start__gte=start, start__lt=end, route__in=LIVE_ROUTES)
-        return rows.filter(version=version) if version is not None else rows
-
-    @staticmethod
-    def _sum(rows):
-        from types import SimpleNamespace
-
-        from lifecycle.monitoring.features import add_counts
-        total = SimpleNamespace(requests=0, errors=0, latency=[], confidence=[])
-        for row in rows:
-            total.requests += row.requests
-            total.errors += row.errors
-            total.latency, total.confidence = add_counts(total.latency, row.latency), add_counts(
-                total.confidence, row.confidence)
-        return total
-
-    @classmethod
-    def window(cls, deployment, *, start, end, version=None, parts=(), **_):
-        return cls._sum(cls._rows(deployment, start, end, version))
-
-    @classmethod
-    def series(cls, deployment, *, start, end, step_minutes, version=None, parts=(), **_):
-        step = timedelta(minutes=step_minutes)
-        buckets = {}
-        for row in cls._rows(deployment, start, end, version):
-            buckets.setdefault(start + step * ((row.start - start) // step), []).append(row)
-        return [(at, cls._sum(rows)) for at, rows in sorted(buckets.items())]
 
 
 def _slots(start, end, step_minutes):
@@ -214,15 +177,9 @@ def _override_buckets(slo, start, end, step_minutes):
 
 
 def _expected_correct(reference, counts):
-    """Part B's estimate.expected_correct: expected right answers from the confidence histogram."""
-    try:
-        from lifecycle.monitoring.estimate import expected_correct
-    except ImportError:  # merge: remove (estimate.py lands with part B)
-        return sum(c * m for c, m in zip(counts, _MIDPOINTS))  # merge: remove (confidence taken as calibrated)
+    from lifecycle.monitoring.estimate import expected_correct
+
     return expected_correct(reference, counts)
-
-
-_MIDPOINTS = [(a + b) / 2 for a, b in zip((0.0, *CONFIDENCE_EDGES), (*CONFIDENCE_EDGES, 1.0))]  # merge: remove
 
 
 def references_in(deployment, start, end):
@@ -342,11 +299,9 @@ def _evidence(slo, entry, end):
 
 
 def _after_evaluation(slo):
-    """Part D's retrain trigger on a quality SLO burning."""
-    try:
-        from lifecycle.monitoring.retrain import after_slo_evaluation
-    except ImportError:  # merge: remove (retrain.py lands with part D)
-        return  # merge: remove
+    """The retrain rules see a quality SLO burning."""
+    from lifecycle.monitoring.retrain import after_slo_evaluation
+
     after_slo_evaluation(slo)
 
 

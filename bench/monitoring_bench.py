@@ -93,7 +93,6 @@ def phase_setup(args):
     from django.core.management import call_command
 
     from lifecycle.deployments.models import Deployment
-    from lifecycle.monitoring.models import Reference
     from tests.conftest import make_user
     from tests.deployments.factories import make_deployment
 
@@ -112,7 +111,6 @@ def phase_setup(args):
     deployment = make_deployment(trained, people, tmp, name=NAME, mode="canary", share=20.0)
     release = deployment.current_release
     for version in (release.stable, release.candidate):
-        Reference.objects.filter(version=version).delete()
         synthetic_reference(version, seed=version.pk)
     emit(phase="setup", deployment=deployment.pk)
 
@@ -184,12 +182,12 @@ def synthetic_reference(version, seed):
                     "mean": float(frame[name].mean()), "std": float(frame[name].std()),
                     "min": float(frame[name].min()), "max": float(frame[name].max())}
              for name, edges in features.FEATURES.items()}
-    ref = Reference.objects.create(
-        version=version, status=Reference.Status.READY, splits=["validation", "test"], rows=REFERENCE_ROWS,
+    ref, _ = Reference.objects.update_or_create(version=version, defaults=dict(
+        status=Reference.Status.READY, splits=["validation", "test"], rows=REFERENCE_ROWS,
         features=stats, labels=frame["predicted"].value_counts().to_dict(),
         true_labels=frame["label"].value_counts().to_dict(),
         confidence=features.histogram(confidence, features.CONFIDENCE_EDGES), accuracy=float(correct.mean()),
-        sample_sha256=sample, computed_at=timezone.now())
+        sample_sha256=sample, computed_at=timezone.now()))
     estimate.calibration_for(ref)
     return ref
 

@@ -100,13 +100,17 @@ def vocabulary(version):
     return _vocabulary(_pk(version))
 
 
-@lru_cache(maxsize=64)
 def _vocabulary(version_id):
-    # Cached per process: a version's training data, hence its vocabulary, never changes.
     stored = Reference.objects.filter(version_id=version_id).values_list("vocabulary_sha256", flat=True).first()
     if stored:
-        return frozenset(json.loads(get_store().read_bytes(stored))["words"])
+        return _stored_vocabulary(stored)
     return frozenset(_build_vocabulary(version_id))
+
+
+@lru_cache(maxsize=64)
+def _stored_vocabulary(sha256):
+    # Cached per process by the artifact's hash: its content can never change under that name.
+    return frozenset(json.loads(get_store().read_bytes(sha256))["words"])
 
 
 def _build_vocabulary(version_id):

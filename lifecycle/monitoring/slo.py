@@ -183,11 +183,16 @@ def _expected_correct(reference, counts):
 
 
 def references_in(deployment, start, end):
-    """The ready references of the versions that answered in the span: answers of a version
-    without one are left out of the estimate (evaluate's note says so when none is left)."""
+    """The ready, calibrated references of the versions that answered in the span: answers of a
+    version without one are left out of the estimate (evaluate's note says so when none is left)."""
     ids = (Rollup.objects.filter(deployment=deployment, start__gte=start, start__lt=end, route__in=LIVE_ROUTES)
            .values_list("version_id", flat=True).distinct())
-    return list(Reference.objects.filter(version_id__in=list(ids), status=Reference.Status.READY))
+    from lifecycle.monitoring.estimate import calibration_for
+
+    # Without a calibration the estimate does not exist: such a version's answers are left out,
+    # never counted as expected wrong.
+    found = Reference.objects.filter(version_id__in=list(ids), status=Reference.Status.READY)
+    return [reference for reference in found if calibration_for(reference)]
 
 
 def _estimated_buckets(slo, start, end, step_minutes):

@@ -107,23 +107,23 @@ def test_the_vocabulary_is_the_training_splits_most_frequent_words_stored_once(t
     counts = Counter(w for t in texts.values_list("text", flat=True) for w in re.findall(r"\w+", t.lower()))
     held_out = Example.objects.filter(version_id=stable.run.dataset_version_id).exclude(split=Example.TRAIN)
     assert held_out.exists() and texts.exists()
-    reference._vocabulary.cache_clear()
+    reference._stored_vocabulary.cache_clear()
     assert reference.vocabulary(stable) == frozenset(counts)
     stored = Reference.objects.get(version=stable)  # made, pending, for the vocabulary alone
     body = json.loads(get_store().read_bytes(stored.vocabulary_sha256))
     assert body["words"][0] == counts.most_common(1)[0][0] and body["split"] == "train"
 
-    reference._vocabulary.cache_clear()  # another process: reads the artifact, not the examples
+    reference._stored_vocabulary.cache_clear()  # another process: reads the artifact, not the examples
     with CaptureQueriesContext(connection) as queries:
         assert reference.vocabulary(stable.pk) == frozenset(counts)
     assert not any("datasets_example" in q["sql"] for q in queries.captured_queries)
 
     monkeypatch.setattr(F, "VOCABULARY_SIZE", 5)
     Reference.objects.update(vocabulary_sha256="")
-    reference._vocabulary.cache_clear()
+    reference._stored_vocabulary.cache_clear()
     top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:5]
     assert reference.vocabulary(stable) == frozenset(w for w, _ in top)
-    reference._vocabulary.cache_clear()
+    reference._stored_vocabulary.cache_clear()
 
 
 # --- computing it: a real worker on the training queue ------------------------------------------------------

@@ -19,7 +19,7 @@ from tests.workers import run_burst
 
 
 def with_vocabulary(reference):
-    reference.vocabulary_sha256 = get_store().put_bytes(json.dumps(sorted(WORDS)).encode()).sha256
+    reference.vocabulary_sha256 = get_store().put_bytes(json.dumps({"words": sorted(WORDS)}).encode()).sha256
     reference.save(update_fields=["vocabulary_sha256"])
     return reference
 

@@ -4,12 +4,14 @@ default SLOs, the maintenance step, and the SLO pages (make, change, refuse bad 
 import uuid
 from datetime import timedelta
 
+import numpy as np
 import pytest
 import yaml
 from django.utils import timezone
 
 from lifecycle.core.models import AuditEvent
 from lifecycle.deployments.models import Deployment, Feedback
+from lifecycle.monitoring import estimate
 from lifecycle.monitoring import slo as slos
 from lifecycle.monitoring.features import CONFIDENCE_EDGES, LATENCY_EDGES_MS, histogram
 from lifecycle.monitoring.models import SLO, Alert, Reference, Rollup
@@ -118,8 +120,11 @@ def test_estimated_accuracy_reads_the_reference_and_says_when_there_is_none(depl
     assert state["sli"] is None and state["budget_remaining"] is None
     assert state["note"].startswith("not checked: no answers from a version with a ready reference")
     version = deployment.current_release.stable
-    reference = Reference.objects.create(version=version, status=Reference.Status.READY, rows=200, accuracy=0.86,
-                                         confidence=histogram([0.85] * 200, CONFIDENCE_EDGES))
+    rng = np.random.default_rng(0)
+    calibration = estimate.fit(np.full(200, 0.85), rng.random(200) < 0.8)  # as calibration_for fits one
+    reference, _ = Reference.objects.update_or_create(version=version, defaults=dict(
+        status=Reference.Status.READY, rows=200, accuracy=0.86, confidence=histogram([0.85] * 200, CONFIDENCE_EDGES),
+        calibration=calibration))
     state = slos.evaluate(estimated, NOW)
     counts = histogram([0.85] * 1200, CONFIDENCE_EDGES)
     assert state["total"] == 1200

@@ -4,8 +4,9 @@
     .venv/bin/python bench/monitoring_bench.py --rows 1000000  # a smaller run
     .venv/bin/python bench/monitoring_bench.py --write         # also add the section to bench/RESULTS.md
 
-Everything runs in a database of its own (PostgreSQL `bench_monitoring`, kept between runs so
-the 10M rows are generated once; `--fresh` drops it first) and a Redis database of its own
+Everything runs in a database of its own (PostgreSQL `bench_monitoring_<rows>`, kept between
+runs so the 10M rows are generated once; `--fresh` drops it first; `--only drift,dashboards`
+reruns some phases) and a Redis database of its own
 (BENCH_REDIS_URL, db 9 by default). Each measured phase runs in a child process of its own, so
 its peak memory (ru_maxrss) is its own:
 
@@ -43,8 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DB_NAME = "bench_monitoring"
-PG_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+DB_PREFIX = "bench_monitoring"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 NAME = "bench-router"
 DAYS = 30
@@ -58,17 +58,21 @@ LABELS = None  # the trained model's labels, read at setup
 PHASES = ("setup", "generate", "rollup", "drift", "dashboards", "report", "evidently_bare")
 
 
-def env():
-    data = ROOT / ".bench" / "monitoring"
+def db_name(rows):
+    return f"{DB_PREFIX}_{rows}"
+
+
+def env(rows):
+    data = ROOT / "bench" / "out" / "monitoring" / str(rows)
     data.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "DATABASE_URL": PG_URL, "REDIS_URL": REDIS_URL, "DEBUG": "true",
+    return {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db_name(rows)}", "REDIS_URL": REDIS_URL, "DEBUG": "true",
             "DJANGO_SETTINGS_MODULE": "lifecycle.settings", "LIFECYCLE_DATA_DIR": str(data),
             "ARTIFACT_DIR": str(data / "artifacts"), "MODEL_CACHE_DIR": str(data / "model-cache"),
             "MONITORING_REPORT_MAX_ROWS": str(WINDOW_ROWS), "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def django_setup():
-    for key, value in env().items():
+def django_setup(rows):
+    for key, value in env(rows).items():
         os.environ.setdefault(key, value)
     import django
 
@@ -106,10 +110,13 @@ def phase_setup(args):
         Group.objects.get_or_create(name=name)
     people = {"erin": make_user("erin", "ml_engineer"), "ann": make_user("ann", "approver"),
               "abe": make_user("abe", "approver"), "ona": make_user("ona", "oncall"), "vic": make_user("vic", "viewer")}
-    tmp = ROOT / ".bench" / "monitoring" / "tmp"
+    tmp = ROOT / "bench" / "out" / "monitoring" / str(args.rows) / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     deployment = make_deployment(trained, people, tmp, name=NAME, mode="canary", share=20.0)
     release = deployment.current_release
+    import django_rq
+
+    django_rq.get_queue("training").empty()  # the releases' reference jobs: replaced by the references below
     for version in (release.stable, release.candidate):
         synthetic_reference(version, seed=version.pk)
     emit(phase="setup", deployment=deployment.pk)
@@ -117,7 +124,7 @@ def phase_setup(args):
 
 def trained_output():
     reuse = os.environ.get("LIFECYCLE_TEST_TRAINED_DIR")
-    out = Path(reuse) if reuse else ROOT / ".bench" / "monitoring" / "trained"
+    out = Path(reuse) if reuse else ROOT / "bench" / "out" / "monitoring" / "trained"
     if not (out / "trained.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         child = {**os.environ, "DATABASE_URL": f"sqlite:///{out / 'db.sqlite3'}", "DEBUG": "true",
@@ -177,7 +184,7 @@ def synthetic_reference(version, seed):
         frame[f"embedding_{i}"] = emb[:, i]
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    sample = artifacts.get_store().put_bytes(buffer.getvalue())
+    sample = artifacts.get_store().put_bytes(buffer.getvalue()).sha256
     stats = {name: {"counts": features.histogram(frame[name], edges), "n": REFERENCE_ROWS,
                     "mean": float(frame[name].mean()), "std": float(frame[name].std()),
                     "min": float(frame[name].min()), "max": float(frame[name].max())}
@@ -211,7 +218,8 @@ def phase_generate(args):
     vocabulary = reference.vocabulary(release.stable)
     normal, drifted = pools(rng, vocabulary, labels, drifted=False), pools(rng, vocabulary, labels, drifted=True)
     end = datetime.now(dt_timezone.utc).replace(second=0, microsecond=0)
-    start = end - timedelta(days=DAYS)
+    # 30 days at 10M rows (about 230 answers a minute); a smaller run keeps the same rate.
+    start = end - timedelta(days=DAYS) * (args.rows / 10_000_000)
     indexes = drop_log_indexes(connection)
     started = time.perf_counter()
     table = PredictionLog._meta.db_table
@@ -223,8 +231,9 @@ def phase_generate(args):
         for first in range(0, args.rows, CHUNK):
             n = min(CHUNK, args.rows - first)
             frame = chunk_frame(rng, first, n, args.rows, start, end, normal, drifted, labels, release)
-            text = frame.to_csv(index=False, header=False, columns=list(columns))
-            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)") as copy:
+            text = frame.to_csv(index=False, header=False, columns=list(columns), na_rep="\\N")
+            # \N is NULL, so an empty label or error stays the empty string it is.
+            with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy:
                 copy.write(text)
             print(f"generate: {first + n:,} rows, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         loaded = time.perf_counter() - started
@@ -323,13 +332,14 @@ def phase_rollup(args):
 # --- 4. drift --------------------------------------------------------------------------------------------
 
 
-def window_bounds():
-    """The newest WINDOW_ROWS stable answers' time window (by the log's own created_at index)."""
+def window_bounds(rows):
+    """The newest WINDOW_ROWS answers' time window (by the log's own created_at index); a
+    tenth of the log in a smaller run."""
     from lifecycle.deployments.models import PredictionLog
 
+    size = min(WINDOW_ROWS, rows // 10)
     newest = PredictionLog.objects.order_by("-created_at").values_list("created_at", flat=True)[:1][0]
-    oldest = (PredictionLog.objects.order_by("-created_at").values_list("created_at", flat=True)
-              [WINDOW_ROWS - 1:WINDOW_ROWS][0])
+    oldest = PredictionLog.objects.order_by("-created_at").values_list("created_at", flat=True)[size - 1:size][0]
     return oldest.replace(second=0, microsecond=0), newest + timedelta(minutes=1)
 
 
@@ -339,7 +349,7 @@ def phase_drift(args):
 
     deployment = Deployment.objects.get(name=NAME)
     version = deployment.current_release.stable
-    start, end = window_bounds()
+    start, end = window_bounds(args.rows)
     times, checks = [], []
     for _ in range(6):
         started = time.perf_counter()
@@ -384,22 +394,24 @@ def phase_dashboards(args):
 
 
 def phase_report(args):
-    from lifecycle.core.models import Job
+    import django_rq
+    from django.contrib.auth import get_user_model
+
+    from lifecycle.core import jobs
     from lifecycle.deployments.models import Deployment
     from lifecycle.monitoring import report
-    from lifecycle.monitoring.models import DriftReport
 
     deployment = Deployment.objects.get(name=NAME)
     version = deployment.current_release.stable
-    start, end = window_bounds()
-    row = DriftReport.objects.create(deployment=deployment, version=version, window_start=start, window_end=end)
-    job = Job.objects.create(task=report.build_report.task_name, queue="monitoring", kwargs={"report_id": row.pk})
+    start, end = window_bounds(args.rows)
+    row = report.start_report(get_user_model().objects.get(username="ona"), deployment, version, start, end)
+    django_rq.get_queue("monitoring").empty()  # run here, in this process, not by a worker
     started = time.perf_counter()
-    report.build_report(job, report_id=row.pk)
+    jobs.perform(row.job_id)
     seconds = time.perf_counter() - started
     row.refresh_from_db()
-    emit(phase="report", seconds=round(seconds, 1), rows=row.rows, reference_rows=row.reference_rows,
-         columns=len(row.summary.get("columns", row.summary)))
+    assert row.job.status == "succeeded", row.job.error
+    emit(phase="report", seconds=round(seconds, 1), rows=row.rows, reference_rows=row.reference_rows)
 
 
 def phase_evidently_bare(args):
@@ -411,7 +423,7 @@ def phase_evidently_bare(args):
 
     deployment = Deployment.objects.get(name=NAME)
     version = deployment.current_release.stable
-    start, end = window_bounds()
+    start, end = window_bounds(args.rows)
     current, reference_frame = report.frames(deployment, version, start, end)
     started = time.perf_counter()
     Report([DataDriftPreset()]).run(current, reference_frame)
@@ -424,7 +436,7 @@ def phase_evidently_bare(args):
 
 def run_phase(name, args):
     command = [sys.executable, __file__, "--phase", name, "--rows", str(args.rows)]
-    result = subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=env(args.rows), capture_output=True, text=True)
     sys.stderr.write(result.stderr[-3000:])
     lines = [line[7:] for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -434,16 +446,17 @@ def run_phase(name, args):
     return found
 
 
-def ensure_database(fresh):
+def ensure_database(rows, fresh):
     import psycopg
 
+    name = db_name(rows)
     with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if exists and fresh:
-            conn.execute(f"DROP DATABASE {DB_NAME}")
+            conn.execute(f"DROP DATABASE {name}")
             exists = None
         if not exists:
-            conn.execute(f"CREATE DATABASE {DB_NAME}")
+            conn.execute(f"CREATE DATABASE {name}")
 
 
 def main():
@@ -452,12 +465,21 @@ def main():
     parser.add_argument("--phase", choices=PHASES)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--only", help="comma-separated phases to run (the others must have run before)")
     args = parser.parse_args()
     if args.phase:
-        django_setup()
+        django_setup(args.rows)
         return globals()[f"phase_{args.phase}"](args)
-    ensure_database(args.fresh)
-    results = {name: run_phase(name, args) for name in PHASES}
+    ensure_database(args.rows, args.fresh)
+    wanted = args.only.split(",") if args.only else PHASES
+    saved = ROOT / "bench" / "out" / "monitoring" / str(args.rows) / "results.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}
+    for name in PHASES:
+        if name in wanted:
+            found = run_phase(name, args)
+            if not found.get("skipped"):
+                results[name] = found
+            saved.write_text(json.dumps(results, indent=1))
     if args.write:
         write_results(results, args)
 

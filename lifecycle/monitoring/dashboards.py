@@ -559,22 +559,26 @@ def _sample_index(sample_sha256, reference_id):
     return matrix, {c: frame[c].tolist() for c in keep if c in frame.columns}
 
 
-def nearest_training(reference, embedding, k=NEAREST):
-    """The k reference-sample rows nearest `embedding` by cosine similarity (the embedding
-    summary both sides share), as dicts with example_id, text, label and similarity."""
-    if reference is None or not reference.sample_sha256 or not embedding or len(embedding) != EMBEDDING_SIZE:
-        return []
-    index = _sample_index(reference.sample_sha256, reference.pk)
-    if index is None:
-        return []
+def nearest_training(reference, embeddings, k=NEAREST):
+    """For each embedding, the k reference-sample rows nearest it by cosine similarity (the
+    embedding summary both sides share), as dicts with example_id, text, label and similarity;
+    [] for an answer without an embedding. One matrix product for all of them."""
+    index = _sample_index(reference.sample_sha256, reference.pk) if reference and reference.sample_sha256 else None
+    usable = [i for i, e in enumerate(embeddings) if index and e and len(e) == EMBEDDING_SIZE and np.linalg.norm(e)]
+    found = [[] for _ in embeddings]
+    if not usable:
+        return found
     matrix, columns = index
-    query = np.asarray(embedding, dtype=np.float32)
-    norm = np.linalg.norm(query)
-    if not norm:
-        return []
-    scores = matrix @ (query / norm)
-    best = np.argsort(-scores)[:k]
-    return [{**{c: values[i] for c, values in columns.items()}, "similarity": float(scores[i])} for i in best]
+    queries = np.asarray([embeddings[i] for i in usable], dtype=np.float32)
+    scores = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ matrix.T
+    k = min(k, scores.shape[1])
+    # The k best of each row without sorting the whole sample (argpartition is linear).
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    for row, i in enumerate(usable):
+        best = top[row][np.argsort(-scores[row, top[row]])]
+        found[i] = [{**{c: values[j] for c, values in columns.items()}, "similarity": float(scores[row, j])}
+                    for j in best]
+    return found
 
 
 def example_links(example_ids):

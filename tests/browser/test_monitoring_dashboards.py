@@ -19,6 +19,7 @@ from lifecycle.monitoring import dashboards
 from lifecycle.monitoring.models import RetrainDraft
 from lifecycle.runs.models import MetricPoint, Run
 from lifecycle.core.artifacts import get_store
+from tests.browser.test_layout import overflow
 from tests.browser.test_registry import shot, user_page
 from tests.conftest import make_user
 from tests.deployments.factories import make_deployment
@@ -101,6 +102,14 @@ def assert_charts_drawn(page, expected):
         assert any(trace.get("y") or trace.get("z") for trace in figure["data"]), chart_id
 
 
+def assert_fits(page):
+    """No dashboard is wider than a laptop's or a phone's window (tests/browser/test_layout.py)."""
+    for width, height in ((1280, 800), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        assert overflow(page) <= 0, (page.url, width)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
 def test_each_dashboard_opened_by_its_role_draws_every_chart_with_data(browser, live_server, store, trained, people,
                                                                        tmp_path):
     deployment = monitored(trained, people, tmp_path)
@@ -114,12 +123,14 @@ def test_each_dashboard_opened_by_its_role_draws_every_chart_with_data(browser, 
     assert_charts_drawn(vic, 4)
     expect(vic.locator("#delta-support-router")).to_contain_text("Error rate")
     shot(vic, tmp_path, "executive")
+    assert_fits(vic)
 
     ona = user_page(browser, live_server, people["ona"])
     open_dashboard(ona, live_server, "/monitoring/on-call", errors)
     assert_charts_drawn(ona, 2)
     expect(ona.locator("#oncall-support-router")).to_contain_text("availability burning 15x")
     shot(ona, tmp_path, "oncall")
+    assert_fits(ona)
     ona.click("#oncall-support-router [data-rollback]")
     expect(ona.locator("h1")).to_contain_text("Roll back release 2 of support-router?")
 
@@ -129,4 +140,5 @@ def test_each_dashboard_opened_by_its_role_draws_every_chart_with_data(browser, 
     expect(erin.locator("[data-examples='low-confidence']")).to_contain_text("example")
     expect(erin.locator("[data-examples='failing']")).to_contain_text("error")
     shot(erin, tmp_path, "debug")
+    assert_fits(erin)
     assert not errors, errors

@@ -108,17 +108,17 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
             serving.wait(timeout=30)
     assert worker.returncode == 0, worker.stderr[-3000:]
     with sqlite3.connect(tmp_path / "lifecycle.sqlite3") as db:
-        statuses = dict(db.execute("SELECT task, status FROM core_job").fetchall())
-        assert statuses == {"lifecycle.datasets.tasks.ingest_upload": "succeeded",
-                            "lifecycle.runs.tasks.start_demo_run": "succeeded",
-                            "lifecycle.runs.tasks.train_run": "succeeded",
-                            "lifecycle.labeling.tasks.seed_demo_project": "succeeded",
-                            "lifecycle.labeling.tasks.suggest_labels": "succeeded",
-                            "lifecycle.registry.tasks.queue_demo_registration": "succeeded",
-                            "lifecycle.registry.tasks.register_demo_version": "succeeded",
-                            "lifecycle.deployments.tasks.start_demo_candidate": "succeeded",
-                            "lifecycle.deployments.tasks.deploy_demo": "succeeded",
-                            "lifecycle.deployments.tasks.send_demo_traffic": "succeeded"}, worker.stderr[-3000:]
+        jobs = db.execute("SELECT task, status, error FROM core_job").fetchall()
+        assert [job for job in jobs if job[1] != "succeeded"] == [], worker.stderr[-3000:]
+        # The maintenance pass may add scheduled drift checks; these are the story's own jobs.
+        assert {task for task, _, _ in jobs} >= {
+            "lifecycle.datasets.tasks.ingest_upload", "lifecycle.runs.tasks.start_demo_run",
+            "lifecycle.runs.tasks.train_run", "lifecycle.labeling.tasks.seed_demo_project",
+            "lifecycle.labeling.tasks.suggest_labels", "lifecycle.registry.tasks.queue_demo_registration",
+            "lifecycle.registry.tasks.register_demo_version", "lifecycle.deployments.tasks.start_demo_candidate",
+            "lifecycle.deployments.tasks.deploy_demo", "lifecycle.deployments.tasks.send_demo_traffic",
+            "lifecycle.monitoring.reference.compute_reference", "lifecycle.monitoring.tasks.send_demo_drift",
+            "lifecycle.monitoring.retrain.prepare_draft"}
         runs = db.execute("SELECT r.name, r.test_metrics, r.output_sha256, j.status FROM runs_run r "
                           "JOIN core_job j ON r.job_id = j.id ORDER BY r.id").fetchall()
         [(name, metrics, output, _), (_, _, second_output, second_status)] = runs
@@ -133,6 +133,13 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
         releases = db.execute("SELECT number, mode, share, status FROM deployments_release ORDER BY number").fetchall()
         routes = dict(db.execute("SELECT route, count(*) FROM deployments_predictionlog GROUP BY route").fetchall())
         feedback = db.execute("SELECT count(*) FROM deployments_feedback").fetchone()[0]
+        references = db.execute("SELECT status, rows FROM monitoring_reference").fetchall()
+        slos = db.execute("SELECT count(*), count(evaluated_at) FROM monitoring_slo").fetchone()
+        checks = db.execute("SELECT trigger, drifted, requests, estimated_accuracy FROM monitoring_driftcheck "
+                            "WHERE trigger = 'demand'").fetchall()
+        alerts = dict(db.execute("SELECT kind, count(*) FROM monitoring_alert GROUP BY kind").fetchall())
+        drafts = db.execute("SELECT status FROM monitoring_retraindraft").fetchall()
+        rolled = db.execute("SELECT sum(requests) FROM monitoring_rollup").fetchone()[0]
         answers = dict(db.execute("SELECT u.username, count(*) FROM labeling_assignment a JOIN auth_user u "
                                   "ON a.annotator_id = u.id WHERE a.state = 'answered' GROUP BY u.username").fetchall())
     assert name.startswith("Demo: LoRA") and output
@@ -157,8 +164,19 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
                         (2, "production", "open")]  # the canary's promotion waits in the approver's inbox
     # support-router: v1 stable, v2 a 20 % canary waiting for its promotion; real traffic and feedback.
     assert releases == [(1, "", 0.0, "superseded"), (2, "canary", 20.0, "promoting")]
-    assert sum(routes.values()) == 300 and 0 < routes.get("canary", 0) < 150
-    assert feedback == 100
+    assert sum(routes.values()) == 600 and 0 < routes.get("canary", 0) < 300  # the first wave, then the drifting one
+    assert feedback == 200
+    # Monitoring: both versions' references from their own validation and test rows, the five
+    # SLOs evaluated, the drifting wave found drifted on the stable version by the on-call
+    # user's check, its alert open, every answer rolled up, and the feedback rule's retrain
+    # draft waiting for a person.
+    assert len(references) == 2 and {status for status, _ in references} == {"ready"} and references[0][1] > 0
+    assert slos == (5, 5)
+    assert len(checks) == 2 and any(drifted and requests >= 100 and estimated is not None
+                                    for _, drifted, requests, estimated in checks), checks
+    assert alerts.get("drift", 0) >= 1
+    assert drafts == [("ready",)]
+    assert rolled == 600
     assert open_to_others(tmp_path) == []  # checkpoints, model cache and run outputs included
 
 

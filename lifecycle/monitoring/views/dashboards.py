@@ -306,10 +306,11 @@ def _example_sections(request, version, reference, examples, releases, since):
              ("low-confidence", "Lowest confidence", [{"row": r} for r in examples["low_confidence"]]),
              ("overridden", "Overridden by people", overridden)]
     numbers = {release.pk: release.number for release, _ in releases}
-    for _, _, items in lists:
-        for item in items:
-            item["link"] = _answer_link(item["row"], numbers)
-            item["nearest"] = dashboards.nearest_training(reference, item["row"].embedding)
+    everything = [item for _, _, items in lists for item in items]
+    nearest = dashboards.nearest_training(reference, [item["row"].embedding for item in everything])
+    for item, near in zip(everything, nearest):
+        item["link"] = _answer_link(item["row"], numbers)
+        item["nearest"] = near
     links = dashboards.example_links(n["example_id"] for _, _, items in lists for i in items for n in i["nearest"]
                                      if "example_id" in n)
     for _, _, items in lists:

@@ -75,7 +75,8 @@ def test_a_superuser_sees_every_section_and_a_user_without_roles_none(client):
 @pytest.mark.django_db
 def test_a_user_with_two_roles_sees_both_menus(client):
     client.force_login(make_user("lab-and-call", "labeler", "oncall"))
-    assert [label for _, label in menu(client.get("/"))] == ["Labeling", "Registry", "Deployments", "Audit", "Jobs"]
+    assert [label for _, label in menu(client.get("/"))] == ["Labeling", "Registry", "Deployments", "Monitoring", "Audit",
+                                                                "Jobs"]
 
 
 # --- the start page, per role -----------------------------------------------------------------

@@ -131,6 +131,7 @@ def test_each_dashboard_opened_by_its_role_draws_every_chart_with_data(browser, 
     expect(ona.locator("#oncall-support-router")).to_contain_text("availability burning 15x")
     shot(ona, tmp_path, "oncall")
     assert_fits(ona)
+    expect(ona.locator("#oncall-support-router [data-incident]")).to_have_text("Incident mode…")
     ona.click("#oncall-support-router [data-rollback]")
     expect(ona.locator("h1")).to_contain_text("Roll back release 2 of support-router?")
 

@@ -21,7 +21,7 @@ from lifecycle.deployments.views import ROLLBACK_ROLES
 from lifecycle.lib.pagination import keyset_page
 from lifecycle.lib.params import BadParameter, parse_optional_id
 from lifecycle.monitoring import charts, dashboards, features
-from lifecycle.monitoring.models import Reference
+from lifecycle.monitoring.models import Incident, Reference
 from lifecycle.registry import charts as registry_charts
 from lifecycle.registry.models import ModelVersion, Stage
 from lifecycle.runs.views import CURVE_CHARTS
@@ -193,8 +193,13 @@ def oncall(request):
         return _bad_request(request, f"The page asked for does not exist: {exc}.")
     rows = dashboards.oncall(page.items)
     can_rollback = has_role(request.user, *ROLLBACK_ROLES)
+    incidents = {i.model_id: i for i in Incident.objects.filter(
+        model_id__in=[row["deployment"].model_id for row in rows], lifted_at__isnull=True)}
     for row in rows:
         row["rollback_url"] = _rollback_url(row["release"]) if can_rollback else None
+        row["incident"] = incidents.get(row["deployment"].model_id)
+        row["incident_url"] = (row["incident"].get_absolute_url() if row["incident"]
+                               else reverse("monitoring:incident_open", args=[row["deployment"].model.slug]))
         row["charts"] = [(f"oncall-latency-{row['deployment'].pk}", charts.latency_series(row["routes"])),
                          (f"oncall-errors-{row['deployment'].pk}", charts.error_series(row["routes"]))]
         row["alert_links"] = [(a, dashboards.url_or_none("monitoring:alert", a.pk)) for a in row["alerts"]]

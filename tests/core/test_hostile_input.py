@@ -165,7 +165,9 @@ def _seed(tmp):
               "operation": "resplit", "fmt": "csv", "sha256": "0" * 64, "rest": "v1/below",
               # No registry objects (a version needs a trained, signed output): these routes
               # answer 404 to every walk, which must still never be a 500.
-              "request_id": 1, "webhook_id": 1, "name": "nowhere", "rollback_id": 1}
+              "request_id": 1, "webhook_id": 1, "name": "nowhere", "rollback_id": 1,
+              # Monitoring's rows hang off deployments (none here): 404s as well.
+              "pk": 1, "version_id": 1, "feature": "text_length"}
     config = {"dataset_version": version.pk, "base_model": run.base_model, "epochs": 1, "max_length": 64}
     bases = {"runs:api_create": config, "runs:create": config, "labeling:skip": {"item": values["item_id"]},
              "labeling:answer": {"item": values["item_id"], "label": project.label_set[0]},

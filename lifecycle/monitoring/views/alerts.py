@@ -4,12 +4,13 @@ fetches the object or 404s, a form, one function of alerts.py or slo.py, a redir
 Who does what: on-call and engineers acknowledge, resolve and silence alerts and manage SLOs;
 approvers and viewers read them; anyone else is refused.
 """
+import re
 from datetime import timedelta
 
 import plotly.graph_objects as go
 from django.contrib import messages
 from django.db.models import Count
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.utils import timezone
@@ -29,6 +30,9 @@ ACT_ROLES = (ONCALL, ML_ENGINEER)
 PAGE_SIZE = 50
 SILENCES_SHOWN = 50
 CHART_STEP_MINUTES = 60  # the SLO page's charts: one point an hour over the SLO's window
+
+
+DEPLOYMENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # deployments.models.NAME_VALIDATOR
 
 
 def _deployment(name):
@@ -316,6 +320,9 @@ def prometheus_rules(request):
     found = SLO.objects.select_related("deployment").order_by("deployment__name", "name")
     name = request.GET.get("deployment", "")
     if name:
+        # A name that cannot be a deployment's is unknown: never a query (or a header) built from it.
+        if not DEPLOYMENT_NAME.fullmatch(name):
+            raise Http404("No such deployment.")
         found = found.filter(deployment=_deployment(name))
     response = HttpResponse(prometheus.rules_yaml(found), content_type="application/yaml; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="lifecycle-slo-rules{"-" + name if name else ""}.yaml"'

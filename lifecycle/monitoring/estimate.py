@@ -47,7 +47,10 @@ def calibration_for(reference):
         return {}
     from lifecycle.monitoring import reference as references
 
-    sample = references.load_sample(reference)[["confidence", "correct"]].dropna()
+    sample = references.load_sample(reference)
+    if sample is None or not {"confidence", "correct"} <= set(sample.columns):
+        return {}  # a sample without the model's answers cannot calibrate them
+    sample = sample[["confidence", "correct"]].dropna()
     if len(sample) < MIN_ROWS:
         return {}
     calibration = fit(sample["confidence"], sample["correct"].astype(bool))

@@ -411,7 +411,8 @@ def phase_report(args):
     seconds = time.perf_counter() - started
     row.refresh_from_db()
     assert row.job.status == "succeeded", row.job.error
-    emit(phase="report", seconds=round(seconds, 1), rows=row.rows, reference_rows=row.reference_rows)
+    emit(phase="report", seconds=round(seconds, 1), rows=row.rows, reference_rows=row.reference_rows,
+         evidently_seconds=round(row.seconds, 1))
 
 
 def phase_evidently_bare(args):
@@ -425,8 +426,10 @@ def phase_evidently_bare(args):
     version = deployment.current_release.stable
     start, end = window_bounds(args.rows)
     current, reference_frame = report.frames(deployment, version, start, end)
+    # The same frames with the same column types the report gives Evidently (the input as text).
+    ours = report.datasets(current, reference_frame)
     started = time.perf_counter()
-    Report([DataDriftPreset()]).run(current, reference_frame)
+    Report([DataDriftPreset()]).run(*ours)
     emit(phase="evidently_bare", seconds=round(time.perf_counter() - started, 1), rows=len(current),
          reference_rows=len(reference_frame), columns=len(current.columns))
 
@@ -502,8 +505,10 @@ def write_results(results, args):
                  f"{b.get('steady_rows_per_second', '-')} / {b.get('rows_per_second', '-')} rows/s | {b['peak_mb']} MB |")
     ratio = r["seconds"] / e["seconds"] if e["seconds"] else float("nan")
     lines.append(f"| full Evidently report, {r['rows']:,} rows vs {r['reference_rows']:,} (ours, reading the log) | "
-                 f"≤ 2× bare | {r['seconds']} s ({ratio:.2f}× bare) | {r['peak_mb']} MB |")
-    lines.append(f"| bare Evidently DataDriftPreset on the same frame ({e['columns']} columns) | — | {e['seconds']} s | "
+                 f"≤ 2× bare | {r['seconds']} s ({ratio:.2f}× bare; Evidently's run inside it "
+                 f"{r.get('evidently_seconds', '-')} s) | {r['peak_mb']} MB |")
+    lines.append(f"| bare Evidently DataDriftPreset on the same frames and column types ({e['columns']} columns) | — | "
+                 f"{e['seconds']} s | "
                  f"{e['peak_mb']} MB |")
     lines += ["", f"Log generation: {results['generate'].get('copy_seconds', '-')} s COPY, "
               f"{results['generate'].get('index_seconds', '-')} s index build.", ""]

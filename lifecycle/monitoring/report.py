@@ -133,18 +133,26 @@ def reference_frame(version):
 # --- Evidently ------------------------------------------------------------------------------------------
 
 
-def run_evidently(current, reference, *, text=True):
-    """(html, json, summary) of Report([DataDriftPreset()]) on the two frames."""
-    DataDefinition, Dataset, Report, DataDriftPreset = _evidently()
+def datasets(current, reference, *, text=True):
+    """The two frames as Evidently datasets with our column types (numeric features, the
+    predicted label as categorical, the input as text), not Evidently's guesses."""
+    DataDefinition, Dataset, _, _ = _evidently()
     numeric = [c for c in NUMERIC if c in current.columns]
     categorical = ["label"] if "label" in current.columns else []
     texts = ["text"] if text and "text" in current.columns else []
     columns = [*numeric, *categorical, *texts]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical, text_columns=texts)
+    return (Dataset.from_pandas(current[columns], data_definition=definition),
+            Dataset.from_pandas(reference[columns], data_definition=definition))
+
+
+def run_evidently(current, reference, *, text=True):
+    """(html, json, summary) of Report([DataDriftPreset()]) on the two frames."""
+    _, _, Report, DataDriftPreset = _evidently()
     try:
-        snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(current[columns], data_definition=definition),
-                                                   Dataset.from_pandas(reference[columns], data_definition=definition))
+        snapshot = Report([DataDriftPreset()]).run(*datasets(current, reference, text=text))
     except ValueError as exc:
+        texts = text and "text" in current.columns
         if not texts or "no terms remain" not in str(exc):
             raise
         html, data, summary = run_evidently(current, reference, text=False)

@@ -303,8 +303,8 @@ def _embeddings_of(reference_id, sample_sha256):
     # Keyed by the artifact's hash: a sample never changes under its name, so a cached copy is never stale.
     from lifecycle.monitoring import reference as references
 
-    frame = references.load_sample(Reference.objects.get(pk=reference_id))
     columns = [f"embedding_{i}" for i in range(features.EMBEDDING_SIZE)]
+    frame = references.load_sample(Reference.objects.get(pk=reference_id), columns=columns)
     if not set(columns) <= set(frame.columns):
         return np.empty((0, features.EMBEDDING_SIZE))
     frame = frame[columns].dropna()

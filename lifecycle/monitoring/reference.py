@@ -266,10 +266,17 @@ def store_sample(frame):
         return get_store().put_file(tmp.name).sha256
 
 
-def load_sample(reference):
-    """The reference's per-row sample as a pandas DataFrame."""
+def load_sample(reference, columns=None):
+    """The reference's per-row sample as a pandas DataFrame (only `columns`, when given, that
+    the sample has: Parquet reads just those)."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
     if not reference.sample_sha256:
         raise ValueError(f"{reference} has no sample yet (it is {reference.status})")
-    return pd.read_parquet(io.BytesIO(get_store().read_bytes(reference.sample_sha256)))
+    source = io.BytesIO(get_store().read_bytes(reference.sample_sha256))
+    if columns is not None:
+        present = set(pq.read_schema(source).names)
+        source.seek(0)
+        columns = [c for c in columns if c in present]
+    return pd.read_parquet(source, columns=columns)

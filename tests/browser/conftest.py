@@ -1,7 +1,10 @@
 """Browser tests drive Debian's Chromium through Playwright against pytest-django's live server."""
+import shutil
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, make_user
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -50,3 +53,24 @@ def log_in(page, live_server, user):
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server.url}/")
+
+
+# --- the deployments' and monitoring's browser tests -------------------------------------------
+
+
+@pytest.fixture
+def store(transactional_db, settings, tmp_path, trained):
+    """This test's artifact store, holding the trained output (the live server reads it too)."""
+    settings.ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
+    shutil.copytree(trained["artifacts"], settings.ARTIFACT_DIR)
+    for path in Path(settings.ARTIFACT_DIR).rglob("*"):
+        if path.is_file():
+            path.chmod(0o600)
+    return settings.ARTIFACT_DIR
+
+
+@pytest.fixture
+def people(transactional_db):
+    return {"erin": make_user("erin-engineer", "ml_engineer"), "ann": make_user("ann-approver", "approver"),
+            "abe": make_user("abe-approver", "approver"), "ona": make_user("ona-oncall", "oncall")}

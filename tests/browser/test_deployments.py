@@ -3,12 +3,9 @@ page, sees the canary's share and its last hour (charts and totals), clicks roll
 for a reason, confirms with one, and sees stable at 100 % with the measured time-to-rollback.
 With no serving process live the rollback completes at once; with one, the page waits for its
 report and writes the time in place. The pages fit a laptop's and a phone's window."""
-import shutil
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
@@ -17,24 +14,6 @@ from tests.browser.test_registry import assert_fits, shot, user_page
 from tests.conftest import make_user
 from tests.deployments.factories import make_deployment
 from tests.deployments.page_helpers import log_row, write
-
-
-@pytest.fixture
-def store(transactional_db, settings, tmp_path, trained):
-    """This test's artifact store, holding the trained output (the live server reads it too)."""
-    settings.ARTIFACT_DIR = tmp_path / "artifacts"
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
-    shutil.copytree(trained["artifacts"], settings.ARTIFACT_DIR)
-    for path in Path(settings.ARTIFACT_DIR).rglob("*"):
-        if path.is_file():
-            path.chmod(0o600)
-    return settings.ARTIFACT_DIR
-
-
-@pytest.fixture
-def people(transactional_db):
-    return {"erin": make_user("erin-engineer", "ml_engineer"), "ann": make_user("ann-approver", "approver"),
-            "abe": make_user("abe-approver", "approver"), "ona": make_user("ona-oncall", "oncall")}
 
 
 def traffic(deployment):

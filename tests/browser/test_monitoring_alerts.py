@@ -2,9 +2,7 @@
 alert in its group, opens it, acknowledges it, silences the deployment with a reason, sees the
 alert shown as silenced, resolves it with what was done; the page is checked after each click,
 and no page logs a console error. The SLO page draws its two charts from the rollups."""
-import shutil
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import transaction
@@ -20,17 +18,6 @@ from tests.browser.test_registry import shot, user_page
 from tests.conftest import make_user
 from tests.deployments.factories import promote
 from tests.registry.factories import registered
-
-
-@pytest.fixture
-def store(transactional_db, settings, tmp_path, trained):
-    """This test's artifact store, holding the trained output."""
-    settings.ARTIFACT_DIR = tmp_path / "artifacts"
-    shutil.copytree(trained["artifacts"], settings.ARTIFACT_DIR)
-    for file in Path(settings.ARTIFACT_DIR).rglob("*"):
-        if file.is_file():
-            file.chmod(0o600)
-    return settings.ARTIFACT_DIR
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ is drawn (Plotly's .main-svg in each container) from data, not as a "waiting" no
 page logs a console error. One setup serves every page: a canary deployment with an hour of
 rollups, drift checks, SLOs, alerts, feedback, a retrain run, a training job and rollbacks."""
 import json
-import shutil
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -28,18 +26,6 @@ from tests.monitoring.test_dashboards import (
     add_rollup, alert, drift_check, feedback_for, minute, sample_reference, slo, traffic,
 )
 
-
-
-@pytest.fixture
-def store(transactional_db, settings, tmp_path, trained):
-    """This test's artifact store, holding the trained output (the live server reads it too)."""
-    settings.ARTIFACT_DIR = tmp_path / "artifacts"
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
-    shutil.copytree(trained["artifacts"], settings.ARTIFACT_DIR)
-    for file in Path(settings.ARTIFACT_DIR).rglob("*"):
-        if file.is_file():
-            file.chmod(0o600)
-    return settings.ARTIFACT_DIR
 
 
 @pytest.fixture

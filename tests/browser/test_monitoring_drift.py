@@ -1,8 +1,6 @@
 """An engineer opens a deployment's drift page, runs a check (a real burst worker runs it), sees
 which features drifted, opens one and sees its reference and window histograms overlaid and its
 statistic over time against the threshold, all drawn with data and no console errors."""
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +12,6 @@ from tests.conftest import make_user
 from tests.deployments.factories import make_deployment
 from tests.monitoring.test_drift import draw, make_reference, make_rollups
 from tests.workers import run_burst
-
-
-@pytest.fixture
-def store(transactional_db, settings, tmp_path, trained):
-    settings.ARTIFACT_DIR = tmp_path / "artifacts"
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
-    shutil.copytree(trained["artifacts"], settings.ARTIFACT_DIR)
-    for path in Path(settings.ARTIFACT_DIR).rglob("*"):
-        if path.is_file():
-            path.chmod(0o600)
-    return settings.ARTIFACT_DIR
 
 
 @pytest.fixture

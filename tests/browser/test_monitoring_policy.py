@@ -2,8 +2,6 @@
 model from its confirm page (the failing window filled in with the last hour), gives a reason,
 and sees the incident's timeline and the promotion freeze; an engineer reviews a ready retrain
 draft and starts it, landing on the queued run."""
-import shutil
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -15,29 +13,10 @@ from lifecycle.monitoring import retrain
 from lifecycle.monitoring.models import Incident, RetrainDraft, RetrainRule
 from lifecycle.runs.models import Run
 from tests.browser.test_registry import shot, user_page
-from tests.conftest import make_user
 from tests.deployments.factories import make_deployment
 from tests.deployments.page_helpers import log_row, write
 
 pytestmark = [pytest.mark.browser]
-
-
-@pytest.fixture
-def store(transactional_db, settings, tmp_path, trained):
-    """This test's artifact store, holding the trained output (the live server reads it too)."""
-    settings.ARTIFACT_DIR = tmp_path / "artifacts"
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
-    shutil.copytree(trained["artifacts"], settings.ARTIFACT_DIR)
-    for path in Path(settings.ARTIFACT_DIR).rglob("*"):
-        if path.is_file():
-            path.chmod(0o600)
-    return settings.ARTIFACT_DIR
-
-
-@pytest.fixture
-def people(transactional_db):
-    return {"erin": make_user("erin-engineer", "ml_engineer"), "ann": make_user("ann-approver", "approver"),
-            "abe": make_user("abe-approver", "approver"), "ona": make_user("ona-oncall", "oncall")}
 
 
 def console_errors(page):

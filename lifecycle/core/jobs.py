@@ -224,6 +224,18 @@ def enqueue(task_ref, *, user=None, key=None, **kwargs):
     return job
 
 
+def retry(job, *, user=None):
+    """A new attempt of a job that failed or was interrupted: the same task and arguments,
+    queued now. Its key moves to the new row (the old one keeps `key~id`), so whatever
+    enqueues by that key finds the new attempt instead of the failure."""
+    if job.status not in (Job.Status.FAILED, Job.Status.INTERRUPTED):
+        raise ValueError(f"job {job.pk} is {job.status}; only a failed or interrupted job is tried again")
+    with transaction.atomic():
+        if job.key:
+            Job.objects.filter(pk=job.pk).update(key=f"{job.key}~{job.pk}")
+        return enqueue(job.task, user=user or job.created_by, key=job.key, **job.kwargs)
+
+
 def _check_kwargs(kwargs):
     try:
         json.dumps(kwargs)

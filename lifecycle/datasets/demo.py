@@ -15,6 +15,20 @@ MAPPING = {"text": "text", "label": "label", "group": "customer_id", "timestamp"
 ROWS = 3000
 
 
+def recover(stdout):
+    """An ingest cut off mid-way (Ctrl-C) runs again on the same upload: it wrote nothing."""
+    from lifecycle.core import jobs
+    from lifecycle.core.models import Job
+    from lifecycle.datasets.models import Upload
+
+    stopped = Upload.objects.filter(dataset__slug=SLUG, job__status__in=[Job.Status.INTERRUPTED, Job.Status.FAILED],
+                                    dataset__versions__isnull=True)
+    for upload in stopped.select_related("job").distinct():
+        again = jobs.retry(upload.job)
+        Upload.objects.filter(pk=upload.pk).update(job=again)
+        stdout.write(f"Demo dataset {SLUG}: the ingest runs again as job {again.pk}")
+
+
 def seed(stdout):
     if Dataset.objects.filter(slug=SLUG).exists():
         return

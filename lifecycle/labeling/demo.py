@@ -9,6 +9,7 @@ and it asks for model suggestions from the demo run once that run has trained.""
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from lifecycle.core.jobs import enqueue
@@ -38,6 +39,20 @@ def seed(stdout):
 
     job = enqueue(seed_demo_project, key="demo:labeling")
     stdout.write(f"Demo labeling project: made once the demo dataset is ingested (job {job.pk})")
+
+
+def recover(stdout):
+    """Suggestions that waited for a demo run cut off by Ctrl-C failed with it: asked again,
+    behind the run that now continues (runs/demo.py recovers first)."""
+    from lifecycle.core import jobs
+    from lifecycle.core.models import Job
+
+    project = LabelingProject.objects.filter(name=NAME).first()
+    asked = Job.objects.filter(task="lifecycle.labeling.tasks.suggest_labels", kwargs__project_id=getattr(project, "pk", None))
+    last = asked.order_by("-pk").first() if project else None
+    if last is not None and last.status in (Job.Status.FAILED, Job.Status.INTERRUPTED):
+        again = jobs.retry(last)
+        stdout.write(f"Demo labeling: suggestions asked again (job {again.pk})")
 
 
 def _version():
@@ -76,8 +91,18 @@ def _answer_for(username, item, met, gold_met, labels):
 def build():
     from lifecycle.labeling import qc
 
+    engineer = get_user_model().objects.filter(username="demo-ml-engineer").first()
+    project = LabelingProject.objects.filter(name=NAME).first() or _answered_project(engineer)
+    qc.compute(project)
+    _suggest_from_demo_run(project, engineer)
+    return project
+
+
+@transaction.atomic
+def _answered_project(engineer):
+    """The project and the labelers' answers, all or nothing: a second try after Ctrl-C
+    finds either none of it or all of it."""
     users = get_user_model().objects
-    engineer = users.filter(username="demo-ml-engineer").first()
     version = _version()
     project = LabelingProject.create(engineer, version, name=NAME, instructions=INSTRUCTIONS,
                                      label_set=list(version.label_set), overlap=3, gold_share=0.05, seed=0,
@@ -93,8 +118,6 @@ def build():
             assignment.answer(**_answer_for(username, item, met, gold_met, project.label_set))
             gold_met += item.is_gold
             met += not item.is_gold
-    qc.compute(project)
-    _suggest_from_demo_run(project, engineer)
     return project
 
 

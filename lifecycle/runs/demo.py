@@ -4,7 +4,10 @@ run by the demo's worker so a new user watches a real loss curve fill in.
 The dataset's first version is itself made by a job on the default queue; the run is started
 by a second default-queue job queued after it (the demo's single worker takes them in order),
 so it finds the version ready."""
+from django.contrib.auth import get_user_model
+
 from lifecycle.core.jobs import enqueue
+from lifecycle.core.models import Job
 from lifecycle.runs.models import Run
 
 NAME = "Demo: LoRA on MiniLM, support intents"
@@ -19,3 +22,15 @@ def seed(stdout):
 
     job = enqueue(start_demo_run, key="demo:run")
     stdout.write(f"Demo run: a LoRA fine-tune of MiniLM starts once the demo dataset is ingested (job {job.pk})")
+
+
+def recover(stdout):
+    """A demo run cut off mid-way (Ctrl-C) continues from its last checkpoint, or from step 0
+    before its first one: the same run, never a second one for the same step. Core's story
+    (core/story.py) calls this before it tries the story's other jobs again, so the steps
+    queued behind a run find it ahead of them."""
+    engineer = get_user_model().objects.filter(username="demo-ml-engineer").first()
+    stopped = Run.objects.filter(name__startswith="Demo:", job__status__in=[Job.Status.INTERRUPTED, Job.Status.FAILED])
+    for run in stopped.order_by("pk"):
+        checkpoint = run.resume(engineer, or_from_start=True)
+        stdout.write(f"Demo run {run.pk} continues from step {checkpoint.step if checkpoint else 0}")

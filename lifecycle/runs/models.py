@@ -97,8 +97,10 @@ class Run(models.Model):
             raise RunError(f"the run is {self.status}; there is nothing to cancel")
         return self.job.request_cancel(user)
 
-    def resume(self, user):
-        """Queue a new attempt from the last checkpoint. The row lock makes two clicks one resume."""
+    def resume(self, user, *, or_from_start=False):
+        """Queue a new attempt from the last checkpoint. The row lock makes two clicks one resume.
+        With `or_from_start`, a run stopped before its first checkpoint starts again at step 0
+        (the same seed, so the same batches); its telemetry so far is replaced."""
         from lifecycle.core.jobs import enqueue
         from lifecycle.runs.tasks import train_run
 
@@ -110,12 +112,15 @@ class Run(models.Model):
             if run.status not in self.RESUMABLE:
                 raise RunError(f"the run is {run.status}; only an interrupted, failed or cancelled run can resume")
             checkpoint = run.checkpoints.order_by("-step").first()
-            if checkpoint is None:
+            if checkpoint is None and not or_from_start:
                 raise RunError("the run has no checkpoint to resume from")
+            if checkpoint is None:
+                run.points.all().delete()
             run.attempt += 1
-            run.job = enqueue(train_run, user=user, key=f"run:{run.pk}:{run.attempt}", run_id=run.pk, resume=True)
+            run.job = enqueue(train_run, user=user, key=f"run:{run.pk}:{run.attempt}", run_id=run.pk,
+                              resume=checkpoint is not None)
             run.save(update_fields=["attempt", "job"])
-            AuditEvent.record(user, "run.resumed", run, {"attempt": run.attempt, "from_step": checkpoint.step})
+            AuditEvent.record(user, "run.resumed", run, {"attempt": run.attempt, "from_step": checkpoint.step if checkpoint else 0})
         self.attempt, self.job = run.attempt, run.job
         return checkpoint
 

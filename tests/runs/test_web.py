@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
-from lifecycle.core.models import Job
+from lifecycle.core.models import AuditEvent, Job
 from lifecycle.datasets.models import Dataset, DatasetVersion, PiiSignOff
 from lifecycle.datasets.synthetic import generate
 from lifecycle.runs.config import RunConfig
@@ -344,6 +344,18 @@ def test_resume_without_a_checkpoint_is_refused_with_a_message(eng, version):
     page = eng.post(f"/runs/{run.pk}/resume", follow=True)
     assert "Cannot resume: the run has no checkpoint to resume from" in page.content.decode()
     assert Job.objects.filter(queue="training").count() == 1 and Run.objects.get(pk=run.pk).attempt == 1
+
+
+def test_a_run_stopped_before_its_first_checkpoint_may_start_again_from_step_0(engineer, version):
+    """What the demo does after Ctrl-C: the same run again from step 0, its telemetry replaced."""
+    run = make_run(version, status=Job.Status.INTERRUPTED, error="worker lost")
+    MetricPoint.objects.bulk_create([MetricPoint(run=run, kind="train", step=s, values={"loss": 1.0}) for s in (1, 2)])
+    assert run.resume(engineer, or_from_start=True) is None
+    run.refresh_from_db()
+    assert run.attempt == 2 and run.job.status == "queued" and run.job.kwargs == {"run_id": run.pk, "resume": False}
+    assert not run.points.exists() and Run.objects.count() == 1
+    event = AuditEvent.objects.filter(action="run.resumed").get()
+    assert event.payload == {"attempt": 2, "from_step": 0}
 
 
 def test_two_resumes_make_one_new_job(eng, version):

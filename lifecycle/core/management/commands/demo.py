@@ -1,35 +1,39 @@
 """`manage.py demo`: the whole loop on a laptop — database, private Redis, two workers, demo
 users and data, and the development server. Started by scripts/demo (see the README)."""
 import atexit
+import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from importlib import import_module
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
-from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from lifecycle.core import story
 from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import ROLES
 
 DEMO_USERS = [("admin", None)] + [(f"demo-{role.replace('_', '-')}", role) for role in ROLES]
 # Two more labelers, so the demo's labeling project has overlap, agreement and disagreement.
 DEMO_USERS += [("demo-labeler-2", "labeler"), ("demo-labeler-3", "labeler")]
+# And a second approver: the demo model's production stage needs two approvals.
+DEMO_USERS += [("demo-approver-2", "approver")]
 # Training runs on a worker of its own, as in docker/compose.yaml: a fine-tune takes minutes,
 # and an upload or a QC computation must not wait behind it. (log file, queues) per worker.
 WORKERS = (("worker.log", ("default", "monitoring")), ("training-worker.log", ("training",)))
-# One serving process (deployments/serving/) on SERVING_PORT answers the demo deployment's traffic.
+# One serving process (deployments/serving/) on SERVING_PORT answers the demo deployment's traffic,
+# which `manage.py demo_traffic` (tour/traffic.py) sends once the canary is out.
 SERVING_LOG = "serving.log"
+TRAFFIC_LOG = "traffic.log"
 
 
 def worker_command(queue_names):
@@ -42,22 +46,37 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-server", action="store_true", help="prepare everything, then exit (used by tests)")
+        parser.add_argument("--reset", action="store_true", help="delete the demo's data and start the story over")
 
-    def handle(self, *args, port=8000, no_server=False, **options):
+    def handle(self, *args, port=8000, no_server=False, reset=False, **options):
         self.children = []
         atexit.register(self.stop_children)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        if reset:
+            self.reset_data_dir()
         self.prepare_data_dir()
-        self.start_redis()
+        fresh_redis = self.start_redis()
         call_command("migrate", interactive=False, verbosity=0)
         call_command("bootstrap", verbosity=0)
         credentials = self.ensure_users()
-        self.seed_apps()
+        story.recover(self.stdout, fresh_redis=fresh_redis)
+        story.seed(self.stdout)
         if no_server:
             return self.print_logins(credentials, port)
         self.start_workers()
         self.print_logins(credentials, port)
         call_command("runserver", f"127.0.0.1:{port}", use_reloader=False, use_threading=True)
+
+    def reset_data_dir(self):
+        """Delete what the demo wrote in the data folder (only that: the folder may be one the
+        user named), refusing while a demo still runs from it."""
+        if self.redis_answers() and urlsplit(settings.REDIS_URL).scheme == "unix":
+            raise CommandError(f"a demo is still running from {settings.DATA_DIR} (its Redis answers); stop it first.")
+        try:
+            removed = story.reset(settings.DATA_DIR)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Reset: removed {len(removed)} demo files and folders from {settings.DATA_DIR}.")
 
     @staticmethod
     def prepare_data_dir():
@@ -69,9 +88,10 @@ class Command(BaseCommand):
     # --- Redis ---------------------------------------------------------------------------
 
     def start_redis(self):
-        """Start a private Redis on a unix socket in the data dir, unless REDIS_URL answers."""
+        """Start a private Redis on a unix socket in the data dir, unless REDIS_URL answers.
+        True when it started one: a new private Redis holds no queue and no live job."""
         if self.redis_answers():
-            return
+            return False
         url = urlsplit(settings.REDIS_URL)
         if url.scheme != "unix" or not url.path.startswith(str(settings.DATA_DIR)):
             raise CommandError(f"Redis at {settings.REDIS_URL} does not answer; start it or unset REDIS_URL for the embedded one.")
@@ -81,7 +101,7 @@ class Command(BaseCommand):
                     "--save", "", "--appendonly", "no", "--dir", str(settings.DATA_DIR)], log="redis.log")
         for _ in range(50):
             if self.redis_answers():
-                return
+                return True
             time.sleep(0.1)
         raise CommandError(f"the embedded Redis did not start; see {settings.DATA_DIR / 'redis.log'}")
 
@@ -106,6 +126,7 @@ class Command(BaseCommand):
         for log, queue_names in WORKERS:
             self.spawn(worker_command(queue_names), log=log)
         self.spawn([sys.executable, "manage.py", "serve"], log=SERVING_LOG)
+        self.spawn([sys.executable, "manage.py", "demo_traffic", "--keep-going"], log=TRAFFIC_LOG)
 
     def spawn(self, command, log):
         log_file = open(settings.DATA_DIR / log, "ab")
@@ -114,14 +135,25 @@ class Command(BaseCommand):
         return process
 
     def stop_children(self):
+        """Each child leads a process group of its own (start_new_session): signal the group, so
+        a worker's work horse — a fine-tune in the middle of a step — stops with its worker
+        instead of training on, orphaned, after the demo has gone."""
         for process in reversed(self.children):
-            if process.poll() is None:
-                process.terminate()
+            self._signal_group(process, signal.SIGTERM)
         for process in self.children:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                pass
+            self._signal_group(process, signal.SIGKILL)  # the horse RQ's warm shutdown waits for
+            process.wait()
+
+    @staticmethod
+    def _signal_group(process, signum):
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     # --- users and data ------------------------------------------------------------------
 
@@ -149,19 +181,6 @@ class Command(BaseCommand):
             user.groups.add(Group.objects.get(name=role))
         AuditEvent.record(None, "user.created", user, {"username": username, "role": role or "admin", "demo": True})
 
-    def seed_apps(self):
-        """Each app may ship `demo.py` with `seed(stdout)`; run them in dependency order."""
-        for config in apps.get_app_configs():
-            if not config.name.startswith("lifecycle."):
-                continue
-            try:
-                module = import_module(f"{config.name}.demo")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{config.name}.demo":
-                    raise
-                continue
-            module.seed(self.stdout)
-
     def print_logins(self, credentials, port):
         self.stdout.write("\nLifecycle demo is ready at http://127.0.0.1:%d/\n" % port)
         for username, password, role in credentials:
@@ -171,5 +190,8 @@ class Command(BaseCommand):
         for log, queue_names in WORKERS:
             self.stdout.write(f"  queues {', '.join(queue_names):<20} {settings.DATA_DIR / log}")
         self.stdout.write(f"One serving process answers at http://{settings.SERVING_HOST}:{settings.SERVING_PORT}/ "
-                          f"(log {settings.DATA_DIR / SERVING_LOG}).")
+                          f"(log {settings.DATA_DIR / SERVING_LOG}); the demo's traffic reaches it once the canary "
+                          f"is out (log {settings.DATA_DIR / TRAFFIC_LOG}).")
+        self.stdout.write("The start page shows where the story is. Ctrl-C stops it all; scripts/demo again continues, "
+                          "scripts/demo --reset starts over.")
         self.stdout.write("")

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "lifecycle.registry",
     "lifecycle.deployments",
     "lifecycle.monitoring",
+    "lifecycle.tour",
 ]
 
 MIDDLEWARE = [

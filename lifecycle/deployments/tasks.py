@@ -96,10 +96,3 @@ def deploy_demo(job):
     from lifecycle.deployments import demo
 
     return demo.deploy()
-
-
-@task(queue="default", roles=READ_ROLES, outcome=_demo_outcome)
-def send_demo_traffic(job):
-    from lifecycle.deployments import demo
-
-    return demo.send_traffic()

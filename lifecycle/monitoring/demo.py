@@ -1,111 +1,98 @@
-"""Demo monitoring: once the demo deployment's first traffic is answered (deployments/demo.py
-sends `traffic_sent`), the demo engineer gives `support-router` the five default SLOs and two
-retrain rules (drift in 3 scheduled windows in a row; 100 usable pieces of feedback), and a
-job on the training queue (behind the versions' reference jobs, so the references are ready)
-sends a second wave of traffic whose inputs drift — the same tickets written long, with a
-reference number, a signature and words no training text has — with the dataset's labels as
-feedback (the model's misses become overrides). Then the rollups are brought up to date, the
-demo on-call user checks drift on both live versions, and every SLO is evaluated: the drift
-page, the alerts, the budgets and the three dashboards show real numbers, and the feedback rule
-leaves a retrain draft waiting for a person.
+"""Demo monitoring: once the demo's traffic (`manage.py demo_traffic`, lifecycle/tour/traffic.py)
+has answered its first half, the demo engineer gives `support-router` the five default SLOs and
+two retrain rules (drift in 3 scheduled windows in a row; 100 usable pieces of feedback). The
+second half's inputs drift — the same tickets arriving through a new web form that puts a long
+header before the message, with a reference number and words no training text has
+(`drifted`): the model reads only its first 64 tokens, so it now sees little of the message and
+misses more — and the simulated support agents give feedback on every answer, overriding the
+model's misses. Then a job on the training queue
+(behind the versions' reference jobs, so the references are ready) brings the rollups up to
+date, the demo on-call user checks drift on both live versions, and every SLO is evaluated:
+the drift page, the alerts, the budgets and the three dashboards show real numbers, and the
+feedback rule leaves a retrain draft waiting for a person.
 
-Everything goes through the functions the pages call; the traffic goes over HTTP through the
-demo's serving process."""
-from datetime import timedelta
+Everything goes through the functions the pages call."""
+import time
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-DRIFT_REQUESTS = 300
-FEEDBACK_EVERY = 3
-SUFFIX = ("Sent from my phone, ref no. {n}-XK. Third message about this, please escalate to a "
-          "supervisor; zorvex quillon brantic mervane.")
+HEADER = ("[Customer portal v2] Request ref no. {n}-XK, channel: mobile app, locale: en-GB, priority: normal, "
+          "queue: unassigned, consent: yes. Third message about this, please escalate to a supervisor; "
+          "zorvex quillon brantic mervane. Message: ")
 
 
 def seed(stdout):
-    """Nothing at start: the monitoring story follows the deployment's traffic (signals.py)."""
+    """Nothing at start: the monitoring story follows the demo's traffic."""
 
 
 def _user(name):
     return get_user_model().objects.filter(username=name).first()
 
 
+def drifted(text, n):
+    return HEADER.format(n=40_000 + n) + text
+
+
 def follow_traffic(deployment):
-    """After the first traffic: SLOs and retrain rules, then the drifting wave queued."""
-    from lifecycle.core.jobs import enqueue
+    """After the first half of the traffic: the default SLOs and the two retrain rules."""
     from lifecycle.monitoring import retrain, slo
     from lifecycle.monitoring.models import RetrainRule
-    from lifecycle.monitoring.tasks import send_demo_drift
 
     engineer = _user("demo-ml-engineer")
     slo.default_slos(engineer, deployment)
     for kind in (RetrainRule.Kind.DRIFT, RetrainRule.Kind.FEEDBACK):
         if not RetrainRule.objects.filter(deployment=deployment, kind=kind).exists():
             retrain.save_rule(engineer, deployment, kind=kind, consecutive=3, min_feedback=100)
-    return enqueue(send_demo_drift, user=engineer, key="demo:monitoring:drift", deployment_id=deployment.pk)
 
 
-def drifted(text, n):
-    return f"{text} {SUFFIX.format(n=40_000 + n)}"
+def queue_check(deployment, since, expected):
+    """Once the drifting half is answered: the check below, as a job (once)."""
+    from lifecycle.core.jobs import enqueue
+    from lifecycle.monitoring.tasks import check_demo_traffic
+
+    return enqueue(check_demo_traffic, user=_user("demo-ml-engineer"), key="demo:monitoring:check",
+                   deployment_id=deployment.pk, since=since.isoformat(), expected=expected)
 
 
-def send_drifting_traffic(deployment_id):
-    from django.conf import settings
-
-    from lifecycle.datasets.models import Example
-    from lifecycle.deployments import demo as deployments_demo
-    from lifecycle.deployments.models import Deployment, ServingToken
-
-    deployment = Deployment.objects.get(pk=deployment_id)
-    engineer = _user("demo-ml-engineer")
-    _token, key = ServingToken.issue(engineer, "demo drifting traffic", [deployment], rate_per_second=200, burst=400)
-    base = f"http://{settings.SERVING_HOST}:{settings.SERVING_PORT}"
-    deployments_demo._wait_ready(base, key)
-    version = deployment.current_release.stable.run.dataset_version
-    examples = list(Example.objects.filter(version=version, split=Example.VALIDATION).order_by("row")
-                    .values_list("text", "label", "group")[:DRIFT_REQUESTS])
-    started = timezone.now()
-    for index in range(DRIFT_REQUESTS):
-        text, label, group = examples[index % len(examples)]
-        answer = deployments_demo._post(f"{base}/v1/deployments/{deployment.name}/predict", key,
-                                        {"inputs": [drifted(text, index)], "key": group or str(index)})
-        if index % FEEDBACK_EVERY == 0:
-            deployments_demo._post(f"{base}/v1/feedback", key, {
-                "request_id": answer["request_id"], "label": label, "note": "Demo: the dataset's label."})
-    return check_after(deployment, started)
-
-
-def check_after(deployment, started):
-    """Bring the rollups up to date, check drift on each live version as the on-call user,
-    evaluate every SLO, and let the feedback rule look."""
+def check_traffic(deployment_id, since, expected):
+    """Bring the rollups up to date, check drift on each live version since the drift began
+    as the on-call user, evaluate every SLO, and let the feedback rule look."""
+    from lifecycle.deployments.models import Deployment
     from lifecycle.monitoring import drift, retrain, rollups, slo
     from lifecycle.monitoring.models import DriftCheck
 
-    _wait_logged(deployment, started)
+    deployment = Deployment.objects.get(pk=deployment_id)
+    started = datetime.fromisoformat(since)
+    last = _wait_logged(deployment, started, expected)
+    # SLOs are measured over whole minutes: wait for the last answer's minute to end.
+    if last is not None:
+        time.sleep(max(0.0, (last.replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=1)
+                             - timezone.now()).total_seconds()))
     while rollups.roll_up_pending(max_seconds=10.0):
         pass
     oncall = _user("demo-oncall")
     end = timezone.now() + timedelta(minutes=1)
+    release = deployment.current_release
     checks = [drift.check(deployment, version, start=started - timedelta(minutes=1), end=end,
                           trigger=DriftCheck.Trigger.DEMAND, user=oncall)
-              for version in dict.fromkeys(v for v in (deployment.current_release.stable,
-                                                        deployment.current_release.candidate) if v)]
+              for version in dict.fromkeys(v for v in (release.stable, release.candidate) if v)]
     for item in deployment.slos.all():
         slo.evaluate(item)
     retrain.check_feedback_rules(max_seconds=10.0)
     return {"drift_checks": [c.pk for c in checks], "drifted": [c.drifted for c in checks]}
 
 
-def _wait_logged(deployment, started, timeout=60):
+def _wait_logged(deployment, started, expected, timeout=60):
     """The serving process writes its log in batches (every SERVING_LOG_FLUSH_SECONDS): wait
-    until the wave's answers are all in the log."""
-    import time
+    until the drifting answers are all in the log; returns when the last was answered."""
+    from django.db.models import Max
 
     from lifecycle.deployments.models import PredictionLog
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logged = PredictionLog.objects.filter(deployment=deployment, created_at__gte=started).exclude(route="shadow")
-        if logged.count() >= DRIFT_REQUESTS:
-            return
+    logged = PredictionLog.objects.filter(deployment=deployment, created_at__gte=started).exclude(route="shadow")
+    while time.monotonic() < deadline and logged.count() < expected:
         time.sleep(0.5)
+    return logged.aggregate(last=Max("created_at"))["last"]

@@ -8,7 +8,6 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from lifecycle.core.queues import QueueUnavailable
-from lifecycle.deployments.demo import traffic_sent
 from lifecycle.deployments.models import Release
 from lifecycle.monitoring.reference import ensure_reference
 
@@ -27,11 +26,3 @@ def release_made(sender, instance, created, raw=False, **kwargs):
             ensure_reference(version_id, user=instance.created_by)
         except QueueUnavailable as exc:
             log.warning("the reference of version %s waits for the job queue: %s", version_id, exc)
-
-
-@receiver(traffic_sent, dispatch_uid="monitoring.demo_traffic")
-def demo_traffic_sent(sender, deployment, **kwargs):
-    """The demo's first traffic is answered: monitoring's part of the demo follows."""
-    from lifecycle.monitoring import demo
-
-    demo.follow_traffic(deployment)

@@ -16,14 +16,14 @@ def _demo_outcome(job):
 
     result = job.result or {}
     drifted = sum(bool(d) for d in result.get("drifted", []))
-    return Outcome(f"Sent the drifting traffic; {drifted} of {len(result.get('drifted', []))} live versions "
-                   "checked drifted.", (("Drift", reverse("monitoring:drift", args=[NAME])),))
+    return Outcome(f"Checked the demo's traffic: {drifted} of {len(result.get('drifted', []))} live versions "
+                   "drifted; every SLO evaluated.", (("Drift", reverse("monitoring:drift", args=[NAME])),))
 
 
 # On the training queue: behind the reference jobs the demo's releases queued, so the
 # references are ready when the drift checks run.
 @task(queue="training", roles=READ_ROLES, outcome=_demo_outcome)
-def send_demo_drift(job, deployment_id):
+def check_demo_traffic(job, deployment_id, since, expected):
     from lifecycle.monitoring import demo
 
-    return demo.send_drifting_traffic(deployment_id)
+    return demo.check_traffic(deployment_id, since, expected)

@@ -52,14 +52,14 @@ def _data(found):
         return Step("Support tickets uploaded and checked", "now", "ingesting: PII, duplicates, splits",
                     dataset.get_absolute_url() if dataset else "")
     return Step("Support tickets uploaded and checked", "done",
-                f"{version.row_count:,} rows, PII {version.get_pii_status_display().lower()}", version.get_absolute_url())
+                f"{version.row_count:,} rows, {version.get_pii_status_display()}", version.get_absolute_url())
 
 
 def _labeling(found):
     project = found["project"]
     if project is None:
         return Step("Labeling review by three labelers", "later")
-    return Step("Labeling review by three labelers", "done", f"{project.item_count} examples, QC computed",
+    return Step("Labeling review by three labelers", "done", f"{project.item_count:,} examples, QC computed",
                 project.get_absolute_url())
 
 
@@ -110,7 +110,8 @@ def _deployment(found):
     if canary:
         return [deployed, Step("Canary receiving traffic", "done", f"{canary:,} answers from v{release.candidate.number}",
                                url, headline="canary receiving traffic")]
-    return [deployed, Step("Canary receiving traffic", "now", "waiting for the serving process", url)]
+    return [deployed, Step("Canary receiving traffic", "now", "waiting for the serving process", url,
+                           headline="canary out, waiting for its first answers")]
 
 
 def _second_run():

@@ -42,8 +42,9 @@ def _ctrl_c(demo):
     demo.wait(timeout=60)
 
 
+RUN = "Demo: LoRA on MiniLM, support intents"
 TRAINING = ("SELECT r.attempt, json_extract(r.progress, '$.step') FROM runs_run r JOIN core_job j ON r.job_id = j.id "
-            "WHERE r.name = 'Demo: LoRA on MiniLM, support intents' AND j.status = 'running' "
+            f"WHERE r.name = '{RUN}' AND j.status = 'running' "
             "AND json_extract(r.progress, '$.step') >= {step} AND r.attempt = {attempt}")
 
 
@@ -63,7 +64,7 @@ def test_ctrl_c_mid_training_and_the_demo_again_continues_the_same_run_then_rese
         assert (tmp_path / "lifecycle.sqlite3").exists()
     finally:
         _ctrl_c(demo)
-    [(status,)] = _query(tmp_path, "SELECT j.status FROM runs_run r JOIN core_job j ON r.job_id = j.id")
+    [(status,)] = _query(tmp_path, f"SELECT j.status FROM runs_run r JOIN core_job j ON r.job_id = j.id WHERE r.name = '{RUN}'")
     assert status == "running"  # cut off: nobody was left to say otherwise
 
     demo = _start(env, tmp_path, 2)
@@ -73,13 +74,14 @@ def test_ctrl_c_mid_training_and_the_demo_again_continues_the_same_run_then_rese
         _ctrl_c(demo)
     second_start = (tmp_path / "demo-2.log").read_text()
     assert "continues from step" in second_start, second_start
-    assert _query(tmp_path, "SELECT count(*) FROM runs_run") == [(1,)]
+    # The same runs (the canary's, queued behind the first, has the name of its own), one each.
+    assert _query(tmp_path, "SELECT count(*), count(DISTINCT name) FROM runs_run") == [(2, 2)]
     assert _query(tmp_path, "SELECT count(*) FROM datasets_dataset") == [(1,)]
     assert _query(tmp_path, "SELECT count(*) FROM datasets_upload") == [(1,)]
     assert _query(tmp_path, "SELECT count(*) FROM datasets_datasetversion WHERE number = 1") == [(1,)]
-    statuses = _query(tmp_path, "SELECT j.status FROM core_job j WHERE j.task = 'lifecycle.runs.tasks.train_run' "
-                                "AND j.key LIKE 'run:%:1'")
-    assert statuses == [("interrupted",)]
+    [(run_id,)] = _query(tmp_path, f"SELECT id FROM runs_run WHERE name = '{RUN}'")
+    attempts = _query(tmp_path, f"SELECT key, status FROM core_job WHERE key LIKE 'run:{run_id}:%' ORDER BY id")
+    assert attempts == [(f"run:{run_id}:1", "interrupted"), (f"run:{run_id}:2", "running")], attempts
     assert _query(tmp_path, "SELECT count(*) FROM core_auditevent WHERE action = 'run.resumed'") == [(1,)]
     logins = (tmp_path / "demo-logins.txt").read_text()
 

@@ -47,7 +47,7 @@ def test_the_panel_says_where_the_story_is_and_what_each_role_could_try(client, 
     deployment = make_deployment(trained, people, tmp_path, mode="canary", share=20)
     run = running_demo_run(deployment.current_release.stable.run.dataset_version, 40, 100)
     # The deployment is there: its canary waits for the serving process, then receives traffic.
-    assert headline(client, people["vic"]) == "waiting for the serving process."
+    assert headline(client, people["vic"]) == "canary out, waiting for its first answers."
     make_log(deployment, 30, route=Route.CANARY)
     assert headline(client, people["vic"]) == "canary receiving traffic."
     panel = story_panel(client, people["vic"])

@@ -268,8 +268,8 @@ def start_canary(page, live_server, deployment, candidate, shots):
 
 def send_traffic(server, deployment, engineer, texts, *, normal_on_canary=40, drifting_on_canary=160, feedback=12):
     """Normal tickets, then the same tickets drifting, until the canary answered enough of
-    each for a drift check; the first answers of each side get the dataset's label as
-    feedback. Returns (texts answered per route, feedback sent)."""
+    each for a drift check; every fifth request's first answer (up to `feedback` of them) gets
+    the ticket's own label as feedback. Returns (texts answered per route, feedback sent)."""
     _token, key = ServingToken.issue(engineer, "whole-loop traffic", [deployment], rate_per_second=500, burst=1000)
     client = Client(server.url, token=key)
     wait_applied(deployment)

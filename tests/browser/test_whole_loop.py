@@ -167,6 +167,19 @@ def assert_the_database_tells_the_story(cast, project, frozen, run, version, dep
     rollback = Rollback.objects.get(release=release)
     assert rollback.actor == cast["ona"] and not rollback.automatic and rollback.completed_at is not None
 
+    # And the hash-chained trail alone links them: each event names the object the next one
+    # starts from — the project's freeze names the version, the run names it, the model version
+    # names the run, the release names the model version, and its rollback names the release.
+    def event(action, obj):
+        return AuditEvent.objects.get(action=action, object_type=obj._meta.label_lower, object_id=str(obj.pk)).payload
+
+    assert event("labeling.frozen", project)["version"] == frozen.pk
+    assert event("run.started", run)["dataset_version"] == frozen.pk
+    assert event("model_version.created", version)["run"] == run.pk
+    assert event("release.started", release)["candidate"] == version.pk
+    rolled_back = event("release.rolled_back", release)
+    assert (rolled_back["candidate"], rolled_back["rollback"]) == (version.pk, rollback.pk)
+
     # The audit trail holds each person's step, in the order they took them (None: the system
     # or whoever's approval made the move).
     erin, ann, abe, ona = (cast[name].username for name in ("erin", "ann", "abe", "ona"))

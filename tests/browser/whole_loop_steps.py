@@ -320,8 +320,9 @@ def check_drift_and_see_the_alert(browser, live_server, oncall, deployment, cand
     page = user_page(browser, live_server, oncall)
     page.click(".mainnav >> text=Monitoring")
     shots(page, "monitoring-overview")
-    # No page links to the drift page before its first check: on-call opens it by its address.
-    page.goto(f"{live_server.url}/monitoring/deployments/{deployment.name}/drift/")
+    # From the on-call dashboard's row of the deployment.
+    page.click(".dashboard-nav >> text=On-call")
+    page.click(f"#oncall-{deployment.name} [data-drift]")
     card = page.locator(f"#version-{candidate.pk}")
     expect(card).to_be_visible()
     card.locator("button.run-check").click()

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +38,23 @@ def _start(env, tmp_path, n):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _ctrl_c(demo):
+def _ctrl_c(demo, tmp_path):
     os.kill(demo.pid, signal.SIGINT)  # what the terminal sends the demo; it stops its children
     demo.wait(timeout=60)
+    # Nothing of it trains on: no process (a work horse leads a session of its own) is left.
+    assert _left_running(tmp_path) == []
+
+
+def _left_running(tmp_path):
+    mine = f"LIFECYCLE_DATA_DIR={tmp_path}".encode()
+    left = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mine in environ.read_bytes().split(b"\0"):
+                left.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return left
 
 
 RUN = "Demo: LoRA on MiniLM, support intents"
@@ -63,7 +78,7 @@ def test_ctrl_c_mid_training_and_the_demo_again_continues_the_same_run_then_rese
         assert refused.returncode != 0 and "a demo is still running from" in refused.stderr
         assert (tmp_path / "lifecycle.sqlite3").exists()
     finally:
-        _ctrl_c(demo)
+        _ctrl_c(demo, tmp_path)
     [(status,)] = _query(tmp_path, f"SELECT j.status FROM runs_run r JOIN core_job j ON r.job_id = j.id WHERE r.name = '{RUN}'")
     assert status == "running"  # cut off: nobody was left to say otherwise
 
@@ -71,7 +86,7 @@ def test_ctrl_c_mid_training_and_the_demo_again_continues_the_same_run_then_rese
     try:
         _wait(tmp_path, TRAINING.format(step=1, attempt=2), 600, "the same run to train again")
     finally:
-        _ctrl_c(demo)
+        _ctrl_c(demo, tmp_path)
     second_start = (tmp_path / "demo-2.log").read_text()
     assert "continues from step" in second_start, second_start
     # The same runs (the canary's, queued behind the first, has the name of its own), one each.

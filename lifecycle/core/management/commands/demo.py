@@ -135,18 +135,25 @@ class Command(BaseCommand):
         return process
 
     def stop_children(self):
-        """Each child leads a process group of its own (start_new_session): signal the group, so
-        a worker's work horse — a fine-tune in the middle of a step — stops with its worker
-        instead of training on, orphaned, after the demo has gone."""
-        for process in reversed(self.children):
+        """Stop every child, a worker's work horse included: RQ's first SIGTERM waits for the
+        horse to finish its job (warm shutdown) — a fine-tune would train on for minutes,
+        orphaned once the worker is killed — and a second one more than a second later takes
+        the horse down with the worker (cold shutdown). The horse leads a session of its own,
+        so no signal to the worker's group reaches it; RQ's own cold shutdown does."""
+        alive = [process for process in reversed(self.children) if process.poll() is None]
+        for process in alive:
             self._signal_group(process, signal.SIGTERM)
-        for process in self.children:
+        if alive:
+            time.sleep(1.5)
+        for process in alive:
+            if process.poll() is None:
+                self._signal_group(process, signal.SIGTERM)
+        for process in alive:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                pass
-            self._signal_group(process, signal.SIGKILL)  # the horse RQ's warm shutdown waits for
-            process.wait()
+                self._signal_group(process, signal.SIGKILL)
+                process.wait()
 
     @staticmethod
     def _signal_group(process, signum):

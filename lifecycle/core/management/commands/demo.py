@@ -130,7 +130,10 @@ class Command(BaseCommand):
 
     def spawn(self, command, log):
         log_file = open(settings.DATA_DIR / log, "ab")
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR, start_new_session=True)
+        # Unbuffered: a log read while the story runs (or after Ctrl-C) has every line written so far.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR,
+                                   start_new_session=True, env=env)
         self.children.append(process)
         return process
 

@@ -6,7 +6,7 @@ demo_traffic` (lifecycle/tour/traffic.py), which the demo starts beside its serv
 holds what it calls over HTTP.
 
 Everything goes through the methods a person's clicks call. The order comes from the queues:
-a default-queue job (after the registry's) starts the second run, which queues the deployment
+a default-queue job (after the registry's, both queued by tour/signals.py) starts the second run, which queues the deployment
 behind that run's training on the training queue."""
 import json
 import time
@@ -15,8 +15,8 @@ import urllib.request
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+
 from lifecycle.core.jobs import enqueue
-from lifecycle.core.models import Job
 
 NAME = "support-router"
 RUN_NAME = "Demo: LoRA on MiniLM, support intents (seed 1, 2 epochs)"
@@ -26,14 +26,13 @@ PRODUCTION_APPROVALS = 2
 
 
 def seed(stdout):
-    from lifecycle.deployments.models import Deployment
+    """Nothing at start: the deployment's chapter follows the registry's (tour/signals.py)."""
 
-    if Deployment.objects.filter(name=NAME).exists() or Job.objects.filter(key="demo:deployment").exists():
-        return
+
+def queue_start():
     from lifecycle.deployments.tasks import start_demo_candidate
 
-    job = enqueue(start_demo_candidate, key="demo:deployment")
-    stdout.write(f"Demo deployment: a second run, then {NAME} with a canary and live traffic (job {job.pk})")
+    return enqueue(start_demo_candidate, key="demo:deployment")
 
 
 def _user(name):

@@ -4,18 +4,30 @@ the careless one, one three-way tie and one flag waiting for adjudication), and 
 Nobody looked at those examples, so their answer times are scripted too (each labeler's own
 pace, the careless one fastest): QC's median time per answer reads like a real team's.
 
-Like the demo run, it is made by a default-queue job queued after the demo dataset's ingest,
-and it asks for model suggestions from the demo run once that run has trained."""
+QC fails (the careless labeler's gold misses), so the demo approver overrides it in writing and
+freezes the labels into a child version: the version the demo's fine-tune trains on. Then a
+second round over the frozen version opens for the labelers, with model suggestions from the
+demo run once it has trained.
+
+It is made by a default-queue job queued after the demo dataset's ingest. The freeze is a job
+of its own, queued from inside that one; the rest of the story must come after it, so this
+module sends `freeze_requested` and the tour (tour/signals.py) queues the next chapters."""
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from lifecycle.core.jobs import enqueue
 from lifecycle.labeling.models import Assignment, Item, LabelingProject
 
 NAME = "Demo: support intents review"
+ROUND_TWO = "Demo: support intents, round 2"
+OVERRIDE = ("Demo: demo-labeler-3's gold misses are known; the labels the team agreed on are good enough "
+            "for the first fine-tune, and the careless labeler's answers are reviewed in round 2.")
+# Sent (with `project`) once the freeze is queued: what follows queues behind it (tour/signals.py).
+freeze_requested = Signal()
 INSTRUCTIONS = ("Pick the customer's main intent. If a message asks two things, pick what they want done first; "
                 "if none fits or the text is unreadable, flag it (f) with a short note.")
 LABELERS = ("demo-labeler", "demo-labeler-2", "demo-labeler-3")
@@ -42,12 +54,17 @@ def seed(stdout):
 
 
 def recover(stdout):
-    """Suggestions that waited for a demo run cut off by Ctrl-C failed with it: asked again,
-    behind the run that now continues (runs/demo.py recovers first)."""
+    """A freeze cut off by Ctrl-C runs again; suggestions that waited for a demo run cut off
+    with it are asked again, behind the run that now continues (runs/demo.py recovers first)."""
     from lifecycle.core import jobs
     from lifecycle.core.models import Job
 
-    project = LabelingProject.objects.filter(name=NAME).first()
+    first = LabelingProject.objects.filter(name=NAME, status=LabelingProject.Status.FREEZING).select_related("freeze_job").first()
+    if first is not None and first.freeze_job.status in (Job.Status.FAILED, Job.Status.INTERRUPTED):
+        again = jobs.retry(first.freeze_job)
+        LabelingProject.objects.filter(pk=first.pk).update(freeze_job=again)
+        stdout.write(f"Demo labeling: the freeze runs again (job {again.pk})")
+    project = LabelingProject.objects.filter(name=ROUND_TWO).first()
     asked = Job.objects.filter(task="lifecycle.labeling.tasks.suggest_labels", kwargs__project_id=getattr(project, "pk", None))
     last = asked.order_by("-pk").first() if project else None
     if last is not None and last.status in (Job.Status.FAILED, Job.Status.INTERRUPTED):
@@ -93,8 +110,26 @@ def build():
 
     engineer = get_user_model().objects.filter(username="demo-ml-engineer").first()
     project = LabelingProject.objects.filter(name=NAME).first() or _answered_project(engineer)
-    qc.compute(project)
-    _suggest_from_demo_run(project, engineer)
+    if project.status == LabelingProject.Status.OPEN:
+        qc.compute(project)
+        project.request_freeze(get_user_model().objects.get(username="demo-approver"), override_reason=OVERRIDE)
+    freeze_requested.send(sender=build, project=project)
+    return project
+
+
+def build_round_two():
+    """Round 2 over the frozen version, for the labelers to go on with, and the demo run's
+    suggestions for it (the training queue takes the run first)."""
+    engineer = get_user_model().objects.filter(username="demo-ml-engineer").first()
+    project = LabelingProject.objects.filter(name=ROUND_TWO).first()
+    if project is None:
+        frozen = LabelingProject.objects.select_related("frozen_version").get(name=NAME).frozen_version
+        if frozen is None:
+            raise RuntimeError(f"the demo project {NAME!r} has not been frozen")
+        project = LabelingProject.create(engineer, frozen, name=ROUND_TWO, instructions=INSTRUCTIONS,
+                                         label_set=list(frozen.label_set), overlap=2, gold_share=0.05, seed=1,
+                                         min_gold_answers=3)
+        _suggest_from_demo_run(project, engineer)
     return project
 
 

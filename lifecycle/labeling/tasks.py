@@ -74,6 +74,15 @@ def seed_demo_project(job):
     return {"project": project.pk}
 
 
+@task(queue="default", roles=LIST_ROLES, outcome=_project_outcome)
+def seed_demo_round_two(job):
+    """The demo's second labeling round, over the frozen version (labeling/demo.py)."""
+    from lifecycle.labeling import demo
+
+    project = demo.build_round_two()
+    return {"project": project.pk}
+
+
 @task(queue="training", roles=STATS_ROLES, outcome=_project_outcome)
 def suggest_labels(job, *, project_id, run_id):
     """Model suggestions for every item of a project, from a trained run (labeling/suggestions.py)."""

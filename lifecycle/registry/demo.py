@@ -2,9 +2,10 @@
 model, signed, and the demo engineer asks for it to go to staging, so the demo approver finds
 a request in the inbox with its gates and evidence.
 
-The order comes from the queues, as for the labeling demo: a default-queue job queued after
-the job that starts the demo run queues the registration on the training queue, behind the
-run's own training job (the demo's training worker takes them one at a time)."""
+The order comes from the queues: a default-queue job queued after the job that starts the demo
+run (both by tour/signals.py, behind the labels' freeze) queues the registration on the
+training queue, behind the run's own training job (the demo's training worker takes them one
+at a time)."""
 from django.contrib.auth import get_user_model
 
 from lifecycle.core.jobs import enqueue
@@ -19,12 +20,13 @@ REASON = "Demo: the first fine-tune of MiniLM on the support intents, for stagin
 
 
 def seed(stdout):
-    if RegisteredModel.objects.filter(slug=SLUG).exists() or Job.objects.filter(key="demo:registry").exists():
-        return
+    """Nothing at start: the registration follows the run (queued by tour/signals.py)."""
+
+
+def queue_start():
     from lifecycle.registry.tasks import queue_demo_registration
 
-    job = enqueue(queue_demo_registration, key="demo:registry")
-    stdout.write(f"Demo registry: the demo run's output is registered and sent for staging once it has trained (job {job.pk})")
+    return enqueue(queue_demo_registration, key="demo:registry")
 
 
 def _engineer():

@@ -1,9 +1,8 @@
 """Demo training: a LoRA fine-tune of the bundled MiniLM on the demo support-intents dataset,
 run by the demo's worker so a new user watches a real loss curve fill in.
 
-The dataset's first version is itself made by a job on the default queue; the run is started
-by a second default-queue job queued after it (the demo's single worker takes them in order),
-so it finds the version ready."""
+The run trains on the version the demo's labels were frozen into: its starter is a default-queue
+job queued behind the freeze job (tour/signals.py), and the demo's worker takes them in order."""
 from django.contrib.auth import get_user_model
 
 from lifecycle.core.jobs import enqueue
@@ -16,12 +15,13 @@ CONFIG = {"base_model": "all-MiniLM-L6-v2", "method": "lora", "epochs": 3, "batc
 
 
 def seed(stdout):
-    if Run.objects.filter(name=NAME).exists():
-        return
+    """Nothing at start: the run follows the labels' freeze (queued by tour/signals.py)."""
+
+
+def queue_start():
     from lifecycle.runs.tasks import start_demo_run
 
-    job = enqueue(start_demo_run, key="demo:run")
-    stdout.write(f"Demo run: a LoRA fine-tune of MiniLM starts once the demo dataset is ingested (job {job.pk})")
+    return enqueue(start_demo_run, key="demo:run")
 
 
 def recover(stdout):

@@ -8,3 +8,6 @@ class TourConfig(AppConfig):
     name = "lifecycle.tour"
     label = "tour"
     verbose_name = "Tour"
+
+    def ready(self):
+        from lifecycle.tour import signals  # noqa: F401  (the story's chapters after the labels' freeze)

@@ -18,7 +18,10 @@ def _try_next(request, story):
 
     roles = user_roles(request.user)
     links = []
-    project = LabelingProject.objects.filter(name=labeling_demo.NAME).first()
+    # Round 2 once the first round is frozen; the first while it still takes answers.
+    open_projects = LabelingProject.objects.filter(name__in=[labeling_demo.ROUND_TWO, labeling_demo.NAME],
+                                                   status=LabelingProject.Status.OPEN)
+    project = open_projects.order_by("-pk").first()
     deployment = Deployment.objects.filter(name=deployments_demo.NAME).first()
     if LABELER in roles and project:
         links.append(("Label the next examples", reverse("labeling:review", args=[project.pk])))

@@ -31,7 +31,7 @@ def _demo_objects():
 
     return {
         "dataset": Dataset.objects.filter(slug=datasets_demo.SLUG).first(),
-        "project": LabelingProject.objects.filter(name=labeling_demo.NAME).first(),
+        "project": LabelingProject.objects.filter(name=labeling_demo.NAME).select_related("frozen_version").first(),
         "run": Run.objects.filter(name=runs_demo.NAME).select_related("job").first(),
         "model": RegisteredModel.objects.filter(slug=registry_demo.SLUG).first(),
         "deployment": Deployment.objects.filter(name=deployments_demo.NAME).first(),
@@ -58,9 +58,13 @@ def _data(found):
 def _labeling(found):
     project = found["project"]
     if project is None:
-        return Step("Labeling review by three labelers", "later")
-    return Step("Labeling review by three labelers", "done", f"{project.item_count:,} examples, QC computed",
-                project.get_absolute_url())
+        return Step("Labeling review by three labelers, labels frozen", "later")
+    if project.frozen_version_id is None:
+        return Step("Labeling review by three labelers, labels frozen", "now",
+                    f"{project.item_count:,} examples; freezing the labels", project.get_absolute_url())
+    return Step("Labeling review by three labelers, labels frozen", "done",
+                f"QC overridden by an approver, frozen as v{project.frozen_version.number}",
+                project.frozen_version.get_absolute_url())
 
 
 def _training(found):

@@ -57,18 +57,15 @@ def test_demo_prepares_sqlite_private_redis_and_one_login_per_role(tmp_path):
         assert db.execute("SELECT slug FROM datasets_dataset").fetchall() == [("support-intents",)]
         jobs = db.execute("SELECT j.task, j.status FROM datasets_upload u JOIN core_job j ON u.job_id = j.id").fetchall()
         assert jobs == [("lifecycle.datasets.tasks.ingest_upload", "queued")]
-        # Then the demo run's starter, queued once, after the ingest (the worker takes them in order).
-        starters = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.runs.tasks.start_demo_run'").fetchall()
-        assert starters == [("queued",)]
-        # And the labeling project's, after both.
+        # Then the labeling project's, queued once, after the ingest (the worker takes them in order).
         seeds = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.labeling.tasks.seed_demo_project'").fetchall()
         assert seeds == [("queued",)]
-        # And the registry's, after the run's starter: it queues the registration behind the training.
-        registry = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.registry.tasks.queue_demo_registration'").fetchall()
-        assert registry == [("queued",)]
-        # And the deployment's, last: it starts the second run, then deploys behind its training.
-        deployment = db.execute("SELECT status FROM core_job WHERE task = 'lifecycle.deployments.tasks.start_demo_candidate'").fetchall()
-        assert deployment == [("queued",)]
+        # Nothing else yet: the fine-tune, the registry's and the deployment's chapters are queued
+        # behind the labels' freeze, which the labeling job queues (tour/signals.py).
+        later = db.execute("SELECT count(*) FROM core_job WHERE task IN ('lifecycle.runs.tasks.start_demo_run', "
+                           "'lifecycle.registry.tasks.queue_demo_registration', "
+                           "'lifecycle.deployments.tasks.start_demo_candidate')").fetchone()[0]
+        assert later == 0
     assert not (tmp_path / "redis.sock").exists() or not _redis_alive(tmp_path / "redis.sock")
 
 
@@ -145,6 +142,7 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
         # The maintenance pass may add scheduled drift checks; these are the story's own jobs.
         assert {task for task, _, _ in jobs} >= {
             "lifecycle.datasets.tasks.ingest_upload", "lifecycle.runs.tasks.start_demo_run",
+            "lifecycle.labeling.tasks.freeze_project", "lifecycle.labeling.tasks.seed_demo_round_two",
             "lifecycle.runs.tasks.train_run", "lifecycle.labeling.tasks.seed_demo_project",
             "lifecycle.labeling.tasks.suggest_labels", "lifecycle.registry.tasks.queue_demo_registration",
             "lifecycle.registry.tasks.register_demo_version", "lifecycle.deployments.tasks.start_demo_candidate",
@@ -154,10 +152,16 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
         runs = db.execute("SELECT r.name, r.test_metrics, r.output_sha256, j.status FROM runs_run r "
                           "JOIN core_job j ON r.job_id = j.id ORDER BY r.id").fetchall()
         [(name, metrics, output, _), (_, _, second_output, second_status)] = runs
-        [(project_id,)] = db.execute("SELECT id FROM labeling_labelingproject").fetchall()
-        states = dict(db.execute("SELECT state, count(*) FROM labeling_item GROUP BY state").fetchall())
-        reports = db.execute("SELECT passes, data FROM labeling_qcreport").fetchall()
-        suggested = db.execute("SELECT count(*) FROM labeling_item WHERE suggested_label != ''").fetchone()[0]
+        projects = dict(db.execute("SELECT name, id FROM labeling_labelingproject").fetchall())
+        first, second = projects["Demo: support intents review"], projects["Demo: support intents, round 2"]
+        states = dict(db.execute(f"SELECT state, count(*) FROM labeling_item WHERE project_id = {first} GROUP BY state").fetchall())
+        reports = db.execute(f"SELECT passes, data FROM labeling_qcreport WHERE project_id = {first}").fetchall()
+        frozen = db.execute(f"SELECT p.status, v.number, v.id, p.freeze_override FROM labeling_labelingproject p "
+                            f"JOIN datasets_datasetversion v ON p.frozen_version_id = v.id WHERE p.id = {first}").fetchone()
+        trained_on = [v for (v,) in db.execute("SELECT dataset_version_id FROM runs_run ORDER BY id")]
+        second_items, suggested = db.execute(f"SELECT count(*), count(NULLIF(suggested_label, '')) FROM labeling_item "
+                                             f"WHERE project_id = {second}").fetchone()
+        second_on = db.execute(f"SELECT version_id FROM labeling_labelingproject WHERE id = {second}").fetchone()[0]
         versions = db.execute("SELECT v.number, v.stage, v.signature_status, m.slug FROM registry_modelversion v "
                               "JOIN registry_registeredmodel m ON v.model_id = m.id").fetchall()
         requests = db.execute("SELECT v.number, r.to_stage, r.status FROM registry_promotionrequest r "
@@ -191,7 +195,12 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     # Scripted paces, not the split second a script takes: the careless labeler is the fastest.
     medians = [annotators[name]["median_seconds"] for name in ("demo-labeler-3", "demo-labeler-2", "demo-labeler")]
     assert 1 < medians[0] < medians[1] < medians[2] < 15
-    assert suggested == sum(states.values())
+    # QC failed, so the demo approver overrode it in writing and froze the labels; both
+    # fine-tunes trained on the frozen version, and round 2 over it has the run's suggestions.
+    status, number, frozen_id, override = frozen
+    assert status == "frozen" and number == 3 and json.loads(override)["approver"] == "demo-approver"
+    assert trained_on == [frozen_id, frozen_id] and second_on == frozen_id
+    assert second_items == 3000 and suggested == second_items
     # Version 1 went to staging and production, version 2 (the second run) to staging; both signed.
     assert second_status == "succeeded" and second_output and second_output != output
     assert sorted(versions) == [(1, "production", "valid", "support-intent-router"),

@@ -107,8 +107,9 @@ def run(stdout, *, name=deployments_demo.NAME, requests=REQUESTS, rate=RATE, kee
     deployment = wait_for_canary(name)
     sent = already_sent(deployment)
     half = requests // 2
+    stdout.write(f"Demo traffic: {sent} of {requests} requests already answered"
+                 + (f"; sending the rest to {name}" if sent < requests else "; the story's traffic is done"))
     if sent < requests:
-        stdout.write(f"Demo traffic: {sent} of {requests} requests already answered; sending the rest to {name}")
         sender = Sender(deployment, rate)
         _story(sender, sent, requests, half)
     if keep_going:

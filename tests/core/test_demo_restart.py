@@ -40,7 +40,7 @@ def _start(env, tmp_path, n):
 
 def _ctrl_c(demo, tmp_path):
     os.kill(demo.pid, signal.SIGINT)  # what the terminal sends the demo; it stops its children
-    demo.wait(timeout=60)
+    demo.wait(timeout=120)
     # Nothing of it trains on: no process (a work horse leads a session of its own) is left.
     assert _left_running(tmp_path) == []
 

@@ -52,6 +52,10 @@ class Command(BaseCommand):
         self.children = []
         atexit.register(self.stop_children)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        # Ctrl-C stops it even when started from a shell that set SIGINT to ignored (a background
+        # job without job control): an ignored disposition survives exec, and Python then
+        # installs no handler of its own.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if reset:
             self.reset_data_dir()
         self.prepare_data_dir()
@@ -151,9 +155,10 @@ class Command(BaseCommand):
         for process in alive:
             if process.poll() is None:
                 self._signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 10  # for all of them together
         for process in alive:
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._signal_group(process, signal.SIGKILL)
                 process.wait()

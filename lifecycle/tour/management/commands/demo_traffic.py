@@ -1,4 +1,6 @@
 """`manage.py demo_traffic`: the demo deployment's simulated traffic (lifecycle/tour/traffic.py)."""
+import signal
+
 from django.core.management.base import BaseCommand
 
 from lifecycle.tour import traffic
@@ -15,4 +17,5 @@ class Command(BaseCommand):
                             help="after the story, one drifting request every few seconds until stopped")
 
     def handle(self, *args, requests, rate, keep_going, **options):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even if the shell ignored it
         traffic.run(self.stdout, requests=requests, rate=rate, keep_going=keep_going)

@@ -206,7 +206,7 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     assert sorted(versions) == [(1, "production", "valid", "support-intent-router"),
                                 (2, "staging", "valid", "support-intent-router")]
     assert requests == [(1, "staging", "approved"), (1, "production", "approved"), (2, "staging", "approved"),
-                        (2, "production", "open")]  # the canary's promotion waits in the approver's inbox
+                        (2, "production", "blocked")]  # in the inbox: the labels' overridden QC gate wants a written override
     # support-router: v1 stable, v2 a 20 % canary waiting for its promotion; real traffic and feedback.
     assert releases == [(1, "", 0.0, "superseded"), (2, "canary", 20.0, "promoting")]
     # The traffic (stopped once and started again): 300 plain, then 300 drifting answers, each

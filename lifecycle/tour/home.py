@@ -9,10 +9,8 @@ from lifecycle.tour import progress
 MARKS = {"done": "✓", "now": "→", "later": "·"}
 
 
-def _try_next(request, story):
+def _try_next(request, story, deployment):
     """Per role, one or two places to go now (only those the story has reached)."""
-    from lifecycle.deployments import demo as deployments_demo
-    from lifecycle.deployments.models import Deployment
     from lifecycle.labeling import demo as labeling_demo
     from lifecycle.labeling.models import LabelingProject
 
@@ -22,7 +20,6 @@ def _try_next(request, story):
     open_projects = LabelingProject.objects.filter(name__in=[labeling_demo.ROUND_TWO, labeling_demo.NAME],
                                                    status=LabelingProject.Status.OPEN)
     project = open_projects.order_by("-pk").first()
-    deployment = Deployment.objects.filter(name=deployments_demo.NAME).first()
     if LABELER in roles and project:
         links.append(("Label the next examples", reverse("labeling:review", args=[project.pk])))
     if ML_ENGINEER in roles:
@@ -41,10 +38,11 @@ def _try_next(request, story):
 
 @panel(*ROLES, order=1)
 def story(request):
-    if not progress.is_demo():
+    found = progress.demo_objects()
+    if found["dataset"] is None:
         return None
-    chapters = progress.steps()
+    chapters = progress.steps(found)
     rows = [(f"{MARKS[step.state]} {step.title}", step.url if step.state != "later" else "", step.detail)
             for step in chapters]
     return Panel("The demo's story", note=f"Now: {progress.now(chapters)}.", rows=rows,
-                 links=_try_next(request, chapters), id="home-story")
+                 links=_try_next(request, chapters, found["deployment"]), id="home-story")

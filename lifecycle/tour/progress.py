@@ -17,7 +17,8 @@ class Step:
     headline: str = ""  # a few words for "Now: …"; the title's when empty
 
 
-def _demo_objects():
+def demo_objects():
+    """The story's own rows, looked up once per page (the panel, its chapters and its links)."""
     from lifecycle.datasets import demo as datasets_demo
     from lifecycle.datasets.models import Dataset
     from lifecycle.deployments import demo as deployments_demo
@@ -36,13 +37,6 @@ def _demo_objects():
         "model": RegisteredModel.objects.filter(slug=registry_demo.SLUG).first(),
         "deployment": Deployment.objects.filter(name=deployments_demo.NAME).first(),
     }
-
-
-def is_demo():
-    from lifecycle.datasets import demo as datasets_demo
-    from lifecycle.datasets.models import Dataset
-
-    return Dataset.objects.filter(slug=datasets_demo.SLUG).exists()
 
 
 def _data(found):
@@ -77,10 +71,16 @@ def _training(found):
         detail = f"trained, test accuracy {accuracy:.2f}" if accuracy is not None else "trained"
         return Step("Fine-tuning MiniLM (LoRA)", "done", detail, run.get_absolute_url())
     if status == Job.Status.RUNNING:
-        step, total = run.progress.get("step", 0), run.progress.get("total_steps") or 0
-        detail = f"training — {100 * step / total:.0f} %" if total else f"training — {run.progress.get('phase', 'starting')}"
+        percent = _percent(run)
+        detail = f"training — {percent}" if percent else f"training — {run.progress.get('phase', 'starting')}"
         return Step("Fine-tuning MiniLM (LoRA)", "now", detail, run.get_absolute_url())
     return Step("Fine-tuning MiniLM (LoRA)", "now", f"training {status}", run.get_absolute_url())
+
+
+def _percent(run):
+    """How far a running run is, "40 %", or "" before it knows its total steps."""
+    step, total = run.progress.get("step", 0), run.progress.get("total_steps") or 0
+    return f"{100 * step / total:.0f} %" if total else ""
 
 
 def _registry(found):
@@ -126,8 +126,8 @@ def _second_run():
     run = Run.objects.filter(name=deployments_demo.RUN_NAME).select_related("job").first()
     if run is None or run.status != Job.Status.RUNNING:
         return Step("Deployed with a 20 % canary", "later")
-    step, total = run.progress.get("step", 0), run.progress.get("total_steps") or 0
-    detail = f"the canary's run training — {100 * step / total:.0f} %" if total else "the canary's run is starting"
+    percent = _percent(run)
+    detail = f"the canary's run training — {percent}" if percent else "the canary's run is starting"
     return Step("Deployed with a 20 % canary", "now", detail, run.get_absolute_url(), headline=detail)
 
 
@@ -150,9 +150,8 @@ def _monitoring(found):
     return [alerts, retrain]
 
 
-def steps():
-    """The story's chapters in order."""
-    found = _demo_objects()
+def steps(found):
+    """The story's chapters in order, from `demo_objects()`."""
     return [_data(found), _labeling(found), _training(found), *_registry(found), *_deployment(found),
             *_monitoring(found)]
 

@@ -231,7 +231,7 @@ def test_the_demo_really_ingests_and_trains_on_its_worker(tmp_path):
     assert open_to_others(tmp_path) == []  # checkpoints, model cache and run outputs included
     # The start page's story panel reads where it got to.
     story = subprocess.run([sys.executable, "manage.py", "shell", "-c", "from lifecycle.tour import progress; "
-                            "s = progress.steps(); print(progress.now(s)); print([x.state for x in s])"],
+                            "s = progress.steps(progress.demo_objects()); print(progress.now(s)); print([x.state for x in s])"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     headline, states = story.stdout.strip().splitlines()[-2:]
     assert headline == "retrain draft waiting for a person" and "later" not in states, story.stdout + story.stderr

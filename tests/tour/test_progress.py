@@ -72,6 +72,6 @@ def test_training_progress_reads_as_a_percentage(client, people, trained, tmp_pa
     version = deployment.current_release.stable.run.dataset_version
 
     running_demo_run(version, 45, 450)
-    chapters = progress.steps()
+    chapters = progress.steps(progress.demo_objects())
     training = next(step for step in chapters if step.title.startswith("Fine-tuning"))
     assert (training.state, training.detail) == ("now", "training — 10 %")

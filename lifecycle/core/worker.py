@@ -10,8 +10,11 @@ Each work horse runs under a memory limit (JOB_MEMORY_LIMIT_MB; the training que
 unlimited by default): past it an allocation fails with MemoryError and the job fails,
 instead of the machine swapping or the kernel's OOM killer taking the worker with it.
 """
+import ctypes
 import logging
+import os
 import resource
+import signal
 import time
 
 from django.conf import settings
@@ -50,6 +53,22 @@ def limit_memory(megabytes):
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid):
+    """Have the kernel kill this process when its parent exits (Linux). A work horse whose
+    worker was killed outright (SIGKILL, the OOM killer) would otherwise train on unwatched
+    while the reaper marks its job interrupted and a resume starts it again beside it."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: RQ's cold shutdown is all there is
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the worker died before the request took effect
+        os._exit(1)
 
 
 class LifecycleWorker(Worker):
@@ -104,6 +123,7 @@ class LifecycleWorker(Worker):
         super().fork_work_horse(job, queue)
 
     def main_work_horse(self, job, queue):
+        die_with_parent(self.pid)
         # In the horse only: the worker itself must outlive whatever a job allocates.
         limit_memory(memory_limit_mb(queue.name))
         super().main_work_horse(job, queue)

@@ -7,7 +7,7 @@ from lifecycle.core.artifacts import get_store
 from lifecycle.core.jobs import Outcome, task
 from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import READ_ROLES
-from lifecycle.datasets import ingest, splits
+from lifecycle.datasets import ingest, operations, splits
 from lifecycle.datasets.models import DatasetVersion, Upload
 from lifecycle.datasets.readers import ColumnMapping
 
@@ -88,11 +88,11 @@ def derive_version(job, *, version_id, operation, user_id=None, seed=None, keep_
     user = get_user_model().objects.filter(pk=user_id).first()
     job.set_progress(phase=operation, done=0, total=parent.row_count)
     if operation == "dedup":
-        child = ingest.remove_duplicates(parent, user=user)
+        child = operations.remove_duplicates(parent, user=user)
     elif operation == "redact":
-        child = ingest.redact_version(parent, user=user)
+        child = operations.redact_version(parent, user=user)
     elif operation == "resplit":
-        child = ingest.resplit_version(parent, options, user=user)
+        child = operations.resplit_version(parent, options, user=user)
     else:
         raise ValueError(f"unknown operation {operation!r}")
     return {"version": child.number, "rows": child.row_count}

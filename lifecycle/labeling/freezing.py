@@ -3,7 +3,7 @@ labeled one, with the QC summary (and any approver's override) in its manifest."
 from django.db import transaction
 
 from lifecycle.core.models import AuditEvent
-from lifecycle.datasets.ingest import inherited_reports, derive_version, rehash_row
+from lifecycle.datasets.operations import derive_version, inherited_reports, rehash_row
 from lifecycle.datasets.models import DatasetVersion
 from lifecycle.labeling.models import Item, LabelingProject, QCReport
 

@@ -306,7 +306,7 @@ class _Fold:
         self.splits, self.keys, self.groups = [], [], []
 
     def __call__(self, batch):
-        from lifecycle.datasets.ingest import rehash_row
+        from lifecycle.datasets.operations import rehash_row
 
         for i, key in enumerate(batch["content_key"]):
             c = self.found.get(key)
@@ -328,7 +328,7 @@ class _Fold:
 
 def fold_in(base, deployment, user=None):
     """A child of `base` with the deployment's feedback corrections folded in (see above)."""
-    from lifecycle.datasets.ingest import derive_version, inherited_reports
+    from lifecycle.datasets.operations import derive_version, inherited_reports
 
     if base.dataset.task != base.dataset.Task.CLASSIFICATION:
         raise MonitoringError(f"Feedback gives labels, and {base.dataset.name} holds instruction pairs.")

@@ -51,7 +51,8 @@ def _left_running(tmp_path):
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
             if mine in environ.read_bytes().split(b"\0"):
-                left.append(int(environ.parent.name))
+                command = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                left.append(f"{environ.parent.name}: {command}")
         except OSError:  # gone, or not ours to read
             continue
     return left

@@ -265,8 +265,16 @@ def test_progress_shows_while_the_task_is_inside_a_transaction(engineer):
 # --- the reaper ---------------------------------------------------------------------------
 
 
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
-def test_a_killed_worker_and_horse_leave_the_job_interrupted_within_the_window(tmp_path, engineer):
+def test_a_killed_worker_takes_its_horse_down_and_leaves_the_job_interrupted_within_the_window(tmp_path, engineer):
     # A second, idle worker does the reaping: it must wake from its blocking dequeue to do so.
     reaper = start_manage(tmp_path, "lifecycle_worker", "monitoring")
     worker = start_manage(tmp_path, "rqworker", "default", "--worker-class", "lifecycle.core.worker.LifecycleWorker")
@@ -276,9 +284,10 @@ def test_a_killed_worker_and_horse_leave_the_job_interrupted_within_the_window(t
         started = reload(job)
         wait_for(lambda: reload(job).heartbeat_at > started.heartbeat_at, 5, "a heartbeat")
 
-        os.killpg(worker.pid, signal.SIGKILL)
-        os.killpg(horse_pid, signal.SIGKILL)  # the horse leads a process group of its own
+        os.killpg(worker.pid, signal.SIGKILL)  # not the horse: it leads a process group of its own
         killed_at = time.monotonic()
+        # ...and dies with its worker rather than run on unwatched.
+        wait_for(lambda: not _alive(horse_pid), 5, "the horse to die with its worker")
 
         wait_for(lambda: reload(job).status != "running", WINDOW + 5, "the reaper")
         elapsed = time.monotonic() - killed_at

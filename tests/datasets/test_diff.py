@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.core.artifacts import get_store
-from lifecycle.datasets import diff, ingest, splits
+from lifecycle.datasets import diff, ingest, operations, splits
 from lifecycle.datasets.models import Dataset, RowKeys
 from lifecycle.datasets.readers import ColumnMapping
 from tests.conftest import make_user
@@ -53,7 +53,7 @@ def family(tmp_path):
     """v1 the upload (PII found), v2 its redacted child, v3 v1 without duplicates."""
     dataset = Dataset.create(None, slug="support", name="Support", pii_policy="redact")
     raw, redacted = upload(dataset, tmp_path, rows())
-    return raw, redacted, ingest.remove_duplicates(raw)
+    return raw, redacted, operations.remove_duplicates(raw)
 
 
 def counts(result):
@@ -103,7 +103,7 @@ def test_two_children_of_one_upload_compare_by_identity_too(tmp_path):
 @pytest.mark.django_db
 def test_a_new_split_shows_the_rows_that_moved(tmp_path):
     raw, _, _ = family(tmp_path)
-    resplit = ingest.resplit_version(raw, splits.SplitOptions(seed=99))
+    resplit = operations.resplit_version(raw, splits.SplitOptions(seed=99))
     moved = [e.row for e, f in zip(raw.examples.order_by("row"), resplit.examples.order_by("row")) if e.split != f.split]
     result = diff.compare(raw, resplit)
     assert moved and counts(result) == (len(moved), 0, 0)

@@ -7,7 +7,7 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from lifecycle.core.models import AuditEvent
-from lifecycle.datasets import ingest, splits
+from lifecycle.datasets import ingest, operations, splits
 from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import Dataset, DatasetVersion, Example
 from lifecycle.datasets.readers import ColumnMapping
@@ -245,7 +245,7 @@ def test_planted_duplicates_are_reported_and_removable(tmp_path):
     for original, copy in ((10, 200), (11, 201), (12, 202)):
         assert version.examples.get(row=original).split == version.examples.get(row=copy).split
     assert not version.has_leakage
-    child = ingest.remove_duplicates(version)
+    child = operations.remove_duplicates(version)
     assert child.row_count == 200 and child.parent_id == version.pk and child.operation == "dedup"
     assert not child.examples.filter(duplicate_cluster__isnull=False).exists()
 
@@ -277,7 +277,7 @@ def test_same_seed_same_split_and_resplit_changes_it(tmp_path):
     second = run(make_dataset("b"), path, "jsonl")[0]
     assert list(first.examples.values_list("split", flat=True)) == list(second.examples.values_list("split", flat=True))
     assert first.content_sha256 == second.content_sha256
-    child = ingest.resplit_version(first, splits.SplitOptions(seed=5))
+    child = operations.resplit_version(first, splits.SplitOptions(seed=5))
     assert child.row_count == 300 and child.operation == "resplit" and child.content_sha256 != first.content_sha256
     assert sorted(child.examples.values_list("row_sha256", flat=True)) == sorted(first.examples.values_list("row_sha256", flat=True))
 

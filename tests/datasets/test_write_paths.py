@@ -5,7 +5,7 @@ import pytest
 from django.db import connection
 
 from lifecycle.core.jobs import JobCancelled
-from lifecycle.datasets import ingest
+from lifecycle.datasets import ingest, operations
 from lifecycle.datasets.models import DatasetVersion, Example, ExampleText
 from lifecycle.datasets.versions import TextIndexWriter, VersionWriter, verify_version
 from tests.datasets.files import write_jsonl
@@ -71,7 +71,7 @@ def test_texts_whose_connection_failed_are_indexed_by_the_writer(tmp_path):
     writer = VersionWriter(parent.dataset, operation=DatasetVersion.Operation.RESPLIT, parent=parent, texts=texts)
     for batch in ingest_batches(parent):
         writer.add(batch)
-    version = writer.commit(reports=ingest.inherited_reports(parent), label_set=parent.label_set,
+    version = writer.commit(reports=operations.inherited_reports(parent), label_set=parent.label_set,
                             pii_status=parent.pii_status, has_leakage=parent.has_leakage)
     assert version.pk == texts.version_id and not texts.committed
     assert ExampleText.objects.filter(version=version).count() == 50
@@ -90,7 +90,7 @@ def test_child_versions_stream_their_examples_and_texts_too(tmp_path):
     data = rows(60)
     data += [dict(data[0])]  # an exact duplicate to remove
     [parent] = upload(make_dataset(), write_jsonl(tmp_path / "d.jsonl", data))
-    child = ingest.remove_duplicates(parent)
+    child = operations.remove_duplicates(parent)
     assert child.row_count == 60 == child.examples.count() == ExampleText.objects.filter(version=child).count()
     assert verify_version(child) == []
     assert child.examples.matching(data[5]["text"].split()[2]).exists()

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from lifecycle.core.jobs import perform
 from lifecycle.core.models import AuditEvent
-from lifecycle.datasets.ingest import derive_version
+from lifecycle.datasets.operations import derive_version
 from lifecycle.datasets.models import DatasetVersion, Example
 from lifecycle.deployments.models import Feedback
 from lifecycle.monitoring import retrain

@@ -101,8 +101,9 @@ class Command(BaseCommand):
             raise CommandError(f"Redis at {settings.REDIS_URL} does not answer; start it or unset REDIS_URL for the embedded one.")
         executable = self.redis_executable()
         Path(url.path).unlink(missing_ok=True)
-        self.spawn([executable, "--port", "0", "--unixsocket", url.path, "--unixsocketperm", "700",
-                    "--save", "", "--appendonly", "no", "--dir", str(settings.DATA_DIR)], log="redis.log")
+        self.redis_server = self.spawn([executable, "--port", "0", "--unixsocket", url.path, "--unixsocketperm", "700",
+                                        "--save", "", "--appendonly", "no", "--dir", str(settings.DATA_DIR)],
+                                       log="redis.log")
         for _ in range(50):
             if self.redis_answers():
                 return True
@@ -142,12 +143,22 @@ class Command(BaseCommand):
         return process
 
     def stop_children(self):
-        """Stop every child, a worker's work horse included: RQ's first SIGTERM waits for the
-        horse to finish its job (warm shutdown) — a fine-tune would train on for minutes,
-        orphaned once the worker is killed — and a second one more than a second later takes
-        the horse down with the worker (cold shutdown). The horse leads a session of its own,
-        so no signal to the worker's group reaches it; RQ's own cold shutdown does."""
-        alive = [process for process in reversed(self.children) if process.poll() is None]
+        """Stop every child, a worker's work horse included, and the private Redis last: a
+        worker answers its first SIGTERM by writing the shutdown to Redis, and one that finds
+        Redis gone dies of the error before it can take its horse down.
+
+        RQ's first SIGTERM waits for the horse to finish its job (warm shutdown) — a fine-tune
+        would train on for minutes — and a second one more than a second later takes the horse
+        down with the worker (cold shutdown). The horse leads a process group of its own, so
+        no signal to the worker's group reaches it; RQ's cold shutdown does, and a horse whose
+        worker was killed outright dies with it (core/worker.py)."""
+        redis_server = getattr(self, "redis_server", None)
+        self._stop([process for process in reversed(self.children) if process is not redis_server])
+        if redis_server is not None:
+            self._stop([redis_server])
+
+    def _stop(self, processes):
+        alive = [process for process in processes if process.poll() is None]
         for process in alive:
             self._signal_group(process, signal.SIGTERM)
         if alive:

@@ -49,7 +49,7 @@ def setup_django(database_url, work):
 
 def make_versions(work, rows):
     """An upload of `rows` generated messages (5 % with PII) and its redacted child."""
-    from lifecycle.datasets import ingest
+    from lifecycle.datasets import ingest, pipeline
     from lifecycle.datasets.models import Dataset
     from lifecycle.datasets.readers import ColumnMapping
     from lifecycle.datasets.synthetic import write_jsonl
@@ -59,7 +59,7 @@ def make_versions(work, rows):
     dataset = Dataset.create(None, slug="support-intents", name="Support intents", pii_policy="redact")
     options = ingest.Options.for_dataset(dataset, ColumnMapping({"group": "customer_id"}), "drop")
     started = time.perf_counter()
-    old, new = ingest.ingest_file(dataset, str(path), "jsonl", options)
+    old, new = pipeline.upload(dataset, str(path), "jsonl", options)
     return old, new, time.perf_counter() - started
 
 

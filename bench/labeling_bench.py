@@ -8,7 +8,7 @@ What it does, in order, in a PostgreSQL database of its own (`bench_labeling_<pi
 the end) and a Redis database of its own (BENCH_REDIS_URL, db 13 by default; it must be empty,
 it is flushed at the end):
 
-1. the real ingest (lifecycle.datasets.ingest.ingest_file) of synthetic support messages whose
+1. the real ingest (lifecycle.datasets.pipeline.upload) of synthetic support messages whose
    intents are the first `--labels` ones, so the version's label set is the project's;
 2. `LabelingProject.create` (overlap 3, gold share 0.05, seed 0);
 3. the answers, generated straight into labeling_assignment with COPY, and the Item columns the
@@ -185,7 +185,7 @@ def write_rows(path, n, n_labels):
 
 
 def ingest(engineer, n, n_labels, work):
-    from lifecycle.datasets import ingest as ingest_module
+    from lifecycle.datasets import ingest as ingest_module, pipeline
     from lifecycle.datasets.models import Dataset
     from lifecycle.datasets.readers import ColumnMapping
 
@@ -194,7 +194,7 @@ def ingest(engineer, n, n_labels, work):
     dataset = Dataset.create(engineer, slug="labeling-bench", name="Labeling bench", pii_policy=Dataset.PiiPolicy.ALLOW)
     options = ingest_module.Options.for_dataset(dataset, ColumnMapping({"group": "customer_id"}), "drop")
     started = time.perf_counter()
-    version = ingest_module.ingest_file(dataset, str(path), "jsonl", options, user=engineer)[-1]
+    version = pipeline.upload(dataset, str(path), "jsonl", options, user=engineer)[-1]
     seconds = time.perf_counter() - started
     assert version.row_count == n, (version.row_count, n)
     return version, seconds

@@ -350,7 +350,7 @@ def setup_side(s):
 
 
 def dataset_version(engineer, s):
-    from lifecycle.datasets import ingest
+    from lifecycle.datasets import ingest, pipeline
     from lifecycle.datasets.models import Dataset
     from lifecycle.datasets.readers import ColumnMapping
     from lifecycle.datasets.synthetic import generate
@@ -362,7 +362,7 @@ def dataset_version(engineer, s):
     dataset = Dataset.create(engineer, slug=SLUG, name="Serve bench", task="classification", pii_policy="redact")
     options = ingest.Options.for_dataset(dataset, ColumnMapping({"text": "text", "label": "label",
                                                                  "group": "customer_id"}), "drop")
-    return ingest.ingest_file(dataset, str(path), "jsonl", options, user=engineer)[-1]
+    return pipeline.upload(dataset, str(path), "jsonl", options, user=engineer)[-1]
 
 
 def train(engineer, version, s, seed):

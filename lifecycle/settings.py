@@ -238,6 +238,13 @@ FILE_UPLOAD_HANDLERS = [
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 2 * 1024**3)
 # Files at least this big are analysed by helper processes during ingest (both cores busy).
 DATASET_PARALLEL_MIN_BYTES = env_int("DATASET_PARALLEL_MIN_BYTES", 16 * 1024**2)
+# Where an ingest keeps its scratch folder (staged rows, per-row facts, DuckDB's spill files;
+# removed when it ends): the system's temporary folder unless set. DuckDB, which runs the
+# duplicate search's queries there, spills past DATASET_QUERY_MEMORY_MB instead of growing.
+DATASET_SCRATCH_DIR = os.environ.get("DATASET_SCRATCH_DIR") or None
+DATASET_QUERY_MEMORY_MB = env_int("DATASET_QUERY_MEMORY_MB", 256)
+DATASET_QUERY_THREADS = env_int("DATASET_QUERY_THREADS", 2)
+DATASET_QUERY_SPILL_MB = env_int("DATASET_QUERY_SPILL_MB", 0)  # most it may spill; 0: DuckDB's own (90 % of free disk)
 # Most columns (JSON Lines: distinct keys) an uploaded file may have; wider files are refused
 # as soon as the header is read, before the mapping page would offer every column.
 DATASET_MAX_COLUMNS = env_int("DATASET_MAX_COLUMNS", 1000)

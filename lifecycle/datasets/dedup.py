@@ -13,8 +13,6 @@ through a callback. See docs/dedup-and-splits.md for the parameters and measured
 """
 import functools
 import hashlib
-import math
-import tempfile
 import unicodedata
 
 import numpy as np
@@ -26,12 +24,6 @@ NEAR_THRESHOLD = 0.8  # exact shingle Jaccard at or above which verify_pairs kee
 # A bucket bigger than this links each row to its first MAX_PARTNERS rows only, so a very
 # common text ("thanks") costs n * 16 pairs, not n² / 2, and still ends up in one component.
 MAX_PARTNERS = 16
-# Rows a part of `NearDuplicateIndex.candidate_parts` covers: its working set (one key range
-# of one band, one range of rows' pairs, and in the ingest those pairs' rows' signatures:
-# tens of MB) is the same at 100k rows as at 10M.
-ROWS_PER_PART = 65_536
-# Keys of one band read from its spill file at a time while they are sorted into key ranges.
-_READ_CHUNK = 1 << 18
 
 # Texts are processed in chunks of at most this many texts and characters inside one call:
 # the shingle hashes of ~1k short texts (~1 MB) stay in the CPU cache across the num_perm
@@ -80,43 +72,20 @@ def exact_duplicate_summary(first, examples=20, per_example=5):
     return {"rows": int(repeats.sum()), "groups": int(len(heads)), "examples": shown}
 
 
-def first_rows(keys, *, ignore_negative=False, rows_per_range=ROWS_PER_PART):
+def first_rows(keys, *, ignore_negative=False):
     """Each row's first row with the same key (a key's first row is its own); with
     ignore_negative, rows with a negative key (no group, say) are only their own. int32 below
     2**31 rows. Since a row's first row names itself, the result can stand for the keys
-    wherever only equal keys matter (splits, leakage), with no sort to make codes.
-
-    In bounded memory: beyond rows_per_range rows, the (key, row) records go to a temporary
-    file grouped by key range (the keys mixed by a bijection, then their top bits) and each
-    range is sorted on its own, so the working set is a range's, plus the 4-byte result.
-    """
+    wherever only equal keys matter (splits, leakage), with no sort to make codes. (The
+    ingest asks DuckDB the same question: queries.first_rows.)"""
     keys = np.asarray(keys)
     if keys.ndim != 1 or (len(keys) and keys.dtype.kind not in "iu"):
         raise ValueError("keys must be a one-dimensional array of integers")
-    n = len(keys)
-    first = np.arange(n, dtype=row_kind(n))
-    ranges = 1 << max(0, math.ceil(math.log2(max(1, n / rows_per_range))))
-    with tempfile.TemporaryFile(prefix="lifecycle-first-") as spilled:
-        chunks = (_mixed_keys(keys[start:start + rows_per_range], start, ignore_negative)
-                  for start in range(0, n, rows_per_range))
-        for blocks in _spill_by_range(chunks, ranges, np.uint64(64 - ranges.bit_length() + 1), spilled):
-            mixed, rows = _read_range(spilled, blocks)  # rows ascending: chunks keep their order
-            order, starts, sizes = _runs(mixed)  # a stable sort: each run starts at its lowest row
-            first[rows[order]] = np.repeat(rows[order[starts]], sizes)
+    first = np.arange(len(keys), dtype=row_kind(len(keys)))
+    rows = np.flatnonzero(keys >= 0) if ignore_negative and keys.dtype.kind == "i" else np.arange(len(keys))
+    order, starts, sizes = _runs(keys[rows])  # a stable sort: each run starts at its lowest row
+    first[rows[order]] = np.repeat(rows[order[starts]], sizes)
     return first
-
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it mod 2**64 is a bijection
-
-
-def _mixed_keys(keys, start, ignore_negative):
-    """(positions, keys) of one chunk for _spill_by_range, keys mixed so that any keys (small
-    codes, 63-bit hashes) spread over the key ranges; ignored rows left out."""
-    positions = start
-    if ignore_negative and keys.dtype.kind == "i":
-        keep = np.flatnonzero(keys >= 0)
-        keys, positions = keys[keep], keep + start
-    return positions, keys.astype(np.int64).view(np.uint64) * _MIX
 
 
 def exact_pairs(keys):
@@ -419,32 +388,17 @@ def uint64_blocks(spilled, size):
 
 
 class NearDuplicateIndex:
-    """Streams batches of texts in and keeps only their band keys (64 bytes a row by default),
-    in memory or, with spill=True, in one unnamed temporary file per band: then memory does
-    not grow with the rows added. `candidate_parts` hands the candidate pairs out one range
-    of rows at a time, so with spill=True the whole search stays in a bounded working set
-    (about ROWS_PER_PART rows' worth) however many rows were added. Call close() to let the
-    files go at once (they also go with the object)."""
+    """Batches of texts in, their LSH band keys kept in memory, candidate pairs out: the
+    whole search in one process for tools and tests (the ingest keeps the band keys on disk
+    and asks DuckDB for the pairs: queries.create_candidates)."""
 
-    def __init__(self, hasher=None, max_partners=MAX_PARTNERS, spill=False):
+    def __init__(self, hasher=None, max_partners=MAX_PARTNERS):
         self.hasher = hasher or MinHasher()
         self.max_partners = max_partners
-        self.spill = spill
-        self._spans = []  # (first row index, rows) of each batch added, in the order added
-        self._bands = self._empty_bands()
-
-    def _empty_bands(self):
-        if self.spill:
-            return [tempfile.TemporaryFile(prefix="lifecycle-band-") for _ in range(self.hasher.bands)]
-        return [[] for _ in range(self.hasher.bands)]  # per band: each batch's keys
-
-    def close(self):
-        if self.spill:
-            for spilled in self._bands:
-                spilled.close()
+        self._rows, self._keys = [], []  # per batch added: its row indices and band keys
 
     def __len__(self):
-        return sum(rows for _, rows in self._spans)
+        return sum(len(rows) for rows in self._rows)
 
     def add(self, texts, start_index):
         """Add texts that are rows start_index, start_index + 1, ... of the dataset."""
@@ -453,163 +407,18 @@ class NearDuplicateIndex:
     def add_band_keys(self, keys, start_index):
         """Add (rows, bands) keys made elsewhere with this index's hasher (e.g. in a helper process)."""
         keys = np.asarray(keys, dtype=np.uint64)
-        self._spans.append((int(start_index), len(keys)))
-        for band, column in zip(self._bands, keys.T):
-            column = np.ascontiguousarray(column)
-            if self.spill:
-                band.write(column.tobytes())
-            else:
-                band.append(column)
+        self._rows.append(np.arange(start_index, start_index + len(keys), dtype=np.int64))
+        self._keys.append(keys)
 
-    def candidate_pairs(self, forget=False):
+    def candidate_pairs(self):
         """(k, 2) int64 pairs of dataset row indices i < j sharing a band key, sorted, without
-        repeats: every part of `candidate_parts` at once."""
-        parts = [packed for _, packed in self.candidate_parts(forget=forget)]
-        return unpack_pairs(np.sort(np.concatenate([np.zeros(0, np.uint64), *parts])))
-
-    def candidate_parts(self, rows_per_part=None, forget=False):
-        """The candidate pairs one range of rows at a time: yields (first_row, packed), the
-        pairs (as pack_pairs) whose larger row is in [first_row, first_row + rows_per_part),
-        sorted, without repeats; ranges in order, empty ones included. With rows added in
-        order, a part holds at most rows_per_part * bands * max_partners pairs, however the
-        buckets fall.
-
-        Each band is bucketed one key range at a time (keys are hashes, so a range of the
-        key space holds about rows_per_part rows, and a bucket never spans two ranges), and
-        the pairs found go to one temporary file per range of rows, read back only when that
-        part is yielded. With forget, each band's keys are dropped once used and the index is
-        empty afterwards (the ingest needs them no more).
-        """
-        rows_per_part = ROWS_PER_PART if rows_per_part is None else rows_per_part
-        if rows_per_part < 1:
-            raise ValueError("rows_per_part must be at least 1")
-        row_of = self._row_mapping()
-        count = len(self)
-        if not count:
-            self._reset(forget)
-            return
-        top = max(start + rows for start, rows in self._spans) - 1
-        parts = [tempfile.TemporaryFile(prefix="lifecycle-pairs-") for _ in range(top // rows_per_part + 1)]
-        try:
-            self._find_pairs(parts, row_of, rows_per_part, forget)
-            self._reset(forget)
-            for number, part in enumerate(parts):
-                part.seek(0)
-                packed = np.fromfile(part, dtype=np.uint64)
-                part.close()
-                yield number * rows_per_part, sorted_unique(packed, in_place=True)
-        finally:
-            for part in parts:
-                part.close()
-
-    def _find_pairs(self, parts, row_of, rows_per_part, forget):
-        # A power of two of key ranges, so a key's range is its top bits.
-        ranges = 1 << max(0, math.ceil(math.log2(max(1, len(self) / rows_per_part))))
-        shift = np.uint64(64 - ranges.bit_length() + 1)
-        with tempfile.TemporaryFile(prefix="lifecycle-keys-") as by_range_file:
-            for band in range(self.hasher.bands):
-                spans = _spill_by_range(self._band_chunks(band), ranges, shift, by_range_file)
-                if forget:
-                    self._forget_band(band)
-                for blocks in spans:
-                    keys, positions = _read_range(by_range_file, blocks)
-                    found = pack_pairs(row_of(positions[_bucket_pairs(keys, self.max_partners)]))
-                    spill_by_row(found, parts, rows_per_part)
-                by_range_file.seek(0)
-                by_range_file.truncate()
-
-    def _band_chunks(self, band):
-        """(first position, keys) of one band, a chunk at a time, in the order rows were added."""
-        chunk = _READ_CHUNK
-        if self.spill:
-            spilled = self._bands[band]
-            spilled.flush()
-            spilled.seek(0)
-            for number, keys in enumerate(uint64_blocks(spilled, chunk)):
-                yield number * chunk, keys
-        else:
-            yield 0, np.concatenate([np.zeros(0, np.uint64)] + self._bands[band])
-
-    def _reset(self, forget):
-        if forget:
-            self.close()
-            self._spans = []
-            self._bands = self._empty_bands()
-
-    def _forget_band(self, band):
-        if self.spill:
-            self._bands[band].close()
-        else:
-            self._bands[band] = []
-
-    def _contiguous(self):
-        ordered = sorted(self._spans)
-        return ordered == self._spans and all(a + n == b for (a, n), (b, _) in zip(ordered, ordered[1:]))
-
-    def _row_mapping(self):
-        """A function from positions (the order rows were added) to dataset row indices: an
-        offset when batches came in order, one after the other (the ingest's case, with no
-        per-row array), otherwise a lookup in every row's index."""
-        count = len(self)
-        if self._contiguous():
-            base = self._spans[0][0] if self._spans else 0
-            if base < 0 or base + count > 2**32:
-                raise ValueError("row indices must be in [0, 2**32)")
-            return lambda positions: positions + base
-        spans = [np.arange(start, start + rows) for start, rows in self._spans]
-        rows = np.concatenate([np.zeros(0, np.int64), *spans]).astype(np.int64)
+        repeats; a capped bucket pairs its earliest-added rows."""
+        rows = np.concatenate([np.zeros(0, np.int64), *self._rows])
         if len(sorted_unique(rows)) != len(rows):
             raise ValueError("two batches were added for the same row indices")
-        if len(rows) and (rows.min() < 0 or rows.max() >= 2**32):
-            raise ValueError("row indices must be in [0, 2**32)")
-        return lambda positions: rows[positions]
-
-
-def _spill_by_range(chunks, ranges, shift, spilled):
-    """Writes (key, position) records of the chunks to `spilled` grouped by key range (the
-    keys' top bits), one chunk at a time; returns each range's blocks: (first record, records).
-    A chunk is (positions, keys): its keys' positions, or the first one's when they follow on."""
-    pieces = [[] for _ in range(ranges)]  # per range: (file record, records) of each chunk's share
-    written = 0
-    for positions, keys in chunks:
-        if not isinstance(positions, np.ndarray):
-            positions = np.arange(positions, positions + len(keys), dtype=np.uint64)
-        which = (keys >> shift).astype(np.int64) if ranges > 1 else np.zeros(len(keys), np.int64)
-        order = np.argsort(which, kind="stable")  # stable: each range keeps its rows in order
-        bounds = np.searchsorted(which[order], np.arange(ranges + 1))
-        for number in range(ranges):
-            picked = order[bounds[number]:bounds[number + 1]]
-            if len(picked):
-                spilled.write(np.stack([keys[picked], positions[picked].astype(np.uint64)]).tobytes())
-                pieces[number].append((written, len(picked)))
-                written += len(picked)
-    spilled.flush()
-    return pieces
-
-
-def _read_range(spilled, blocks):
-    """One key range's keys and positions, from the blocks each chunk wrote for it."""
-    keys, positions = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
-    for offset, size in blocks:
-        spilled.seek(offset * 16)
-        block = np.fromfile(spilled, dtype=np.uint64, count=size * 2).reshape(2, -1)
-        keys.append(block[0])
-        positions.append(block[1])
-    return np.concatenate(keys), np.concatenate(positions).astype(np.int64)
-
-
-def spill_by_row(packed, parts, rows_per_part):
-    """Appends packed pairs to the file of the range their larger row falls in. (The larger
-    row, because it bounds a part: a row is the larger row of at most max_partners pairs per
-    band, while a bucket's first rows are the smaller row of all its pairs.)"""
-    if not len(packed):
-        return
-    which = packed_rows(packed)[1] // rows_per_part
-    order = np.argsort(which, kind="stable")
-    bounds = np.searchsorted(which[order], np.arange(len(parts) + 1))
-    for number, part in enumerate(parts):
-        if bounds[number + 1] > bounds[number]:
-            part.write(packed[order[bounds[number]:bounds[number + 1]]].tobytes())
+        keys = np.concatenate([np.zeros((0, self.hasher.bands), np.uint64), *self._keys])
+        pairs = rows[candidate_pairs(keys, self.max_partners)]
+        return unpack_pairs(sorted_unique(pack_pairs(np.sort(pairs, axis=1))))
 
 
 # ---------------------------------------------------------------- verification
@@ -636,7 +445,7 @@ def verify_pairs(pairs, get_texts, threshold=NEAR_THRESHOLD, *, shingle_size=DEF
     order = _by_family(pairs)
     for start in range(0, len(pairs), batch_pairs):
         part = order[start:start + batch_pairs]
-        jaccard[part] = _pair_jaccard(pairs[part], get_texts, shingle_size)
+        jaccard[part] = pair_jaccard(pairs[part], get_texts, shingle_size)
     kept = jaccard >= threshold
     if return_similarity:
         return pairs[kept], jaccard[kept]
@@ -653,7 +462,8 @@ def _by_family(pairs):
     return np.lexsort((ends[:, 1], ends[:, 0], family))
 
 
-def _pair_jaccard(pairs, get_texts, shingle_size):
+def pair_jaccard(pairs, get_texts, shingle_size=DEFAULT_SHINGLE_SIZE):
+    """The shingle Jaccard of each pair; get_texts(rows) as for verify_pairs."""
     rows = sorted_unique(pairs.ravel())
     texts = list(get_texts(rows))
     if len(texts) != len(rows):

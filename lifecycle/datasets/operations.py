@@ -8,8 +8,9 @@ reports that depend on every row (leakage) are computed after the last batch.
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from lifecycle.datasets import dedup, pii, splits
+from lifecycle.datasets import dedup, duplicates, pii, queries, splits
 from lifecycle.datasets.models import SPLIT_ALIASES, SPLIT_NAMES, DatasetVersion
 from lifecycle.datasets.versions import VersionWriter, iter_row_batches, row_sha256
 
@@ -105,8 +106,9 @@ def remove_duplicates(parent, *, user=None):
                           late_reports=lambda: {"leakage": leakage_after()})
 
 
-def _codes(values):
-    ids = {}
+def _codes(values, ids=None):
+    """Each value's id in order of first appearance (-1 for none), ids carried across calls."""
+    ids = {} if ids is None else ids
     return np.asarray([ids.setdefault(v, len(ids)) if v else -1 for v in values], dtype=np.int64)
 
 
@@ -115,12 +117,17 @@ class SplitColumnInvalid(ValueError):
 
 
 def resplit_version(parent, options, *, user=None):
-    """A child with the same rows and a new split under `options` (splits.split_again)."""
-    rows = _split_inputs(parent, options.column)
-    assigned, leak = splits.split_again(
-        _codes(rows["label"]), groups=_codes(rows["group"]), clusters=np.asarray(rows["cluster"], dtype=np.int64),
-        keys=np.asarray(rows["key"], dtype=np.int64), options=options,
-        given=_given_splits(rows["given"], options.column) if options.column else None)
+    """A child with the same rows and a new split under `options` (splits.split_again). The
+    near-duplicate pairs are not stored, so the pipeline's duplicate search runs again on the
+    parent's rows: the split keeps whole duplicate components together as an upload does,
+    and the leakage report counts the near-duplicate pairs that cross."""
+    with queries.Scratch() as scratch:
+        rows = queries.stage_version(scratch, parent)
+        found = duplicates.find(scratch, rows)
+        labels, groups, keys, given = _split_inputs(scratch.rows_path, options.column)
+        assigned, leak = splits.split_again(labels, groups=groups, keys=keys, units=found.units,
+                                            near_pairs=found.near_pairs(scratch), options=options,
+                                            given=_given_splits(given, options.column) if options.column else None)
     offset = 0
 
     def transform(batch):
@@ -135,17 +142,20 @@ def resplit_version(parent, options, *, user=None):
                           has_leakage=bool(leak["has_leakage"]))
 
 
-def _split_inputs(parent, column):
-    columns = ["label", "group", "duplicate_cluster", "content_key"] + (["metadata"] if column else [])
-    rows = {"label": [], "group": [], "cluster": [], "key": [], "given": []}
-    for batch in iter_row_batches(parent, columns=columns):
-        rows["label"] += batch["label"]
-        rows["group"] += batch["group"]
-        rows["cluster"] += [-1 if c is None else c for c in batch["duplicate_cluster"]]
-        rows["key"] += batch["content_key"]
+def _split_inputs(path, column):
+    """Label and group codes, exact keys (numpy arrays) and the values of the split column,
+    a batch at a time from the staged rows."""
+    label_ids, group_ids, parts = {}, {}, {"label": [], "group": [], "key": [], "given": []}
+    columns = ["label", "group", "content_key"] + (["metadata"] if column else [])
+    for batch in pq.ParquetFile(path).iter_batches(columns=columns):
+        rows = batch.to_pydict()
+        parts["label"].append(_codes(rows["label"], label_ids))
+        parts["group"].append(_codes(rows["group"], group_ids))
+        parts["key"].append(np.asarray(rows["content_key"], dtype=np.int64))
         if column:
-            rows["given"] += [json.loads(m or "{}").get(column) for m in batch["metadata"]]
-    return rows
+            parts["given"] += [json.loads(m or "{}").get(column) for m in rows["metadata"]]
+    return (*(np.concatenate([np.zeros(0, np.int64), *parts[name]]) for name in ("label", "group", "key")),
+            parts["given"])
 
 
 def _given_splits(values, column):

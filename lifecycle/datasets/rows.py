@@ -1,8 +1,5 @@
 """What is computed from each row on its own: its content hash, PII matches, exact key and
 LSH band keys. Free of Django, so a helper process can run it on batches (see ingest.py)."""
-import ctypes
-import ctypes.util
-import functools
 import gc
 import hashlib
 import json
@@ -11,7 +8,6 @@ from contextlib import contextmanager
 from datetime import timezone as dt_timezone
 
 import numpy as np
-import pyarrow as pa
 
 from lifecycle.datasets import dedup, pii
 
@@ -102,27 +98,3 @@ def start_helper():
     """Initializer of a helper process that analyses batches (see ingest.analysis_pool)."""
     gc.freeze()
     gc.set_threshold(*FEWER_COLLECTIONS)
-
-
-@functools.cache
-def _libc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def give_back_memory():
-    """Hand the heap's free pages back to the system (glibc's malloc_trim, where there is one,
-    and Arrow's memory pool).
-
-    The near-duplicate steps allocate and free arrays of tens of MB; glibc keeps the freed
-    room in its heap, so the process's resident size stays at each step's high-water mark
-    and the next step's arrays land on top of it (measured: ~75 MB at a million rows,
-    carried into the split and write phases). A trim costs a few milliseconds.
-    """
-    pa.default_memory_pool().release_unused()  # Arrow's own allocator keeps freed room too
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)

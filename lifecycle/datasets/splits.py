@@ -324,34 +324,30 @@ class SplitOptions:
         return f"seeded (seed {self.seed}){together}"
 
 
-def split_again(labels, *, groups, clusters, keys, options, given=None, fractions=DEFAULT_FRACTIONS):
+def split_again(labels, *, groups, keys, units, near_pairs, options, given=None, fractions=DEFAULT_FRACTIONS):
     """(splits, leakage report) for rows split again under `options`.
 
-    labels, groups: int codes (-1: none); clusters: each row's duplicate set, named by a row
-    (-1: in none), as the ingest stores it; keys: the exact-duplicate keys; given: each
-    row's split from options.column. Leakage is reported against every duplicate set, also
-    where the options treat duplicates as separate rows (and accept what crosses).
+    labels, groups: int codes (-1: none); keys: the exact-duplicate keys; units and
+    near_pairs: what the duplicate search found for these rows (split_units, and the
+    confirmed pairs); given: each row's split from options.column. keep_together "all" keeps
+    whole duplicate components together, as an upload does; "groups_exact" only exact
+    duplicates; "groups" neither. Leakage is reported against every kind, also where the
+    options treat duplicates as separate rows (and accept what crosses).
     """
     keys = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)[1] if len(keys) else np.zeros(0, np.int64)
     groups = groups if groups is not None and (np.asarray(groups) >= 0).any() else None
     kept = {"groups": groups}
-    kept |= {"all": {"duplicate_sets": clusters}, "groups_exact": {"exact_duplicates": keys},
+    kept |= {"all": {"exact_duplicates": keys, "near_duplicates": near_pairs}, "groups_exact": {"exact_duplicates": keys},
              "groups": {}}[options.keep_together]
     if options.column:
         assigned, fractions = np.asarray(given, dtype=np.int8), None
     else:
-        units = kept.get("duplicate_sets", kept.get("exact_duplicates"))
-        assigned = assign_splits(labels, groups=groups, units=units, fractions=fractions, seed=options.seed)
+        together = {"all": units, "groups_exact": keys, "groups": None}[options.keep_together]
+        assigned = assign_splits(labels, groups=groups, units=together, fractions=fractions, seed=options.seed)
     accepted = ACCEPTED_LEAKAGE[options.keep_together]
-    leak = leakage_report(assigned, exact_keys=keys, near_pairs=_set_pairs(np.asarray(clusters)), groups=groups,
+    leak = leakage_report(assigned, exact_keys=keys, near_pairs=near_pairs, groups=groups,
                           kept_together=kept, fractions=fractions, accepted=accepted)
     return assigned, leak | {"splits_from": options.describe(), "split_options": options.as_dict()}
-
-
-def _set_pairs(clusters):
-    """(k, 2) pairs linking each row of a duplicate set to the row that names the set."""
-    rows = np.flatnonzero((clusters >= 0) & (clusters != np.arange(len(clusters))))
-    return np.stack([clusters[rows], rows], axis=1).astype(np.int64)
 
 
 # ---------------------------------------------------------------- by time

@@ -7,7 +7,7 @@ from lifecycle.core.artifacts import get_store
 from lifecycle.core.jobs import Outcome, task
 from lifecycle.core.models import AuditEvent
 from lifecycle.core.roles import READ_ROLES
-from lifecycle.datasets import ingest, operations, splits
+from lifecycle.datasets import ingest, operations, pipeline, splits
 from lifecycle.datasets.models import DatasetVersion, Upload
 from lifecycle.datasets.readers import ColumnMapping
 
@@ -50,7 +50,7 @@ def ingest_upload(job, *, upload_id):
     os.close(fd)
     try:
         get_store().copy_to(upload.source_sha256, path)
-        versions = ingest.ingest_file(upload.dataset, path, upload.format, options, user=upload.created_by,
+        versions = pipeline.upload(upload.dataset, path, upload.format, options, user=upload.created_by,
                                       source_sha256=upload.source_sha256, progress=_progress(job))
     except ingest.IngestRejected as exc:
         _record_refusal(upload, str(exc), exc.report)

@@ -3,7 +3,7 @@ words are marked, and the edits page on."""
 import pytest
 from playwright.sync_api import expect
 
-from lifecycle.datasets import ingest
+from lifecycle.datasets import ingest, pipeline
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import ColumnMapping
 from tests.browser.conftest import log_in
@@ -19,7 +19,7 @@ def redaction(transactional_db, settings, tmp_path):
     data = [{"text": f"ticket {i} about order {i * 7919 % 10000}" + (f" from client{i}@example.com" if i < 60 else ""),
              "label": ["billing", "shipping"][i % 2]} for i in range(80)]
     options = ingest.Options.for_dataset(dataset, ColumnMapping({}), "reject")
-    return ingest.ingest_file(dataset, str(write_jsonl(tmp_path / "d.jsonl", data)), "jsonl", options)
+    return pipeline.upload(dataset, str(write_jsonl(tmp_path / "d.jsonl", data)), "jsonl", options)
 
 
 def test_a_redaction_diff_shows_the_edits_marked_and_pages_on(page, live_server, redaction):

@@ -166,7 +166,7 @@ def prepare(folder, rows):
     from django.test import Client
 
     from lifecycle.core.models import ApiToken
-    from lifecycle.datasets import ingest, uploads
+    from lifecycle.datasets import ingest, pipeline, uploads
     from lifecycle.datasets.models import Dataset
     from lifecycle.datasets.readers import ColumnMapping
     from lifecycle.datasets.synthetic import generate
@@ -178,7 +178,7 @@ def prepare(folder, rows):
     small = Dataset.create(engineer, slug="small", name="Small", pii_policy="allow")
     path = Path(folder) / "small.csv"
     write_csv(path, generate(60, pii_rate=0, dup_rate=0))
-    [version] = ingest.ingest_file(small, str(path), "csv", ingest.Options.for_dataset(small, ColumnMapping(mapping), "drop"))
+    [version] = pipeline.upload(small, str(path), "csv", ingest.Options.for_dataset(small, ColumnMapping(mapping), "drop"))
     job = Job.create_queued("lifecycle.runs.tasks.train_run", "training", {})
     Job.objects.filter(pk=job.pk).update(status=Job.Status.FAILED, error="stopped")
     run = Run.objects.create(name="baseline", dataset_version=version, base_model="all-MiniLM-L6-v2",

@@ -329,24 +329,17 @@ def test_all_identical_texts_form_one_cluster():
 # ---------------------------------------------------------------- streaming index
 
 
-@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
-def test_index_in_batches_matches_one_batch_and_uses_row_offsets(spill):
+def test_index_in_batches_matches_one_batch_and_uses_row_offsets():
     texts, planted = planted_corpus()
     hasher = MinHasher()
     whole = candidate_pairs(hasher.band_keys(hasher.signatures(texts)))
-    index = NearDuplicateIndex(hasher, spill=spill)
-    for start in reversed(range(0, len(texts), 70)):  # any order, as long as rows do not overlap
+    index = NearDuplicateIndex(hasher)
+    for start in range(0, len(texts), 70):
         index.add(texts[start:start + 70], start)
     assert len(index) == len(texts)
     assert np.array_equal(index.candidate_pairs(), whole)
-    # The ingest's way: each band's keys dropped once used, the index empty afterwards.
-    assert np.array_equal(index.candidate_pairs(forget=True), whole)
-    assert len(index) == 0 and index.candidate_pairs().shape == (0, 2)
-    index.add(texts, 0)  # usable again after forgetting
-    assert np.array_equal(index.candidate_pairs(), whole)
-    index.close()
 
-    shifted = NearDuplicateIndex(hasher, spill=spill)
+    shifted = NearDuplicateIndex(hasher)
     shifted.add(texts, 1000)
     assert np.array_equal(shifted.candidate_pairs(), whole + 1000)
 
@@ -358,52 +351,6 @@ def crowded_corpus():
     texts = texts + ["thank you so much"] * 40 + [f"please refund order {n} for my account" for n in range(60)]
     rng.shuffle(texts)
     return texts
-
-
-@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
-@pytest.mark.parametrize("rows_per_part", [1, 7, 64, 10_000])
-def test_candidate_parts_split_the_same_pairs_by_row_range(spill, rows_per_part, monkeypatch):
-    """However small the parts (many key ranges, many row ranges) and however the band files
-    are read (chunks smaller than a batch), the parts hold exactly the candidate pairs of the
-    whole, each part's larger rows inside its range, in order."""
-    import lifecycle.datasets.dedup as dedup
-
-    monkeypatch.setattr(dedup, "_READ_CHUNK", 33)
-    texts = crowded_corpus()
-    hasher = MinHasher()
-    keys = hasher.band_keys(hasher.signatures(texts))
-    assert len(candidate_pairs(keys, max_partners=4)) > 500  # big buckets: the partner cap is in play
-    for base, order in ((0, range(0, len(texts), 50)), (700, list(reversed(range(0, len(texts), 50))))):
-        index = NearDuplicateIndex(hasher, max_partners=4, spill=spill)
-        for start in order:
-            index.add(texts[start:start + 50], base + start)
-        # The whole: every band at once over the rows in the order they were added (a capped
-        # bucket pairs its earliest-added rows).
-        rows = np.concatenate([np.arange(start, min(start + 50, len(texts))) for start in order])
-        by_position = candidate_pairs(keys[rows], max_partners=4)
-        whole = np.unique(np.sort(rows[by_position], axis=1), axis=0)
-        parts = list(index.candidate_parts(rows_per_part=rows_per_part))
-        assert [first for first, _ in parts] == list(range(0, base + len(texts), rows_per_part))[:len(parts)]
-        assert parts[-1][0] <= base + len(texts) - 1 < parts[-1][0] + rows_per_part
-        for first, packed in parts:
-            high = dedup.unpack_pairs(packed)[:, 1]
-            assert ((high >= first) & (high < first + rows_per_part)).all()
-            if base == 0:  # rows added in order: a bucket's hubs are its smallest rows
-                assert len(packed) <= rows_per_part * hasher.bands * 4
-            assert (packed[1:] > packed[:-1]).all()  # sorted, no repeats
-        together = dedup.unpack_pairs(np.sort(np.concatenate([packed for _, packed in parts])))
-        assert np.array_equal(together, whole + base)
-        index.close()
-
-
-def test_candidate_parts_forget_leaves_an_empty_index():
-    texts = crowded_corpus()
-    index = NearDuplicateIndex(max_partners=4, spill=True)
-    index.add(texts, 0)
-    assert sum(len(packed) for _, packed in index.candidate_parts(rows_per_part=50, forget=True)) > 0
-    assert len(index) == 0 and list(index.candidate_parts()) == []
-    with pytest.raises(ValueError):
-        list(index.candidate_parts(rows_per_part=0))
 
 
 def test_index_rejects_overlapping_batches():
@@ -450,7 +397,7 @@ def test_components_on_a_long_chain_and_out_of_range_pairs():
         components(3, [[0, 3]])
 
 
-# ---------------------------------------------------------------- bounded-memory forms
+# ---------------------------------------------------------------- first rows, chunked forms
 
 
 def _reference_first_rows(keys, ignore_negative=False):
@@ -458,16 +405,14 @@ def _reference_first_rows(keys, ignore_negative=False):
     return [row if ignore_negative and key < 0 else seen.setdefault(key, row) for row, key in enumerate(keys)]
 
 
-@pytest.mark.parametrize("rows_per_range", [1, 7, 64, 1 << 16])
-def test_first_rows_by_key_range_match_a_reference(rows_per_range):
-    """first_rows sorts one key range at a time from a scratch file: the same answer for any
-    range size, for 63-bit hashes, small codes and negative keys."""
+def test_first_rows_match_a_reference():
+    """For 63-bit hashes, small codes and negative keys."""
     rng = np.random.default_rng(3)
     for keys in (rng.integers(-2**63, 2**63 - 1, 400)[rng.integers(0, 400, 1000)],  # hashes, repeated
                  rng.integers(-1, 30, 1000),  # small codes, -1 = none
                  np.zeros(0, np.int64), np.array([5])):
         for ignore in (False, True):
-            found = first_rows(keys, ignore_negative=ignore, rows_per_range=rows_per_range)
+            found = first_rows(keys, ignore_negative=ignore)
             assert found.dtype == np.int32
             assert found.tolist() == _reference_first_rows(keys.tolist(), ignore)
     with pytest.raises(ValueError):

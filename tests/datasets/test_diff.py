@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.core.artifacts import get_store
-from lifecycle.datasets import diff, ingest, operations, splits
+from lifecycle.datasets import diff, ingest, operations, pipeline, splits
 from lifecycle.datasets.models import Dataset, RowKeys
 from lifecycle.datasets.readers import ColumnMapping
 from tests.conftest import make_user
@@ -46,7 +46,7 @@ def rows(n=90, start=0):
 
 def upload(dataset, tmp_path, data, name="d.jsonl"):
     options = ingest.Options.for_dataset(dataset, ColumnMapping({}), "reject")
-    return ingest.ingest_file(dataset, str(write_jsonl(tmp_path / name, data)), "jsonl", options)
+    return pipeline.upload(dataset, str(write_jsonl(tmp_path / name, data)), "jsonl", options)
 
 
 def family(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from lifecycle.core.models import AuditEvent
-from lifecycle.datasets import ingest, operations, splits
+from lifecycle.datasets import ingest, operations, pipeline, splits
 from lifecycle.datasets import rows as rows_analysis
 from lifecycle.datasets.models import Dataset, DatasetVersion, Example
 from lifecycle.datasets.readers import ColumnMapping
@@ -36,7 +36,7 @@ def rows(n, *, start=0, labels=LABELS, group_every=1):
 
 def run(dataset, path, fmt, mapping=None, on_error="reject"):
     options = ingest.Options.for_dataset(dataset, ColumnMapping(mapping or {}), on_error)
-    return ingest.ingest_file(dataset, str(path), fmt, options)
+    return pipeline.upload(dataset, str(path), fmt, options)
 
 
 def artifact_files(root):
@@ -383,7 +383,7 @@ def test_split_by_time_puts_train_before_validation_before_test(tmp_path):
     data.append({"text": "no time on this one", "label": "billing"})
     dataset = make_dataset()
     options = ingest.Options.for_dataset(dataset, ColumnMapping({"timestamp": "when"}), "drop", by_time=True)
-    [version] = ingest.ingest_file(dataset, str(write_jsonl(tmp_path / "d.jsonl", data)), "jsonl", options)
+    [version] = pipeline.upload(dataset, str(write_jsonl(tmp_path / "d.jsonl", data)), "jsonl", options)
     assert version.validation_report["errors"] == [{"line": 301, "reason": "timestamp is empty, and the split is by time"}]
     newest = {split: max(version.examples.filter(split=split).values_list("timestamp", flat=True)) for split in (0, 1)}
     oldest = {split: min(version.examples.filter(split=split).values_list("timestamp", flat=True)) for split in (1, 2)}
@@ -409,122 +409,3 @@ def test_group_ids_are_the_same_in_every_process():
     # The seeded split depends on group ids: a salted hash (Python's hash()) would make the
     # same seed give different splits in different worker processes.
     assert rows_analysis.group_id("customer-42") == 3083912090939547699  # pinned: blake2b-64, low 63 bits
-
-
-def test_near_duplicate_checks_are_made_once_per_pair_of_distinct_texts(tmp_path):
-    """Rows with the same exact key share their shingles: the pairs of copies get the answer
-    checked on their first rows, the same answer a check of every pair gives."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from types import SimpleNamespace
-
-    from lifecycle.datasets import dedup
-
-    texts = ["where is my order 123", "Where is my order 123!", "where is my order 124", "refund my kettle please",
-             "where is my  order 123", "refund my kettle, please", "something else entirely"]
-    path = tmp_path / "stage.parquet"
-    pq.write_table(pa.table({"text": texts, "response": [""] * len(texts)}), path)
-    stage = SimpleNamespace(path=str(path))
-    first = dedup.first_rows([dedup.exact_key(t) for t in texts])
-    pairs = np.array([[0, 2], [1, 2], [2, 4], [3, 5], [0, 6], [4, 6], [0, 1]])
-    every = {tuple(p) for p in dedup.verify_pairs(pairs, lambda rows: [texts[i] for i in rows], 0.8).tolist()}
-    packed = dedup.pack_pairs(pairs)
-    distinct = dedup.sorted_unique(ingest._on_first_rows(packed, first))
-    assert len(distinct) < len(pairs)  # copies' pairs collapse onto their first rows
-    kept_texts = ingest._kept_texts(stage, lambda: [distinct[:2], distinct[2:]], len(texts))
-    kept = np.concatenate(list(ingest._pairs_kept([packed[:3], packed[3:]], kept_texts, first)))
-    assert {tuple(p) for p in dedup.unpack_pairs(kept).tolist()} == every
-    assert every and every != {tuple(p) for p in pairs.tolist()}
-
-
-def test_spilled_texts_serve_any_sorted_rows(tmp_path):
-    """The texts the near-duplicate checks read come from a temporary file: the same strings
-    the staged file holds (prompt and response joined), for rows in any batch of calls, and
-    the file is gone after the context ends."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    texts = [f"text {n} ✓ ünïcödé 🙂" for n in range(3000)]
-    texts[5], texts[2999] = "", "a\x00b"
-    responses = ["" if n % 3 else f"answer {n}" for n in range(3000)]
-    path = tmp_path / "stage.parquet"
-    pq.write_table(pa.table({"text": texts, "response": responses}), path, row_group_size=700)
-    rows = np.array(sorted({0, 1, 5, 699, 700, 701, 1500, 2998, 2999}), dtype=np.int64)
-    expected = {r: texts[r] + (f"\n{responses[r]}" if responses[r] else "") for r in rows.tolist()}
-    with ingest.SpilledTexts(str(path), rows) as texts_of:
-        assert texts_of(rows) == [expected[r] for r in rows.tolist()]
-        assert texts_of(np.array([5, 2999])) == ["", "a\x00b"]
-        assert texts_of(np.array([0, 0, 1500])) == [expected[0], expected[0], expected[1500]]
-    assert texts_of._file.closed
-
-
-def test_giving_memory_back_is_harmless():
-    """give_back_memory trims the heap between the ingest's steps (glibc) and empties Arrow's
-    pool of freed blocks: nothing live is touched."""
-    import numpy as np
-
-    kept = np.arange(1_000_000)
-    freed = np.ones(5_000_000)
-    del freed
-    rows_analysis.give_back_memory()
-    assert kept.sum() == 499_999_500_000
-
-
-@pytest.mark.django_db
-def test_near_duplicates_found_in_many_small_parts_match_one_part(tmp_path, monkeypatch):
-    """The near-duplicate search in bounded parts — candidate pairs per range of rows, key
-    ranges per band, signatures gathered a block at a time, distinct text pairs checked a
-    slice at a time — gives the version one pass over everything gives: the same pairs,
-    duplicate sets, splits and reports."""
-    from lifecycle.datasets import dedup
-
-    write_synthetic(tmp_path / "s.jsonl", 4_000, seed=9, dup_rate=0.15)
-    mapping = {"group": "customer_id", "timestamp": "created_at"}
-    [whole] = run(make_dataset("whole", pii_policy="allow"), tmp_path / "s.jsonl", "jsonl", mapping)
-    monkeypatch.setattr(dedup, "ROWS_PER_PART", 97)
-    monkeypatch.setattr(dedup, "_READ_CHUNK", 500)
-    monkeypatch.setattr(ingest, "VERIFY_SLICE", 13)
-    monkeypatch.setattr(ingest, "SIGNATURE_BLOCK", 40)
-    [parts] = run(make_dataset("parts", pii_policy="allow"), tmp_path / "s.jsonl", "jsonl", mapping)
-    assert whole.dedup_report["near_duplicate_pairs"] > 50  # enough to be checked in many slices
-    assert parts.dedup_report == whole.dedup_report and parts.leakage_report == whole.leakage_report
-    assert parts.content_sha256 == whole.content_sha256  # every row's hash and split
-    clusters = [list(v.examples.order_by("row").values_list("duplicate_cluster", flat=True)) for v in (whole, parts)]
-    assert clusters[0] == clusters[1]
-
-
-def test_spilled_columns_and_parked_arrays_come_back_as_written():
-    """The ingest's per-row numbers wait on disk (SpilledColumns, while rows stream and
-    between steps); a bad append writes nothing, so the columns stay row-aligned."""
-    import numpy as np
-
-    columns = ingest.SpilledColumns(a=np.int32, b=np.float64)
-    columns.append(a=[1, 2], b=[0.5, 1.5])
-    columns.append(a=[3], b=[2.5])
-    with pytest.raises(ValueError):
-        columns.append(a=[4], b=[1.0, 2.0])  # different lengths
-    with pytest.raises(ValueError):
-        columns.append(a=[4])  # a column missing
-    assert columns.rows == 3
-    assert columns.read("a").tolist() == [1, 2, 3] and columns.read("b").tolist() == [0.5, 1.5, 2.5]
-    columns.close()
-    with ingest.SpilledColumns(x=np.int32, y=np.uint64) as parked:
-        parked.append(x=np.arange(5, dtype=np.int32), y=np.array([1, 2, 3, 4, 5], np.uint64))
-        assert parked.read("y").tolist() == [1, 2, 3, 4, 5]
-        assert parked.read("x").tolist() == [0, 1, 2, 3, 4]
-    assert all(spilled.closed for spilled in parked.files.values())
-
-
-def test_the_pair_store_hands_pairs_back_by_larger_row_then_smaller():
-    from lifecycle.datasets import dedup
-
-    with ingest.PairStore() as store:
-        store.add_part(dedup.pack_pairs([[3, 5], [0, 4], [1, 4], [2, 3]]))
-        store.add_part(dedup.pack_pairs([[0, 9], [6, 7]]))
-        parts = [dedup.unpack_pairs(part).tolist() for part in store.parts()]
-        assert parts == [[[2, 3], [0, 4], [1, 4], [3, 5]], [[6, 7], [0, 9]]]
-        assert [dedup.unpack_pairs(chunk).tolist() for chunk in store.chunks()] == parts
-        assert store.count == 6
-        assert dedup.unpack_pairs(store.lowest).tolist() == [[0, 4], [0, 9], [1, 4], [2, 3], [3, 5], [6, 7]]

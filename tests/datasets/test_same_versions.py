@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lifecycle.datasets import ingest, operations, splits
+from lifecycle.datasets import ingest, operations, pipeline, splits
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.synthetic import write_jsonl
@@ -27,7 +27,7 @@ def _upload(tmp_path, slug, policy, **extra):
     write_jsonl(tmp_path / f"{slug}.jsonl", 6_000, seed=11, pii_rate=0.1)
     dataset = Dataset.create(None, slug=slug, name=slug.title(), pii_policy=policy)
     options = ingest.Options.for_dataset(dataset, ColumnMapping(MAPPING), "reject", **extra)
-    return ingest.ingest_file(dataset, str(tmp_path / f"{slug}.jsonl"), "jsonl", options)
+    return pipeline.upload(dataset, str(tmp_path / f"{slug}.jsonl"), "jsonl", options)
 
 
 def _digest(report):

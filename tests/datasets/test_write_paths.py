@@ -5,7 +5,7 @@ import pytest
 from django.db import connection
 
 from lifecycle.core.jobs import JobCancelled
-from lifecycle.datasets import ingest, operations
+from lifecycle.datasets import ingest, operations, pipeline
 from lifecycle.datasets.models import DatasetVersion, Example, ExampleText
 from lifecycle.datasets.versions import TextIndexWriter, VersionWriter, verify_version
 from tests.datasets.files import write_jsonl
@@ -22,7 +22,7 @@ def artifacts(settings, tmp_path):
 
 def upload(dataset, path, progress=None):
     options = ingest.Options.for_dataset(dataset, ingest.ColumnMapping({}), "reject")
-    return ingest.ingest_file(dataset, str(path), "jsonl", options, progress=progress)
+    return pipeline.upload(dataset, str(path), "jsonl", options, progress=progress)
 
 
 def other_connections():

@@ -4,7 +4,7 @@ import json
 import random
 from pathlib import Path
 
-from lifecycle.datasets import ingest
+from lifecycle.datasets import ingest, pipeline
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.synthetic import generate
@@ -36,7 +36,7 @@ def ingest_rows(tmp_path, user, rows, *, slug="intents", task="classification", 
     mapping = columns or ({"text": "text", "label": "label", "group": "customer_id"} if task == "classification"
                           else {"prompt": "prompt", "response": "response"})
     options = ingest.Options.for_dataset(dataset, ColumnMapping(mapping), "drop")
-    versions = ingest.ingest_file(dataset, str(path), "jsonl", options, user=user)
+    versions = pipeline.upload(dataset, str(path), "jsonl", options, user=user)
     return versions[-1]
 
 

@@ -1,0 +1,192 @@
+"""The ingest's out-of-core steps as DuckDB queries over its scratch folder's Parquet files.
+
+What is database work — the first row of each key, LSH buckets to candidate pairs, distinct
+pairs, pairs in the order keep-first walks them — is SQL here, run under DuckDB's
+`memory_limit` with its `temp_directory` in the ingest's scratch folder: past the limit
+DuckDB spills to that folder instead of growing, so the bound is the engine's. What no
+engine does for us stays in numpy beside it (dedup.py: MinHash, the shingle check, keep-first,
+components; splits.py: the split).
+
+The scratch folder holds `rows.parquet` (the staged rows, in row order) and `facts.parquet`
+(per row: its number, label id, group id, time, content key, given split, 16-bit MinHash
+signature and LSH band keys); it is removed with everything in it when the ingest ends.
+"""
+import shutil
+import tempfile
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from django.conf import settings
+
+from lifecycle.core.artifacts import get_store
+from lifecycle.datasets import dedup
+from lifecycle.datasets.rows import joined_text
+
+BANDS = dedup.DEFAULT_BANDS
+FACTS_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("label", pa.int32()), ("group_id", pa.int64()), ("time", pa.float64()), ("key", pa.int64()),
+     ("split", pa.int8()), ("signature", pa.binary(2 * dedup.DEFAULT_NUM_PERM))]
+    + [(f"band{band}", pa.uint64()) for band in range(BANDS)])
+FETCH = 1 << 16  # rows per record batch handed back to numpy
+
+
+class QueryFailed(Exception):
+    """A DuckDB step could not finish (out of its memory limit or of disk): the ingest fails
+    with this message instead of a traceback."""
+
+
+class Scratch:
+    """The ingest's scratch folder and its DuckDB connection; a context manager that removes
+    the folder (DuckDB's spill files included) on success, failure and cancel alike."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="lifecycle-ingest-", dir=settings.DATASET_SCRATCH_DIR))
+        self.rows_path, self.facts_path = self.path / "rows.parquet", self.path / "facts.parquet"
+        self._db = None
+
+    @property
+    def db(self):
+        if self._db is None:
+            config = {"memory_limit": f"{settings.DATASET_QUERY_MEMORY_MB}MB", "temp_directory": str(self.path / "spill"),
+                      "threads": settings.DATASET_QUERY_THREADS, "preserve_insertion_order": False}
+            if settings.DATASET_QUERY_SPILL_MB:
+                config["max_temp_directory_size"] = f"{settings.DATASET_QUERY_SPILL_MB}MB"
+            self._db = duckdb.connect(config=config)
+        return self._db
+
+    def sql(self, query, params=None):
+        try:
+            return self.db.execute(query, params or [])
+        except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
+            raise QueryFailed(_room(exc)) from None
+
+    def done_querying(self):
+        """Close DuckDB, giving back its memory (the write that follows needs none of it)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def close(self):
+        self.done_querying()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def facts(self):
+        return f"read_parquet('{self.facts_path}')"
+
+    def rows(self):
+        return f"read_parquet('{self.rows_path}', file_row_number = true)"
+
+    def batches(self, query):
+        """The query's result as Arrow record batches of FETCH rows, read on a connection of
+        its own (a cursor: the same database), so the caller may write while it reads."""
+        cursor = self.db.cursor()
+        try:
+            yield from cursor.sql(query).to_arrow_reader(FETCH)
+        except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
+            raise QueryFailed(_room(exc)) from None
+        finally:
+            cursor.close()
+
+    def column(self, query, dtype):
+        """A one-column result (ordered by the query) as one numpy array."""
+        parts = [batch.column(0).to_numpy(zero_copy_only=False) for batch in self.batches(query)]
+        return np.concatenate([np.zeros(0, dtype), *parts]).astype(dtype, copy=False)
+
+
+def facts_table(start, *, key, signatures, band_keys, label=None, group_id=None, time=None, split=None):
+    """One batch of facts.parquet: rows start, start + 1, ...; what a step does not need
+    (a child's labels, say) left at "none" (-1, or NaN for the time)."""
+    n = len(key)
+    signatures = np.ascontiguousarray(signatures, dtype=np.uint16)
+    columns = {
+        "row": np.arange(start, start + n), "label": np.full(n, -1) if label is None else label,
+        "group_id": np.full(n, -1) if group_id is None else group_id, "time": np.full(n, np.nan) if time is None else time,
+        "key": key, "split": np.full(n, -1) if split is None else split,
+        "signature": pa.FixedSizeBinaryArray.from_buffers(FACTS_SCHEMA.field("signature").type, n,
+                                                          [None, pa.py_buffer(signatures.tobytes())]),
+    }
+    columns |= {f"band{band}": np.ascontiguousarray(keys) for band, keys in enumerate(np.asarray(band_keys).T)}
+    return pa.Table.from_pydict(columns, schema=FACTS_SCHEMA)
+
+
+def stage_version(scratch, version):
+    """A version's rows as the scratch folder's rows.parquet (its artifact, copied) and the
+    facts a duplicate search queries: content keys, MinHash signatures, band keys."""
+    get_store().copy_to(version.rows_sha256, str(scratch.rows_path))
+    hasher, start = dedup.MinHasher(), 0
+    with pq.ParquetWriter(scratch.facts_path, FACTS_SCHEMA) as writer:
+        for batch in pq.ParquetFile(scratch.rows_path).iter_batches(batch_size=5_000,
+                                                                    columns=["text", "response", "content_key"]):
+            texts = [joined_text(text, response) for text, response in
+                     zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())]
+            signatures = hasher.signatures(texts)
+            writer.write_table(facts_table(start, key=batch.column(2).to_numpy(), signatures=signatures & 0xFFFF,
+                                           band_keys=hasher.band_keys(signatures)))
+            start += batch.num_rows
+    return start
+
+
+def _room(exc):
+    return (f"the duplicate search ran out of room ({str(exc).splitlines()[0]}); raise DATASET_QUERY_MEMORY_MB "
+            "or free disk space where it spills")
+
+
+def first_rows(scratch, column, n, *, ignore_negative=False):
+    """Each row's first row with the same value of `column` (a value's first row is its own),
+    as dedup.first_rows gives; with ignore_negative, rows with a negative value are their own."""
+    own = f"{column} < 0" if ignore_negative else "false"
+    return scratch.column(f"""
+        SELECT CASE WHEN {own} THEN row ELSE min(row) OVER (PARTITION BY {column}) END AS first
+        FROM {scratch.facts()} ORDER BY row""", dedup.row_kind(n))
+
+
+def create_candidates(scratch, max_partners):
+    """Table `candidates(low, high)`: row pairs sharing a band key, without repeats — in each
+    bucket every row with each of the bucket's first `max_partners` rows before it (all pairs
+    of a small bucket, still connected in a big one), as dedup.candidate_pairs."""
+    bands = " UNION ALL ".join(f"SELECT {band} AS band, band{band} AS key, row FROM {scratch.facts()} WHERE band{band} <> 0"
+                               for band in range(BANDS))
+    scratch.sql(f"""
+        CREATE TABLE bucketed AS
+        SELECT band, key, row, row_number() OVER (PARTITION BY band, key ORDER BY row) - 1 AS rank FROM ({bands})""")
+    scratch.sql(f"""
+        CREATE TABLE candidates AS
+        SELECT DISTINCT hub.row AS low, member.row AS high
+        FROM bucketed member JOIN bucketed hub
+          ON hub.band = member.band AND hub.key = member.key AND hub.rank < {int(max_partners)} AND hub.rank < member.rank""")
+    scratch.sql("DROP TABLE bucketed")
+
+
+def candidates_with_signatures(scratch):
+    """The candidates a batch at a time with both rows' signatures."""
+    return scratch.batches(f"""
+        SELECT c.low, c.high, a.signature AS low_signature, b.signature AS high_signature
+        FROM candidates c JOIN {scratch.facts()} a ON a.row = c.low JOIN {scratch.facts()} b ON b.row = c.high""")
+
+
+def text_pairs_with_texts(scratch):
+    """Table `text_pairs(low, high)` with both texts (prompt, then "\\n" and the response where
+    there is one), a batch at a time, ordered so that pairs sharing a row come together."""
+    joined = "CASE WHEN coalesce(response, '') <> '' THEN text || chr(10) || response ELSE text END"
+    return scratch.batches(f"""
+        WITH wanted AS (SELECT low AS row FROM text_pairs UNION SELECT high FROM text_pairs),
+             texts AS (SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()}
+                       WHERE file_row_number IN (SELECT row FROM wanted))
+        SELECT p.low, p.high, a.text AS low_text, b.text AS high_text
+        FROM text_pairs p JOIN texts a ON a.row = p.low JOIN texts b ON b.row = p.high ORDER BY p.low, p.high""")
+
+
+def packed(scratch, query):
+    """A two-column (low, high) query's pairs packed (dedup.pack_pairs), a batch at a time."""
+    for batch in scratch.batches(query):
+        low, high = (batch.column(i).to_numpy(zero_copy_only=False) for i in (0, 1))
+        yield dedup.pack_rows(low, high)

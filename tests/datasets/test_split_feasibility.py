@@ -147,7 +147,7 @@ def test_a_way_out_gives_a_split_that_meets_its_fractions(eng_client, engineer, 
     train, validation, test = split_sizes(child)
     assert (train, validation, test) == (160, 20, 20) and groups_intact(child)
     assert child.split_meets_fractions is True and child.usable_for_training
-    assert child.leakage_report["accepted"] == accepted and child.leakage_report["near_duplicates"]["pairs"] > 0
+    assert child.leakage_report["accepted"] == accepted and child.leakage_report["duplicate_sets"]["pairs"] > 0
     assert child.split_options == {"seed": 0, "keep_together": keep_together, "column": ""}
     assert child.pk in dict(usable_versions())
     page = eng_client.get("/datasets/orders/v2/").content.decode()

@@ -1,4 +1,5 @@
 import hashlib
+from functools import cached_property
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -12,6 +13,14 @@ SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": 0, "training": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2, "testing": 2}
 JOIN_NAMES = {"groups": "groups", "exact_duplicates": "exact duplicates", "near_duplicates": "near duplicates",
               "duplicate_sets": "duplicate sets (exact or near)"}
+# The report fields that hold a check's result, as the pages read them: one left out (or null)
+# is a check that did not run, and the report's "not_checked" says why (operations.py).
+CHECKED_FIELDS = {
+    "pii": ("rows_with_pii",),
+    "dedup": ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows"),
+    "leakage": ("exact_duplicates", "near_duplicates"),
+}
+NO_RECORD = "this version's report holds no result for it"
 
 
 def _seed_of(splits_from):
@@ -157,6 +166,18 @@ class DatasetVersion(models.Model):
     @property
     def pii_signed_off(self):
         return hasattr(self, "pii_signoff")
+
+    @cached_property
+    def not_checked(self):
+        """{report: {field: why}} for the checks that did not run on this version (empty
+        where every check ran), for the pages to say "not checked" instead of a number."""
+        reports = {"pii": self.pii_report, "dedup": self.dedup_report, "leakage": self.leakage_report}
+        missing = {}
+        for name, fields in CHECKED_FIELDS.items():
+            report = reports[name] or {}
+            why = report.get("not_checked") or {}
+            missing[name] = {field: why.get(field, NO_RECORD) for field in fields if report.get(field) is None}
+        return missing
 
     @property
     def usable_for_training(self):

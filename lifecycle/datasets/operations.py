@@ -4,6 +4,15 @@ export are children too (derive_version with a transform of their own).
 
 A child streams its parent's rows batch by batch through a transform into a VersionWriter;
 reports that depend on every row (leakage) are computed after the last batch.
+
+What a report did not check. A report (pii, dedup, leakage) holds a field only where its
+check ran on this version's rows, or is inherited from a parent with the same rows in the
+same splits (frozen labels change labels only; a redaction keeps its parent's duplicate
+and leakage reports, found on the text before redaction, and the page says so). A check
+that did not run leaves its field out and says why in the report's
+"not_checked": {field: why}. The fields the pages read are models.CHECKED_FIELDS; a page
+shows "not checked — why" for a missing one, never a default 0 (DatasetVersion.not_checked).
+An upload's reports (ingest.py) run every check.
 """
 import json
 
@@ -20,7 +29,8 @@ def derive_version(parent, operation, transform, *, user=None, reports=None, pii
     """Make a child of `parent` by passing its rows, batch by batch, through `transform`
     (which returns the new batch, possibly with fewer rows; it must not query the database:
     the rows are streaming into it, see VersionWriter). `late_reports()`, if given, runs
-    after the last batch and may replace reports that depend on every row (leakage)."""
+    after the last batch and may replace reports that depend on every row (leakage); so
+    does `pii_status` where it is a function (a redaction's status is its own scan's)."""
     writer = VersionWriter(parent.dataset, operation=operation, parent=parent, user=user, source_sha256=parent.source_sha256)
     reports = reports if reports is not None else inherited_reports(parent)
     try:
@@ -41,7 +51,7 @@ def derive_version(parent, operation, transform, *, user=None, reports=None, pii
     return writer.commit(
         reports=reports,
         label_set=label_set if label_set is not None else parent.label_set,
-        pii_status=pii_status or parent.pii_status,
+        pii_status=(pii_status() if callable(pii_status) else pii_status) or parent.pii_status,
         has_leakage=parent.has_leakage if has_leakage is None else has_leakage,
     )
 
@@ -59,26 +69,40 @@ def rehash_row(batch, i):
 def redact_version(parent, *, user=None):
     """A child with every PII match replaced by its typed placeholder (<EMAIL>, …)."""
     after = pii.PiiReport()
+    offset = 0
 
     def transform(batch):
+        nonlocal offset
+        found_in = []
         for i in range(len(batch["text"])):
             batch["text"][i] = pii.redact(batch["text"][i])
             batch["response"][i] = pii.redact(batch["response"][i] or "")
             both = batch["text"][i] + ("\n" + batch["response"][i] if batch["response"][i] else "")
             found = pii.scan(both)
-            after.add(i, found)
+            if found:
+                found_in.append((i, found))
             batch["pii_kinds"][i] = ",".join(sorted({m.kind for m in found}))
             batch["content_key"][i] = dedup.exact_key(both)
             batch["row_sha256"][i] = rehash_row(batch, i)
+        # A redaction keeps every row in its place: the child's row is the parent's.
+        after.add_rows(offset, len(batch["text"]), found_in)
+        offset += len(batch["text"])
         return batch
 
-    reports = inherited_reports(parent) | {"pii": {"redacted_from": parent.pii_report.get("counts", {}), **after.to_dict()}}
-    status = DatasetVersion.PiiStatus.REDACTED if after.rows_with_pii == 0 else DatasetVersion.PiiStatus.FOUND
-    return derive_version(parent, DatasetVersion.Operation.REDACT, transform, user=user, reports=reports, pii_status=status)
+    def status():
+        return DatasetVersion.PiiStatus.REDACTED if after.rows_with_pii == 0 else DatasetVersion.PiiStatus.FOUND
+
+    # The child's own scan is complete only after the last batch.
+    return derive_version(parent, DatasetVersion.Operation.REDACT, transform, user=user, pii_status=status,
+                          late_reports=lambda: {"pii": {"redacted_from": parent.pii_report.get("counts", {}),
+                                                        **after.to_dict()}})
 
 
 def remove_duplicates(parent, *, user=None):
-    """A child keeping one row of every duplicate set: its representative (the first row)."""
+    """A child keeping one row of every duplicate set: its representative (the first row).
+
+    Its dedup report counts the rows removed and the exact duplicates still among the rows
+    kept (their content keys); near duplicates are not searched for again (_not_searched)."""
     offset, keys, groups, split_ids = 0, [], [], []
 
     def transform(batch):
@@ -95,15 +119,31 @@ def remove_duplicates(parent, *, user=None):
     def leakage_after():
         group_codes = _codes(groups)
         leak = splits.leakage_report(np.asarray(split_ids, dtype=np.int8), exact_keys=np.asarray(keys, dtype=np.int64),
-                                     near_pairs=np.empty((0, 2), dtype=np.int64),
-                                     groups=group_codes if (group_codes >= 0).any() else None)
-        return leak | {"splits_from": parent.leakage_report.get("splits_from", "")}
+                                     near_pairs=None, groups=group_codes if (group_codes >= 0).any() else None)
+        return leak | {"splits_from": parent.leakage_report.get("splits_from", ""),
+                       "not_checked": {"near_duplicates": _not_searched(parent)}}
 
-    removed = parent.dedup_report.get("removable_rows", 0)
-    reports = inherited_reports(parent) | {"dedup": {"removed_rows": removed, "from_version": parent.number,
-                                                      "exact_duplicate_rows": 0, "near_duplicate_pairs": 0}}
-    return derive_version(parent, DatasetVersion.Operation.DEDUP, transform, user=user, reports=reports,
-                          late_reports=lambda: {"leakage": leakage_after()})
+    def late_reports():
+        return {"dedup": _dedup_after(parent, offset - len(keys), keys), "leakage": leakage_after()}
+
+    return derive_version(parent, DatasetVersion.Operation.DEDUP, transform, user=user, late_reports=late_reports)
+
+
+def _not_searched(parent):
+    return (f"not searched for again: these are v{parent.number}'s rows less the later rows of each of its duplicate "
+            "sets, so no pair its search found is left whole here, but these rows alone were not searched")
+
+
+def _dedup_after(parent, removed, keys):
+    """The dedup report of a child without its parent's duplicates: what was removed, and the
+    exact duplicates left among the rows kept (keep-first can leave some: two rows that repeat a
+    removed row, say, where the search paired neither with the first row of its set)."""
+    exact = dedup.exact_duplicate_summary(dedup.first_rows(np.asarray(keys, dtype=np.int64)))
+    return {"removed_rows": removed, "from_version": parent.number, "exact_duplicate_rows": exact["rows"],
+            "exact_groups": exact["groups"], "examples": exact["examples"],
+            "not_checked": {"near_duplicate_pairs": _not_searched(parent),
+                            "removable_rows": "these rows were not put into duplicate sets again: only exact "
+                                              "duplicates were counted, and near ones were not searched for"}}
 
 
 def _codes(values, ids=None):

@@ -48,7 +48,7 @@ class _Pairs:
 
 def find(scratch, n):
     """The duplicates of the n rows in `scratch` (queries.Scratch)."""
-    scratch.sql(f"CREATE TABLE firsts AS SELECT row, min(row) OVER (PARTITION BY key) AS first FROM {scratch.facts()}")
+    queries.create_firsts(scratch)
     first = scratch.column("SELECT first FROM firsts ORDER BY row", dedup.row_kind(n))
     confirm_pairs(scratch)
     reps = dedup.keep_first_in_order(n, queries.packed(scratch, f"SELECT * FROM ({ALL_PAIRS}) ORDER BY high, low"))

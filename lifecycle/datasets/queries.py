@@ -142,28 +142,39 @@ def _room(exc):
 
 def first_rows(scratch, column, n, *, ignore_negative=False):
     """Each row's first row with the same value of `column` (a value's first row is its own),
-    as dedup.first_rows gives; with ignore_negative, rows with a negative value are their own."""
-    own = f"{column} < 0" if ignore_negative else "false"
+    as dedup.first_rows gives; with ignore_negative, rows with a negative value are their own.
+    An aggregate and a join, not a window: both spill to disk past the memory limit."""
+    own = f"WHERE {column} >= 0" if ignore_negative else ""
     return scratch.column(f"""
-        SELECT CASE WHEN {own} THEN row ELSE min(row) OVER (PARTITION BY {column}) END AS first
-        FROM {scratch.facts()} ORDER BY row""", dedup.row_kind(n))
+        SELECT coalesce(k.first, f.row) FROM {scratch.facts()} f
+        LEFT JOIN (SELECT {column} AS value, min(row) AS first FROM {scratch.facts()} {own} GROUP BY {column}) k
+          ON k.value = f.{column}
+        ORDER BY f.row""", dedup.row_kind(n))
+
+
+def create_firsts(scratch):
+    """Table `firsts(row, first)`: each row's first row with its content key."""
+    scratch.sql(f"""
+        CREATE TABLE firsts AS SELECT f.row, k.first FROM {scratch.facts()} f
+        JOIN (SELECT key, min(row) AS first FROM {scratch.facts()} GROUP BY key) k USING (key)""")
 
 
 def create_candidates(scratch, max_partners):
     """Table `candidates(low, high)`: row pairs sharing a band key, without repeats — in each
     bucket every row with each of the bucket's first `max_partners` rows before it (all pairs
-    of a small bucket, still connected in a big one), as dedup.candidate_pairs."""
-    bands = " UNION ALL ".join(f"SELECT {band} AS band, band{band} AS key, row FROM {scratch.facts()} WHERE band{band} <> 0"
-                               for band in range(BANDS))
-    scratch.sql(f"""
-        CREATE TABLE bucketed AS
-        SELECT band, key, row, row_number() OVER (PARTITION BY band, key ORDER BY row) - 1 AS rank FROM ({bands})""")
-    scratch.sql(f"""
-        CREATE TABLE candidates AS
-        SELECT DISTINCT hub.row AS low, member.row AS high
-        FROM bucketed member JOIN bucketed hub
-          ON hub.band = member.band AND hub.key = member.key AND hub.rank < {int(max_partners)} AND hub.rank < member.rank""")
-    scratch.sql("DROP TABLE bucketed")
+    of a small bucket, still connected in a big one), as dedup.candidate_pairs. A band at a
+    time, and through aggregates and joins (which spill), not a window over every band key."""
+    scratch.sql("CREATE TABLE found (low BIGINT, high BIGINT)")
+    for band in range(BANDS):
+        scratch.sql(f"""
+            INSERT INTO found
+            WITH buckets AS (
+                SELECT band{band} AS key, min(row, {int(max_partners)}) AS hubs FROM {scratch.facts()}
+                WHERE band{band} <> 0 GROUP BY band{band} HAVING count(*) > 1)
+            SELECT hub, f.row FROM (SELECT key, unnest(hubs) AS hub FROM buckets) h
+            JOIN {scratch.facts()} f ON f.band{band} = h.key AND h.hub < f.row""")
+    scratch.sql("CREATE TABLE candidates AS SELECT DISTINCT low, high FROM found")
+    scratch.sql("DROP TABLE found")
 
 
 def candidates_with_signatures(scratch):

@@ -70,7 +70,7 @@ def test_confirmed_pairs_are_every_candidate_checked_on_its_own(scratch_dir):
     assert len(unsure) and len(checked) < len(unsure)  # the shingles decided some of them
     with queries.Scratch() as scratch:
         _stage(scratch, texts)
-        scratch.sql(f"CREATE TABLE firsts AS SELECT row, min(row) OVER (PARTITION BY key) AS first FROM {scratch.facts()}")
+        queries.create_firsts(scratch)
         duplicates.confirm_pairs(scratch)
         found = {tuple(p) for p in scratch.sql("SELECT low, high FROM near").fetchall()}
     assert found == expected

@@ -55,7 +55,9 @@ PINNED = {
     "redacted": "2fb6d0c07bec549304822de2e03e33308877c80f50689acc86be2ea06c8f1f2d",
     "by_time": "912b5608c2136e76c72a10267cbc0ffc92230ae3c53e93e99856c60e2e04b675",
     "deduplicated": "47de1449be2e884017cc025a442cb0654419cda8608cec13f0257acaddd4add9",
-    "resplit": "4d8f94bcba91aab49dc6cc5552c479f483cedd703d025964d8e034a973ce2847",
+    # 2026-12-07: a split again keeps whole near-duplicate components together, as an upload
+    # does (before, only the keep-first sets: near pairs between two sets could cross).
+    "resplit": "8397cd57076395701fa1d313a73b1184960bb004faffadce25fa97b70b4c3b66",
     "upload_dedup_report": "592da77d4d6dadd7",
     "upload_leakage_report": "ba3d68362399e4d5",
 }

@@ -20,6 +20,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+from stdnum import iban as stdnum_iban, luhn
+from stdnum.us import ssn as stdnum_ssn
 
 
 class PiiMatch(NamedTuple):
@@ -175,46 +177,32 @@ class PhoneDetector(Detector):
 
 # --- CREDIT_CARD -------------------------------------------------------------------------------
 
-# Issuer ranges as (lowest prefix, highest prefix, valid lengths); the width of the bound is
-# the number of leading digits compared, so (2221, 2720) compares four.
-_16_19, _14_19, _12_19 = tuple(range(16, 20)), tuple(range(14, 20)), tuple(range(12, 20))
-_IIN_RANGES = (
-    (4, 4, (13, 16, 19)),                                                # Visa
-    (51, 55, (16,)), (2221, 2720, (16,)),                                # Mastercard
-    (34, 34, (15,)), (37, 37, (15,)),                                    # American Express
-    (6011, 6011, _16_19), (644, 649, _16_19), (65, 65, _16_19),          # Discover
-    (300, 305, _14_19), (36, 36, _14_19), (38, 39, _16_19),              # Diners Club
-    (3528, 3589, _16_19),                                                # JCB
-    (62, 62, _16_19),                                                    # UnionPay
-    (2200, 2204, _16_19),                                                # Mir
-    (50, 50, _12_19), (56, 58, _12_19), (6304, 6304, _12_19), (6759, 6759, _12_19),  # Maestro
-)
+# python-stdnum has the Luhn check but no issuer table, and the brands' ranges move every few
+# years (Mastercard's 2-series, Mir, RuPay, Elo, Hipercard). So the issuer check is the one
+# ISO/IEC 7812 fixes for every card: a major industry identifier (the first digit) of 2-6,
+# the card and banking industries, and 13-19 digits. It turns away Luhn-valid numbers that are
+# not payment cards (1234..., 0000..., a SIM card's 89... ICCID); the few cards numbered
+# outside 2-6 (UATP's 1, Troy's 9792) are missed.
+_CARD_INDUSTRIES = frozenset("23456")
+# Printed like a card: one kind of separator, and the groups inside 3-6 digits long (4-4-4-4,
+# Amex 4-6-5, not 1-2-1); the first and last may be any length, as a date or a CVV may touch
+# the card and the longest valid run of groups is taken.
+_CARD_PRINTING = _rx(r"\d+(?:[ -]\d{3,6})*(?:[ -]\d+)?")
 
 
-def known_iin(number):
-    for low, high, lengths in _IIN_RANGES:
-        if len(number) in lengths and low <= int(number[:len(str(low))]) <= high:
-            return True
-    return False
-
-
-def luhn_ok(number):
-    total = 0
-    for i, ch in enumerate(reversed(number)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+def card_number_ok(digits):
+    return 13 <= len(digits) <= 19 and digits[0] in _CARD_INDUSTRIES and luhn.is_valid(digits)
 
 
 class CreditCardDetector(Detector):
-    """13-19 digits, optionally in groups split by spaces or dashes, known issuer, Luhn-valid."""
+    """13-19 digits, optionally in groups split by spaces or dashes, a card industry, Luhn-valid."""
 
     kind = "CREDIT_CARD"
     priority = 90
     # One kind of separator per candidate, so "2024-07-15 4242 4242 4242 4242" still yields the card.
-    pattern = _rx(r"(?<![\w.-])\d(?:[\d ]{10,28}|[\d-]{10,28})\d(?![\w-]|[.,]\d)")
+    # Not right after a word that starts like an IBAN (country and check digits): the digits
+    # of a mistyped IBAN ("DE89 3704 0044 0532 0130 01") are no card.
+    pattern = _rx(r"(?<![\w.-])(?<!\b[A-Z]{2}\d\d[ -])\d(?:[\d ]{10,28}|[\d-]{10,28})\d(?![\w-]|[.,]\d)")
     group = _rx(r"\d+")
 
     def wants(self, text, shape):
@@ -231,48 +219,28 @@ class CreditCardDetector(Detector):
 
     def _card_span(self, candidate):
         """The longest run of digit groups that is a valid card, as (start, end) in `candidate`."""
-        if "  " in candidate or "--" in candidate:
+        if not _CARD_PRINTING.fullmatch(candidate):
             return None
         groups = list(self.group.finditer(candidate))
-        if len(groups) > 2 and not all(3 <= len(g.group()) <= 6 for g in groups[1:-1]):
-            return None  # cards are printed in groups of 4 (Amex 4-6-5), not 1-2-1
         for size in range(len(groups), 0, -1):
             for i in range(len(groups) - size + 1):
-                number = "".join(g.group() for g in groups[i:i + size])
-                if 13 <= len(number) <= 19 and known_iin(number) and luhn_ok(number):
+                if card_number_ok("".join(g.group() for g in groups[i:i + size])):
                     return groups[i].start(), groups[i + size - 1].end()
         return None
 
 
 # --- IBAN --------------------------------------------------------------------------------------
 
-IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
-    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
-    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
-    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
-    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
-    "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
-    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
-    "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
-    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-}
-
-
-def iban_ok(compact):
-    """Known country, its length, and the ISO 13616 mod-97 check."""
-    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum():
-        return False
-    rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
-
-
 class IbanDetector(Detector):
-    """Upper-case IBANs, compact or printed in groups of four."""
+    """Upper-case IBANs, compact or printed in groups of four, valid by python-stdnum's iban:
+    a country of SWIFT's IBAN registry, its length and BBAN format, the ISO 13616 mod-97 check,
+    and the national checks stdnum has (Belgium's bank codes, Spain's, Norway's and
+    Montenegro's check digits)."""
 
     kind = "IBAN"
     priority = 90
-    pattern = _rx(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{10,30}|(?: [A-Z0-9]{4})+(?: [A-Z0-9]{1,3})?)"
+    # At most 34 characters (ISO 13616), so printed: seven groups after the first and a part.
+    pattern = _rx(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{10,30}|(?: [A-Z0-9]{4}){1,7}(?: [A-Z0-9]{1,3})?)"
                   r"(?![A-Za-z0-9])")
 
     def wants(self, text, shape):
@@ -289,23 +257,26 @@ class IbanDetector(Detector):
 
     @staticmethod
     def _iban_end(candidate):
-        """Where the IBAN ends in `candidate`: a printed one may run on into an upper-case word."""
-        length = IBAN_LENGTHS.get(candidate[:2], 0)
-        seen = 0
-        for i, ch in enumerate(candidate):
-            seen += ch != " "
-            if seen == length:
-                ends_cleanly = i + 1 == len(candidate) or candidate[i + 1] == " "
-                return i + 1 if ends_cleanly and iban_ok(candidate[:i + 1].replace(" ", "")) else None
+        """Where the IBAN ends in `candidate`: a printed one may run on into an upper-case word
+        ("BE71 0961 2345 6769 SENT"), so it is the longest run of whole groups that is valid.
+        Each country has one length, so at most one run can be."""
+        for end in reversed(_space_positions(candidate) + [len(candidate)]):
+            if stdnum_iban.is_valid(candidate[:end]):
+                return end
         return None
+
+
+def _space_positions(text):
+    return [i for i, ch in enumerate(text) if ch == " "]
 
 
 # --- US_SSN ------------------------------------------------------------------------------------
 
-def ssn_ok(digits):
-    """Never issued: area 000, 666 or 900-999; group 00; serial 0000."""
-    area, group, serial = digits[:3], digits[3:5], digits[5:]
-    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+def ssn_ok(value):
+    """python-stdnum's us.ssn on the digits: never issued are area 000, 666 and 900-999 (the
+    9xx range holds ITINs), group 00 and serial 0000; also refused are three numbers made
+    public in advertising (078-05-1120, a wallet insert's, which SSA voided)."""
+    return stdnum_ssn.is_valid(_digits(value))
 
 
 _SSN_WORDS = ("ssn", "ss#", "social security")
@@ -329,10 +300,10 @@ class SsnDetector(Detector):
 
     def find(self, text, shape=None):
         for m in self.dashed.finditer(text):
-            if ssn_ok(_digits(m.group())):
+            if ssn_ok(m.group()):
                 yield self._match(text, m.start(), m.end())
         for m in self.keyword.finditer(text):
-            if ssn_ok(_digits(m.group(1))):
+            if ssn_ok(m.group(1)):
                 yield self._match(text, m.start(1), m.end(1))
 
 

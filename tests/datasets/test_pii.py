@@ -83,13 +83,31 @@ def test_credit_card_found(value):
 
 @pytest.mark.parametrize("text", [
     "card 4242 4242 4242 4241 exp 12/27",  # 16 digits, Luhn fails
-    "ref 1234 5678 1234 5670",  # Luhn passes, no issuer starts with 1
+    "ref 1234 5678 1234 5670",  # Luhn passes, no card industry starts with 1
     "0000 0000 0000 0000",
     "4242 42 4242 4242 424",  # not printed in card groups
     "account 4242424242",  # too short
 ])
 def test_credit_card_near_misses(text):
     assert not any(m.kind == "CREDIT_CARD" for m in pii.scan(text)), pii.scan(text)
+
+
+@pytest.mark.parametrize("value", [
+    "6062 8288 8866 6688",  # Hipercard (Brazil)
+    "6362 9700 0045 7013",  # Elo (Brazil)
+])
+def test_credit_card_of_a_smaller_brand_found(value):
+    # The issuer check is ISO/IEC 7812's card industries (first digit 2-6), not a list of brands.
+    assert_finds(f"card {value} exp 12/27", "CREDIT_CARD", value)
+
+
+def test_luhn_valid_number_outside_the_card_industries_is_no_card():
+    assert_clean("sim 8944110000000000008 activated")  # a SIM card's ICCID: Luhn-valid, industry 8
+
+
+def test_credit_card_after_a_code_that_ends_like_an_iban_start():
+    # An IBAN's digits are no card, but only where its country code starts a word.
+    assert_finds("SKU 651X5SBU43 378282246310005 arrived", "CREDIT_CARD", "378282246310005")
 
 
 def test_credit_card_next_to_a_date_and_a_cvv():
@@ -101,18 +119,40 @@ def test_credit_card_next_to_a_date_and_a_cvv():
 @pytest.mark.parametrize("value", [
     "DE89 3704 0044 0532 0130 00", "DE89370400440532013000", "GB82WEST12345698765432",
     "GB82 WEST 1234 5698 7654 32", "FR14 2004 1010 0505 0001 3M02 606", "NL91ABNA0417164300",
-    "BE68539007547034", "CH9300762011623852957", "IT60X0542811101000000123456",
+    "BE71096123456769", "CH9300762011623852957", "IT60X0542811101000000123456",
+    "AT61 1904 3002 3457 3201",
 ])
 def test_iban_found(value):
     assert_finds(f"pay to {value} please", "IBAN", value)
 
 
-def test_iban_followed_by_an_upper_case_word():
-    assert_finds("IBAN BE68 5390 0754 7034 THANKS", "IBAN", "BE68 5390 0754 7034")
+@pytest.mark.parametrize("text, value", [
+    ("IBAN BE71 0961 2345 6769 THANKS", "BE71 0961 2345 6769"),
+    ("IBAN BE71 0961 2345 6769 SENT today", "BE71 0961 2345 6769"),
+    ("IBAN AT61 1904 3002 3457 3201 SENT", "AT61 1904 3002 3457 3201"),
+])
+def test_iban_followed_by_an_upper_case_word(text, value):
+    assert_finds(text, "IBAN", value)
+
+
+@pytest.mark.parametrize("value", [  # every country of SWIFT's IBAN registry, Russia and Oman too
+    "RU02 0445 2560 0407 0281 0412 3456 7890 1", "OM81 0180 0000 0129 9123 456",
+])
+def test_iban_of_any_registry_country_found(value):
+    assert_finds(f"pay to {value} please", "IBAN", value)
 
 
 @pytest.mark.parametrize("text", [
-    "pay to DE89 3704 0044 0532 0130 01 please",  # bad checksum
+    "pay to BE68 5390 0754 7034 please",  # the textbook example: no Belgian bank has code 539
+    "pay to ES29 2100 0418 4602 0005 1332 please",  # mod-97 holds, Spain's own check digits fail
+    "pay to GB25123412345698765432 please",  # mod-97 holds, but a UK bank code is four letters
+])
+def test_iban_failing_its_national_format_or_checks_is_not_found(text):
+    assert_clean(text)
+
+
+@pytest.mark.parametrize("text", [
+    "pay to DE89 3704 0044 0532 0130 01 please",  # bad checksum; its digits are no card either
     "DE89370400440532013001",
     "DE89 3704 0044 0532 0130",  # too short for DE
     "ZZ89370400440532013000",  # no such country
@@ -126,7 +166,7 @@ def test_iban_near_misses(text):
 
 @pytest.mark.parametrize("text, value", [
     ("ssn 123-45-6789 on file", "123-45-6789"),
-    ("employee 078-05-1120", "078-05-1120"),
+    ("employee 536-90-4399", "536-90-4399"),
     ("SSN: 123456789", "123456789"),
     ("social security number 123 45 6789", "123 45 6789"),
 ])
@@ -139,6 +179,14 @@ def test_ssn_found(text, value):
     "id 123-45-0000", "customer 123456789", "part 123-45-67890",
 ])
 def test_ssn_near_misses(text):
+    assert_clean(text)
+
+
+@pytest.mark.parametrize("text", [
+    "employee 078-05-1120",  # a wallet insert's sample number, voided by SSA
+    "ssn 219-09-9999",  # the sample in an SSA pamphlet
+])
+def test_ssn_printed_in_advertising_is_not_found(text):
     assert_clean(text)
 
 

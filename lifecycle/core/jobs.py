@@ -77,6 +77,9 @@ class TaskSpec:
     # core keeps the function and never imports the app, and a result stays plain JSON of
     # ids (a URL written into a result would go stale when the URLs change).
     outcome: Callable | None = None
+    # Exceptions that mean "this input is refused" (a bad file, say), not a bug: the job fails
+    # with the message alone, logged in one line without a traceback.
+    refusals: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -93,14 +96,14 @@ class Outcome:
 _registry: dict[str, TaskSpec] = {}
 
 
-def task(queue="default", roles=(), outcome=None):
+def task(queue="default", roles=(), outcome=None, refusals=()):
     """Register a function as a task named by its dotted path, run on `queue`, its jobs
     readable by `roles` (and by whoever started them); `outcome(job)` says what a succeeded
-    job made (see TaskSpec)."""
+    job made, `refusals` which exceptions are expected refusals (see TaskSpec)."""
 
     def register(func):
         name = f"{func.__module__}.{func.__qualname__}"
-        _registry[name] = TaskSpec(name, func, queue, tuple(roles), outcome)
+        _registry[name] = TaskSpec(name, func, queue, tuple(roles), outcome, tuple(refusals))
         func.task_name = name
         return func
 
@@ -287,13 +290,27 @@ def _run(job):
         log.exception("job %s (%s) ran out of memory", job.pk, job.task)
         finished = job.mark_failed(out_of_memory_message(exc))
     except Exception as exc:
-        log.exception("job %s (%s) failed", job.pk, job.task)
-        finished = job.mark_failed(f"{type(exc).__name__}: {exc}")
+        finished = job.mark_failed(_failure(job, exc))
     else:
         finished = job.mark_succeeded(result)
     if not finished:
         job.refresh_from_db(fields=["status"])
         log.warning("job %s ended, but its row was already %s; outcome discarded", job.pk, job.status)
+
+
+def _failure(job, exc):
+    """The failed job's error, logged: a refusal its task expects in one line, anything else
+    (a bug) with its traceback. Called while `exc` is being handled."""
+    try:
+        refusals = get_task(job.task).refusals
+    except UnknownTask:
+        refusals = ()
+    if isinstance(exc, refusals):
+        # One line in the log: a message built from the user's file may hold line breaks.
+        log.info("job %s (%s) refused: %s", job.pk, job.task, "\\n".join(str(exc).splitlines()))
+        return str(exc)
+    log.exception("job %s (%s) failed", job.pk, job.task)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def memory_limit_in_force():

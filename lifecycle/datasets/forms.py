@@ -1,5 +1,5 @@
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.utils.text import slugify
 
 from lifecycle.datasets.models import Dataset, Example, Upload
@@ -27,6 +27,14 @@ class DatasetForm(forms.ModelForm):
         labels = {"pii_policy": "PII policy", "max_labels": "Most labels", "max_text_chars": "Longest text (characters)"}
         help_texts = {"slug": "The dataset's name in addresses: lowercase letters, digits and hyphens. "
                               "Filled from the name; change it if you like."}
+        error_messages = {"slug": {"unique": "A dataset with this slug exists already: give another."}}
+
+    @classmethod
+    def from_values(cls, values):
+        """The form bound to what a script sent (manage.py dataset_create, the JSON API): a
+        field it leaves out takes the default the web form starts with."""
+        data = {name: field.initial for name, field in cls.base_fields.items() if field.initial is not None}
+        return cls({**data, **values})
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -51,6 +59,17 @@ class DatasetForm(forms.ModelForm):
         if labels and len(labels) < 2:
             raise ValidationError("A label set needs at least two labels.")
         return labels
+
+    def error_line(self):
+        """Every error in one line, each named by its field, for a command line or an API answer."""
+        parts = []
+        for name, errors in self.errors.items():
+            text = " ".join(errors)
+            choices = [str(value) for value, _ in getattr(self.fields.get(name), "choices", ()) if value != ""]
+            if choices:
+                text = f"{text.rstrip('.')} (one of: {', '.join(choices)})."
+            parts.append(text if name == NON_FIELD_ERRORS else f"{name}: {text}")
+        return "; ".join(parts)
 
     def save_for(self, user):
         fields = {name: self.cleaned_data[name] for name in self.Meta.fields}

@@ -40,7 +40,9 @@ def _derive_outcome(job):
     return _versions_made(parent.dataset_id, [job.result["version"]], job.result["rows"])
 
 
-@task(queue="default", roles=READ_ROLES, outcome=_ingest_outcome)
+# A refused file (bad rows, one label, missing columns, PII under "block") is the user's to
+# fix, not a bug: its job fails with the reason, logged in one line without a traceback.
+@task(queue="default", roles=READ_ROLES, outcome=_ingest_outcome, refusals=(ingest.IngestRejected,))
 def ingest_upload(job, *, upload_id):
     """Turn an upload into a version. A refusal keeps its report on the upload and makes nothing else."""
     upload = Upload.objects.select_related("dataset", "created_by").get(pk=upload_id)

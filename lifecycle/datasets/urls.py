@@ -16,6 +16,7 @@ urlpatterns = [
     path("datasets/<slug:slug>/v<int:number>/export.csv", views.version_export, name="export"),
     path("datasets/<slug:slug>/v<int:number>/signoff", views.version_signoff, name="signoff"),
     path("datasets/<slug:slug>/v<int:number>/<str:operation>", views.version_action, name="action"),
+    path("api/v1/datasets", views.api_datasets, name="api_datasets"),
     path("api/v1/datasets/<slug:slug>/versions", views.api_version_create, name="api_version_create"),
     path("api/v1/datasets/<slug:slug>/versions/<int:number>", views.api_version_detail, name="api_version"),
     path("api/v1/uploads/<int:upload_id>", views.api_upload_detail, name="api_upload"),

@@ -7,13 +7,14 @@ from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from lifecycle.core.charts import grouped_bars
 from lifecycle.core.jobs import enqueue
 from lifecycle.core.models import Job, canonical_json
 from lifecycle.core.queues import QueueUnavailable
-from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, has_role, role_required
+from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, forbidden, has_role, role_required
 from lifecycle.datasets import diff, splits, tasks, uploads
 from lifecycle.datasets.forms import (
     BrowseForm,
@@ -25,8 +26,10 @@ from lifecycle.datasets.forms import (
     UploadForm,
 )
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, PiiSignOff, Upload
+from lifecycle.lib import jsonapi
 from lifecycle.lib.csvsafe import csv_lines
-from lifecycle.lib.params import BadParameter, parse_id, parse_int
+from lifecycle.lib.pagination import keyset_page
+from lifecycle.lib.params import BadParameter, parse_id, parse_int, parse_optional_id
 
 # Example texts can hold personal data: statistics are for every reader, rows are not.
 ROW_ROLES = (ML_ENGINEER, APPROVER)
@@ -366,6 +369,78 @@ def _diff_sections(pages, a, b):
 
 def _api_error(status, message, **extra):
     return JsonResponse({"error": message, **extra}, status=status)
+
+
+api = jsonapi.api_view(())
+API_PAGE_SIZE, API_MAX_PAGE_SIZE = 50, 200
+TEXT_FIELDS = ("name", "slug", "description", "task", "pii_policy")
+NUMBER_FIELDS = ("max_labels", "max_text_chars")
+
+
+def dataset_data(dataset):
+    """A dataset as the API and manage.py dataset_create answer with it."""
+    return {
+        "id": dataset.pk, "slug": dataset.slug, "name": dataset.name, "description": dataset.description,
+        "task": dataset.task, "pii_policy": dataset.pii_policy, "label_set": dataset.label_set,
+        "max_labels": dataset.max_labels, "max_text_chars": dataset.max_text_chars,
+        "created_by": getattr(dataset.created_by, "username", None), "created_at": dataset.created_at,
+        "url": dataset.get_absolute_url(),
+        # Where its files go next (multipart POST, see api_version_create).
+        "versions_url": reverse("datasets:api_version_create", args=[dataset.slug]),
+    }
+
+
+@role_required(*READ_ROLES)
+@api("GET", "POST")
+def api_datasets(request):
+    """GET: the datasets, newest first (?before=id or ?after=id, and ?size= to page).
+    POST {"task", "pii_policy", "name" and/or "slug", "description"?, "labels"?: [..],
+    "max_labels"?, "max_text_chars"?} (engineers): 201 with the new dataset, checked by the
+    web form's rules; 400 with every refused field."""
+    if request.method == "POST":
+        if not has_role(request.user, ML_ENGINEER):
+            return forbidden(request, (ML_ENGINEER,))
+        return _api_dataset_create(request)
+    before = parse_optional_id(request.GET.get("before"), "before")
+    after = parse_optional_id(request.GET.get("after"), "after")
+    size = parse_int(request.GET.get("size", API_PAGE_SIZE), "size", 1, API_MAX_PAGE_SIZE)
+    page = keyset_page(Dataset.objects.select_related("created_by"), "pk", before=before, after=after, size=size)
+    link = reverse("datasets:api_datasets")
+    return JsonResponse({
+        "datasets": [dataset_data(dataset) for dataset in page.items],
+        "older": f"{link}?before={page.older}&size={size}" if page.older is not None else None,
+        "newer": f"{link}?after={page.newer}&size={size}" if page.newer is not None else None,
+    })
+
+
+def _api_dataset_create(request):
+    data = jsonapi.body(request, (*TEXT_FIELDS, *NUMBER_FIELDS, "labels"), required=("task", "pii_policy"))
+    values = {name: _typed(data, name, str, "text") for name in TEXT_FIELDS if name in data}
+    values |= {name: _typed(data, name, int, "a whole number") for name in NUMBER_FIELDS if name in data}
+    if "labels" in data:
+        values["labels"] = _labels(data["labels"])
+    values.setdefault("name", values.get("slug", ""))  # as on the command line: the slug names it
+    form = DatasetForm.from_values(values)
+    if not form.is_valid():
+        return jsonapi.error(400, "bad_request", form.error_line(),
+                             fields={name: list(errors) for name, errors in form.errors.items()})
+    return JsonResponse(dataset_data(form.save_for(request.user)), status=201)
+
+
+def _typed(data, name, kind, what):
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, kind):  # null must not read as "not given"
+        raise jsonapi.BadRequest(f"{name} must be {what}")
+    return value
+
+
+def _labels(value):
+    """The label list as the form's comma-separated field; a comma inside a label would split it."""
+    if not isinstance(value, list) or not all(isinstance(label, str) for label in value):
+        raise jsonapi.BadRequest("labels must be a list of texts")
+    if any("," in label for label in value):
+        raise jsonapi.BadRequest("a label may not hold a comma")
+    return ",".join(value)
 
 
 @role_required(ML_ENGINEER)

@@ -210,7 +210,7 @@ def test_cli_import_prints_the_report_as_json(engineer, tmp_path):
     assert report["leakage"]["has_leakage"] is False
     odd = tmp_path / "odd.csv"
     odd.write_text("foo,bar\nx,y\n")
-    with pytest.raises(CommandError, match="import failed: IngestRejected: missing required columns: text"):
+    with pytest.raises(CommandError, match="import refused: missing required columns: text"):
         call_command("dataset_import", str(odd), dataset="support", stdout=io.StringIO())
     with pytest.raises(CommandError, match="no dataset 'nope'"):
         call_command("dataset_import", str(path), dataset="nope")

@@ -34,7 +34,9 @@ class Command(BaseCommand):
             raise CommandError(f"{path} is not a file")
         dataset = Dataset.objects.filter(slug=options["dataset"]).first()
         if dataset is None:
-            raise CommandError(f"no dataset {options['dataset']!r}; create it in the web UI first")
+            raise CommandError(f"no dataset {options['dataset']!r}; create it first with manage.py dataset_create "
+                               f"{options['dataset']} --task {'|'.join(Dataset.Task.values)} "
+                               f"--pii-policy {'|'.join(Dataset.PiiPolicy.values)}")
         user = user_named(options["user"])
         try:
             mapping = uploads.parse_mapping_arg(options["map"])
@@ -46,7 +48,7 @@ class Command(BaseCommand):
         upload.refresh_from_db()
         self.stdout.write(json.dumps(self.report(upload, job), indent=2, cls=DjangoJSONEncoder))
         if job.status != Job.Status.SUCCEEDED:
-            raise CommandError(f"import failed: {job.error}")
+            raise CommandError(self.failure(upload, job))
 
     @staticmethod
     def run_ingest(upload, mapping, user, split_by_time):
@@ -59,6 +61,13 @@ class Command(BaseCommand):
         perform(job.pk)
         job.refresh_from_db()
         return job
+
+    @staticmethod
+    def failure(upload, job):
+        """One line: why the file was refused (the user's to fix), or how the import failed."""
+        refused = upload.report.get("refused")
+        text = f"import refused: {refused}" if refused else f"import failed: {job.error or job.status}"
+        return "\\n".join(text.splitlines())  # a reason quoting the file may hold line breaks
 
     @staticmethod
     def report(upload, job):

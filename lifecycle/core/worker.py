@@ -118,6 +118,16 @@ class LifecycleWorker(Worker):
         finally:
             connections.close_all()  # a forked horse must not inherit an open connection
 
+    def subscribe(self):
+        """RQ's own, but the pubsub thread wakes every second instead of every 60: a worker
+        leaving (burst done, a stop) closes the pubsub, which waits for the thread's read, and
+        with 60 s one in a few burst workers hung that long after its last job."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=1, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
+
     def fork_work_horse(self, job, queue):
         connections.close_all()  # each horse opens its own database connection
         super().fork_work_horse(job, queue)

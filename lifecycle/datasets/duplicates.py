@@ -136,7 +136,7 @@ def _in_huge_component(components, cap):
 
 
 def _report(scratch, exact, reps):
-    count = scratch.sql("SELECT count(*) FROM near").fetchone()[0]
+    count = scratch.sql("SELECT count(*) FROM near").fetchall()[0][0]
     lowest = scratch.sql(f"SELECT low, high FROM near ORDER BY low, high LIMIT {REPORTED_PAIRS}").fetchall()
     return {
         "exact_duplicate_rows": exact["rows"],

@@ -85,7 +85,7 @@ def choose_splits(scratch, stage, found, options, progress):
     duplicate components and groups kept together) and the leakage that remains."""
     progress("splitting", 0, 1)
     groups = queries.first_rows(scratch, "group_id", stage.rows, ignore_negative=True) \
-        if scratch.sql(f"SELECT bool_or(group_id >= 0) FROM {scratch.facts()}").fetchone()[0] else None
+        if scratch.sql(f"SELECT bool_or(group_id >= 0) FROM {scratch.facts()}").fetchall()[0][0] else None
     given = stage.column("split")
     if (given >= 0).all():
         assigned, how = given, "given"

@@ -93,6 +93,10 @@ class Scratch:
             yield from cursor.sql(query).to_arrow_reader(FETCH)
         except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
             raise QueryFailed(_room(exc)) from None
+        except OSError as exc:  # the same, raised through Arrow's reader
+            if not str(exc).startswith(("Out of Memory Error", "IO Error")):
+                raise
+            raise QueryFailed(_room(exc)) from None
         finally:
             cursor.close()
 
@@ -177,23 +181,40 @@ def create_candidates(scratch, max_partners):
     scratch.sql("DROP TABLE found")
 
 
+# Pairs joined with their rows' signatures or texts per query: each query's working set (a
+# hash table of this many pairs and what they carry) stays the same however many rows.
+PAIRS_PER_QUERY = 200_000
+
+
+def _in_parts(scratch, table, query):
+    """`query` (with {part} for a condition on `low`) run once per part of `table`'s pairs,
+    parted by a hash of the smaller row: the pairs sharing a row land in the same part."""
+    parts = max(1, -(-scratch.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0] // PAIRS_PER_QUERY))
+    for part in range(parts):
+        yield from scratch.batches(query.format(part=f"hash(low) % {parts} = {part}"))
+
+
 def candidates_with_signatures(scratch):
     """The candidates a batch at a time with both rows' signatures."""
-    return scratch.batches(f"""
+    return _in_parts(scratch, "candidates", f"""
         SELECT c.low, c.high, a.signature AS low_signature, b.signature AS high_signature
-        FROM candidates c JOIN {scratch.facts()} a ON a.row = c.low JOIN {scratch.facts()} b ON b.row = c.high""")
+        FROM (SELECT * FROM candidates WHERE {{part}}) c
+        JOIN {scratch.facts()} a ON a.row = c.low JOIN {scratch.facts()} b ON b.row = c.high""")
 
 
 def text_pairs_with_texts(scratch):
     """Table `text_pairs(low, high)` with both texts (prompt, then "\\n" and the response where
-    there is one), a batch at a time, ordered so that pairs sharing a row come together."""
+    there is one), a batch at a time, pairs sharing a row together."""
     joined = "CASE WHEN coalesce(response, '') <> '' THEN text || chr(10) || response ELSE text END"
-    return scratch.batches(f"""
-        WITH wanted AS (SELECT low AS row FROM text_pairs UNION SELECT high FROM text_pairs),
-             texts AS (SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()}
-                       WHERE file_row_number IN (SELECT row FROM wanted))
+    scratch.sql(f"""
+        CREATE TABLE texts AS SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()}
+        SEMI JOIN (SELECT low AS row FROM text_pairs UNION SELECT high FROM text_pairs) wanted
+          ON wanted.row = file_row_number""")
+    yield from _in_parts(scratch, "text_pairs", """
         SELECT p.low, p.high, a.text AS low_text, b.text AS high_text
-        FROM text_pairs p JOIN texts a ON a.row = p.low JOIN texts b ON b.row = p.high ORDER BY p.low, p.high""")
+        FROM (SELECT * FROM text_pairs WHERE {part}) p JOIN texts a ON a.row = p.low JOIN texts b ON b.row = p.high
+        ORDER BY p.low, p.high""")
+    scratch.sql("DROP TABLE texts")
 
 
 def packed(scratch, query):

@@ -242,7 +242,7 @@ DATASET_PARALLEL_MIN_BYTES = env_int("DATASET_PARALLEL_MIN_BYTES", 16 * 1024**2)
 # removed when it ends): the system's temporary folder unless set. DuckDB, which runs the
 # duplicate search's queries there, spills past DATASET_QUERY_MEMORY_MB instead of growing.
 DATASET_SCRATCH_DIR = os.environ.get("DATASET_SCRATCH_DIR") or None
-DATASET_QUERY_MEMORY_MB = env_int("DATASET_QUERY_MEMORY_MB", 256)
+DATASET_QUERY_MEMORY_MB = env_int("DATASET_QUERY_MEMORY_MB", 128)
 DATASET_QUERY_THREADS = env_int("DATASET_QUERY_THREADS", 2)
 DATASET_QUERY_SPILL_MB = env_int("DATASET_QUERY_SPILL_MB", 0)  # most it may spill; 0: DuckDB's own (90 % of free disk)
 # Most columns (JSON Lines: distinct keys) an uploaded file may have; wider files are refused

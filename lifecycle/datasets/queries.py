@@ -51,7 +51,11 @@ class Scratch:
     def db(self):
         if self._db is None:
             config = {"memory_limit": f"{settings.DATASET_QUERY_MEMORY_MB}MB", "temp_directory": str(self.path / "spill"),
-                      "threads": settings.DATASET_QUERY_THREADS, "preserve_insertion_order": False}
+                      "threads": settings.DATASET_QUERY_THREADS, "preserve_insertion_order": False,
+                      # Memory DuckDB frees goes back to the system at once, and the Parquet
+                      # files are not cached beside its buffers: what it holds is its limit.
+                      "allocator_flush_threshold": "8MB", "allocator_bulk_deallocation_flush_threshold": "8MB",
+                      "enable_external_file_cache": False}
             if settings.DATASET_QUERY_SPILL_MB:
                 config["max_temp_directory_size"] = f"{settings.DATASET_QUERY_SPILL_MB}MB"
             self._db = duckdb.connect(config=config)

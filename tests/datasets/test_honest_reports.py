@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from django.core.management import call_command
 
-from lifecycle.datasets import ingest, operations, versions
+from lifecycle.datasets import ingest, operations, pipeline, versions
 from lifecycle.datasets.models import Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.splits import SplitOptions
@@ -64,7 +64,7 @@ def test_a_redacted_childs_pii_report_names_its_rows_past_the_first_batch(eng_cl
     rows, secrets = secret_rows()
     dataset = Dataset.create(None, slug="pairs", name="Pairs", task=Dataset.Task.SFT, pii_policy="redact")
     options = ingest.Options.for_dataset(dataset, ColumnMapping({"prompt": "instruction", "response": "output"}), "reject")
-    raw, child = ingest.ingest_file(dataset, str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "jsonl", options)
+    raw, child = pipeline.upload(dataset, str(write_jsonl(tmp_path / "pairs.jsonl", rows)), "jsonl", options)
     assert [e["row"] for e in raw.pii_report["examples"]["SECRET"]] == secrets
     assert child.operation == "redact" and child.pii_status == "found"
     assert child.pii_report["rows_with_pii"] == 2 and child.pii_report["rows_scanned"] == len(rows)

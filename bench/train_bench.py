@@ -2,13 +2,16 @@
 (transformers.Trainer + peft) at its own best settings, same model, data, seed and hyperparameters.
 
     .venv/bin/python bench/train_bench.py                     # classification, MiniLM-L6 + LoRA, CPU
+    .venv/bin/python bench/train_bench.py --seeds 0 1 2       # the figures bench/RESULTS.md keeps (~20 min on 2 cores)
     .venv/bin/python bench/train_bench.py --quick             # a smoke run (400 rows, 1 epoch)
-    .venv/bin/python bench/train_bench.py --write             # also append the table to bench/RESULTS.md
     .venv/bin/python bench/train_bench.py --causal            # GPU host: Llama-3.2-1B-shaped causal LM, LoRA r=16, bf16
     .venv/bin/python bench/train_bench.py --causal --tiny --quick   # the causal code path, shrunk, on CPU
 
-Each side runs in its own process (`--side ours|plain`, so peak RSS and GPU memory are that
-side's alone and neither warms the other's caches); the parent prints them side by side.
+The seeds run one after another, never side by side; the last lines printed are the summary to
+paste into bench/RESULTS.md (machine, date, commit, one row per seed with each side's load
+average before and after it, the mean). Each side runs in its own process (`--side
+ours|plain`, so peak RSS and GPU memory are that side's alone and neither warms the other's
+caches); the parent prints them side by side.
 Throughput counts real (non-padding) tokens. "Ours" is timed by the loop's own per-step
 `step_time` (training only: its per-epoch validation and the test pass are timed apart);
 "plain" by the wall time of `Trainer.train()` (which, with eval_strategy="no", is training only).
@@ -17,6 +20,7 @@ The plain side is the Trainer as its documentation says to run it for speed, not
 length-grouped sampling (`train_sampling_strategy="group_by_length"`, `group_by_length=True` in
 transformers before 5), padding to each batch's longest, and on CPU the same attention kernel our
 loader picks there; so what is compared is the loop, not a setting the Trainer also has.
+`torch_compile` is left off: on CPU it recompiles for each batch length (bench/RESULTS.md).
 """
 import argparse
 import json
@@ -552,15 +556,63 @@ def describe(s, ours, plain, peak):
             f"({peak['what']}, same run)."]
 
 
-def write_results(s, lines, gpu):
-    title = "Training: ours vs plain Trainer + peft" if s["mode"] == "classification" else \
-        "Causal-LM training: ours vs plain Trainer + peft"
+def commit():
+    """The short commit, and a warning where the code measured differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "lifecycle", "bench/train_bench.py")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
+
+
+def run_seed(s):
+    """Both sides (and, for the causal path, the matmul peak) for one seed, each with the load
+    average before and after it: on a shared machine other work moves one side and not the
+    other, and a ratio taken under a changing load says nothing."""
+    peak = run_side(s, "peak") if s["mode"] == "causal" else None
+    results = {"peak": peak}
+    for side in ("ours", "plain"):
+        before = os.getloadavg()[0]
+        results[side] = run_side(s, side)
+        results[side]["load"] = (before, os.getloadavg()[0])
+        r = throughput(results[side])
+        print(f"seed {s['seed']}, {side}: {r['examples/s']:.1f} examples/s, {r['tokens/s']:,.0f} tokens/s, "
+              f"{results[side]['train_s']:.1f} s training", flush=True)
+    return results
+
+
+def quality(s, r):
+    return f"{r['accuracy']:.3f}" if s["mode"] == "classification" else f"{r['test_loss']:.3f}"
+
+
+def load(r):
+    return f"{r['load'][0]:.1f} → {r['load'][1]:.1f}"
+
+
+def padding(r):
+    return f"{1 - r['tokens'] / r['positions']:.0%}"
+
+
+def summary(s, runs, seeds, gpu):
+    """The lines the results file keeps: machine, date, commit, command, one row per seed, the mean."""
     flags = " --causal" if s["mode"] == "causal" else ""
-    section = [f"\n## {title} — {date.today().isoformat()}, {machine(gpu)}\n",
-               (f"Command: `.venv/bin/python bench/train_bench.py{flags} --write` (rows {s['rows']}, "
-                f"epochs {s['epochs']:g}, batch {s['batch']}, threads {s['threads']}).")] + lines
-    with open(ROOT / "bench" / "RESULTS.md", "a") as out:
-        out.write("\n".join(section) + "\n")
+    measure = "test accuracy" if s["mode"] == "classification" else "test loss"
+    lines = [f"**{date.today().isoformat()}, commit {commit()}.** Machine: {machine(gpu)}.",
+             f"Command: `.venv/bin/python bench/train_bench.py{flags} --seeds {' '.join(map(str, seeds))}` "
+             f"(rows {s['rows']:,}, epochs {s['epochs']:g}, batch {s['batch']}, threads {s['threads']}; "
+             "the seeds one after another).", "",
+             f"| seed | ours examples/s | plain examples/s | ours / plain | padding ours / plain | {measure} ours / plain "
+             "| load average before → after, ours; plain |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    ratios = []
+    for seed, run in zip(seeds, runs):
+        o, p = (throughput(run[side])["examples/s"] for side in ("ours", "plain"))
+        ratios.append((o, p))
+        lines.append(f"| {seed} | {o:.1f} | {p:.1f} | {o / p:.2f}× | {padding(run['ours'])} / {padding(run['plain'])} | "
+                     f"{quality(s, run['ours'])} / {quality(s, run['plain'])} | {load(run['ours'])}; {load(run['plain'])} |")
+    if len(runs) > 1:
+        o, p = (sum(x) / len(x) for x in zip(*ratios))
+        lines.append(f"| mean | {o:.1f} | {p:.1f} | **{o / p:.2f}×** | | | |")
+    return lines
 
 
 def main():
@@ -569,9 +621,9 @@ def main():
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--threads", type=int, help="torch threads in each side (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few rows, one epoch, never written")
-    parser.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md (not with --quick/--tiny)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run each seed in turn (default: 0)")
+    parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few rows, one epoch")
     parser.add_argument("--causal", action="store_true", help="causal-LM LoRA on a Llama-3.2-1B-shaped model (GPU)")
     parser.add_argument("--tiny", action="store_true", help="with --causal: a tiny model on CPU, to test the code path")
     parser.add_argument("--side", choices=["ours", "plain", "peak"], help=argparse.SUPPRESS)
@@ -583,19 +635,17 @@ def main():
         return
     if args.tiny and not args.causal:
         parser.error("--tiny goes with --causal")
-    s = settings(args)
-    peak = run_side(s, "peak") if s["mode"] == "causal" else None
-    results = {}
-    for side in ("ours", "plain"):
-        results[side] = run_side(s, side)
-        r = throughput(results[side])
-        print(f"{side}: {r['examples/s']:.1f} examples/s, {r['tokens/s']:,.0f} tokens/s, "
-              f"{results[side]['train_s']:.1f} s training", flush=True)
-    lines = [""] + describe(s, results["ours"], results["plain"], peak) + [""] + table(s, results["ours"], results["plain"], peak)
-    print("\n".join(lines))
-    if args.write and not (args.quick or args.tiny):
-        write_results(s, lines, peak and peak["what"].split(" on ")[-1])
-        print("\nappended to bench/RESULTS.md")
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    runs = []
+    for seed in seeds:
+        args.seed = seed
+        s = settings(args)
+        run = run_seed(s)
+        runs.append(run)
+        print("\n".join([""] + describe(s, run["ours"], run["plain"], run["peak"]) + [""]
+                        + table(s, run["ours"], run["plain"], run["peak"]) + [""]), flush=True)
+    peak = runs[-1]["peak"]
+    print("\n".join(summary(s, runs, seeds, peak and peak["what"].split(" on ")[-1])))
 
 
 if __name__ == "__main__":

@@ -388,11 +388,14 @@ def isolation_check(trainer, vocab):
     a, b = (torch.randint(3, vocab, (n,), generator=generator) for n in (24, 16))
     ids = torch.cat([a, b])[None].to(trainer.device)
     positions = torch.cat([torch.arange(24), torch.arange(16)])[None].to(trainer.device)
-    backbone, _ = trainer._backbone_and_head()
-    trainer.model.eval()
+    model = trainer.model
+    # The backbone the loop's loss runs (training.chunked_lm_loss), without the LM head.
+    backbone = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    model.eval()
     with torch.no_grad(), trainer._autocast():
-        packed = backbone(input_ids=ids, position_ids=positions).last_hidden_state[0, 24:].float()
-        alone = backbone(input_ids=ids[:, 24:], position_ids=positions[:, 24:]).last_hidden_state[0].float()
+        packed = backbone(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0, 24:].float()
+        alone = backbone(input_ids=ids[:, 24:], position_ids=positions[:, 24:],
+                         use_cache=False).last_hidden_state[0].float()
     return bool(((packed - alone).abs().max() / alone.abs().max()).item() < 0.05)
 
 

@@ -1,17 +1,29 @@
-"""Ingest benchmark: the whole dataset path on generated JSONL, phase by phase, with peak memory.
+"""Ingest benchmark: the whole dataset path on generated JSONL, as a multiple of a floor measured
+in the same run, phase by phase, with peak memory.
 
-    .venv/bin/python bench/ingest_bench.py                 # 100k and 1M rows
+    .venv/bin/python bench/ingest_bench.py                 # 200k and 1M rows on PostgreSQL
+    .venv/bin/python bench/ingest_bench.py --rows 200000   # the headline size alone (about 1 min)
     .venv/bin/python bench/ingest_bench.py --rows 20000    # a quick run
     .venv/bin/python bench/ingest_bench.py --rows 200000 --databases sqlite postgresql   # side by side
 
-Each size runs in its own process (so peak RSS is that size's alone) against a PostgreSQL
+The headline is ingest seconds / floor seconds: this machine's speed moves by 2× from day to
+day, a ratio to work done in the same minutes much less. The floor is the least any ingest of
+the file must do: parse the same JSONL (Arrow's JSON reader) and COPY it into one PostgreSQL
+table under the same full-text index the ingest maintains (migration 0003: GIN on
+to_tsvector('simple', text)), nothing else: no validation, PII, hashes, duplicates or splits.
+It runs just before and just after each size's ingests, in a scratch table dropped afterwards,
+and the mean of the two is the divisor (both are printed, so a machine that changed speed
+mid-run shows).
+
+Each ingest runs in its own process (so peak RSS is that size's alone) against a PostgreSQL
 database `lifecycle_bench` (dropped and made afresh), or a new SQLite file (`--databases
-sqlite`, the embedded default), and a temporary artifact folder. After
-the ingest it times the example browser's server side on the new version: pages and filters
-through Django's test client, as a logged-in engineer. Results are appended to
-bench/RESULTS.md with the machine and date.
+sqlite`, the embedded default), and a temporary artifact folder. After the ingest it times the
+example browser's server side on the new version: pages and filters through Django's test
+client, as a logged-in engineer. The tables are printed, with machine, date, commit and load
+average, ready to paste into bench/RESULTS.md's *Dataset ingest* section.
 """
 import argparse
+import io
 import json
 import os
 import platform
@@ -25,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lifecycle_bench")
+FLOOR_TABLE = "bench_ingest_floor"
+FLOOR_COLUMNS = ("text", "label", "customer_id", "created_at", "channel")  # what generate() writes
 
 
 def generate(path, rows):
@@ -185,9 +199,49 @@ def time_browser(version):
     return timings
 
 
+def run_floor(path):
+    """The floor, in this process: the JSONL parsed and COPYed into a scratch table under the
+    ingest's full-text index, committed; the table is dropped after the clock stops."""
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(DB_URL) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {FLOOR_TABLE}")
+        conn.execute(f"CREATE TABLE {FLOOR_TABLE} (text text, label text, customer_id text, "
+                     "created_at timestamptz, channel text)")
+        conn.execute(f"CREATE INDEX ON {FLOOR_TABLE} USING gin (to_tsvector('simple', text))")
+        rows = copy_jsonl(conn, path)
+    seconds = time.perf_counter() - started  # the connection's block committed
+    with psycopg.connect(DB_URL, autocommit=True) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        conn.execute(f"DROP TABLE {FLOOR_TABLE}")
+    print(json.dumps({"floor_s": seconds, "rows": rows, "peak_rss_mb": peak_rss_mb(), "postgresql": server}))
+
+
+def copy_jsonl(conn, path):
+    """Arrow's JSON reader (C++, threaded) into Arrow's CSV writer into COPY: the cheapest way
+    from this file to these rows (the ingest's own COPY data are made the same way)."""
+    import pyarrow as pa
+    from pyarrow import csv as pa_csv
+    from pyarrow import json as pa_json
+
+    schema = pa.schema([(name, pa.string()) for name in FLOOR_COLUMNS])
+    reader = pa_json.open_json(path, parse_options=pa_json.ParseOptions(
+        explicit_schema=schema, unexpected_field_behavior="ignore"))
+    rows, options = 0, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
+    with conn.cursor().copy(f"COPY {FLOOR_TABLE} ({', '.join(FLOOR_COLUMNS)}) FROM STDIN (FORMAT csv)") as copy:
+        for batch in reader:
+            buffer = io.BytesIO()
+            pa_csv.write_csv(batch, buffer, options)
+            copy.write(buffer.getvalue())
+            rows += batch.num_rows
+    return rows
+
+
 def reset_database():
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS lifecycle_bench"], check=True)
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE lifecycle_bench"], check=True)
+    quiet = {**os.environ, "PGOPTIONS": "-c client_min_messages=warning"}  # no "does not exist, skipping"
+    for sql in ("DROP DATABASE IF EXISTS lifecycle_bench", "CREATE DATABASE lifecycle_bench"):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True, env=quiet)
 
 
 def machine():
@@ -196,65 +250,110 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}"
 
 
-def report(results):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    lines = [f"\n## Dataset ingest — {date.today().isoformat()}, commit {commit}\n",
-             f"Machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the end. PostgreSQL 15 on the same machine.",
-             "Command: `.venv/bin/python bench/ingest_bench.py`. Generated JSONL (lifecycle.datasets.synthetic): "
-             "customer-support messages, 5 % with PII, 3 % exact or near duplicates, customer ids as groups.\n",
-             "| database | rows | end to end | rows/s | peak RSS | largest helper's peak RSS | duplicates removable | PII rows |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def commit():
+    """The short commit, and a warning where lifecycle/ differs from it (a rerun on work in progress)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "lifecycle")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in lifecycle/" if dirty else "")
+
+
+def child(what, *args):
+    """One measurement in its own process; its last line of output is its JSON result."""
+    out = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_size(rows, databases):
+    """The floor, each database's ingest, the floor again, all on one generated file."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data.jsonl"
+        generate(path, rows)
+        reset_database()
+        floors = [child(f"the {rows:,}-row floor", "--floor", path)]
+        for database in databases:
+            if database == "postgresql":
+                reset_database()
+            results.append(child(f"the {rows:,}-row run on {database}", "--run", path, rows, database))
+        floors.append(child(f"the {rows:,}-row floor", "--floor", path))
+    if any(f["rows"] != rows for f in floors):
+        sys.exit(f"the floor copied {[f['rows'] for f in floors]} rows of {rows:,}")
+    for r in results:
+        r["floor_s"] = [f["floor_s"] for f in floors]
+        r["floor_peak_rss_mb"] = max(f["peak_rss_mb"] for f in floors)
+        r["postgresql"] = floors[0]["postgresql"]
+        print(f"{rows:,} rows on {r['database']}: {r['total_s']:.1f} s = {ratio(r):.2f}× the floor "
+              f"({' / '.join(f'{s:.1f}' for s in r['floor_s'])} s), peak {r['peak_rss_mb']:,.0f} MB", flush=True)
+    return results
+
+
+def ratio(r):
+    return r["total_s"] / (sum(r["floor_s"]) / len(r["floor_s"]))
+
+
+def report(results, load_before):
+    """The tables, printed ready to paste into bench/RESULTS.md (Dataset ingest)."""
+    first = results[0]
+    lines = [f"Machine: {machine()}; PostgreSQL {first['postgresql']} on the same machine. "
+             f"Date {date.today().isoformat()}, commit {commit()}. Load average (1 min) "
+             f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after.",
+             f"Command: `{command(results)}`.\n",
+             "| database | rows | ingest | floor, before / after | **ingest / floor** | peak RSS (main) | largest helper's peak RSS "
+             "| floor's peak RSS | duplicates removable | PII rows |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         helper = f"{r['helper_peak_rss_mb']:,.0f} MB" if r.get("helper_peak_rss_mb") else "none"
-        lines.append(f"| {r.get('database', 'postgresql')} | {r['rows']:,} | {r['total_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} MB | {helper} | "
+        lines.append(f"| {r['database']} | {r['rows']:,} | {r['total_s']:.1f} s | "
+                     f"{' / '.join(f'{s:.1f}' for s in r['floor_s'])} s | **{ratio(r):.2f}×** | "
+                     f"{r['peak_rss_mb']:,.0f} MB | {helper} | {r['floor_peak_rss_mb']:,.0f} MB | "
                      f"{r['dedup']['removable_rows']:,} | {r['pii_rows']:,} |")
     for r in results:
-        lines += [f"\nPhases at {r['rows']:,} rows on {r.get('database', 'postgresql')} (CPU seconds: this process, its helper processes, the rest of the "
-                  "machine, which is PostgreSQL):\n",
-                  "| phase | seconds | rows/s | peak RSS so far | CPU main / helpers / PostgreSQL |", "| --- | --- | --- | --- | --- |"]
-        phases = list(r["phases"].items())
-        inside = [(f"  streaming pass, of which {k}", v) for k, v in r["inside_stage"].items()]
-        for name, p in phases[:1] + inside + phases[1:]:
-            peak, cpu = r["peak_after_phase_mb"].get(name), r["cpu"].get(name)
-            used = f"{cpu['main']:.1f} / {cpu['helpers']:.1f} / {cpu['rest']:.1f}" if cpu else ""
-            lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} | {used} |")
-    for rows in sorted({r["rows"] for r in results}):
-        by = {r.get("database", "postgresql"): r for r in results if r["rows"] == rows}
-        if {"sqlite", "postgresql"} <= set(by):
-            lines.append(f"\nAt {rows:,} rows SQLite takes {by['sqlite']['total_s'] / by['postgresql']['total_s']:.2f}× "
-                         "PostgreSQL's time end to end.")
+        lines += phase_lines(r)
     last = results[-1]
-    lines += [f"\nExample browser, server time (median of 5, ms) on the {last['rows']:,}-row version:\n",
+    lines += [f"\nExample browser, server time (median of 5, ms) on the {last['rows']:,}-row version ({last['database']}):\n",
               "| page / filter | ms |", "| --- | --- |"] + [f"| {k} | {v:.1f} |" for k, v in last["browse_ms"].items()]
-    with open(ROOT / "bench" / "RESULTS.md", "a") as out:
-        out.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def command(results):
+    rows = " ".join(str(n) for n in sorted({r["rows"] for r in results}))
+    databases = sorted({r["database"] for r in results})
+    flag = "" if databases == ["postgresql"] else " --databases " + " ".join(databases)
+    return f".venv/bin/python bench/ingest_bench.py --rows {rows}{flag}"
+
+
+def phase_lines(r):
+    lines = [f"\nPhases at {r['rows']:,} rows on {r['database']} (CPU seconds: this process, its helper processes, "
+             "the rest of the machine, which is PostgreSQL):\n",
+             "| phase | seconds | rows/s | peak RSS so far | CPU main / helpers / PostgreSQL |", "| --- | --- | --- | --- | --- |"]
+    phases = list(r["phases"].items())
+    inside = [(f"  streaming pass, of which {k}", v) for k, v in r["inside_stage"].items()]
+    for name, p in phases[:1] + inside + phases[1:]:
+        peak, cpu = r["peak_after_phase_mb"].get(name), r["cpu"].get(name)
+        used = f"{cpu['main']:.1f} / {cpu['helpers']:.1f} / {cpu['rest']:.1f}" if cpu else ""
+        lines.append(f"| {name} | {p['s']:.2f} | {p['rows_per_s']:,.0f} | {f'{peak:,.0f} MB' if peak else ''} | {used} |")
+    return lines
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--databases", nargs="+", choices=["postgresql", "sqlite"], default=["postgresql"])
     parser.add_argument("--run", nargs=3, metavar=("FILE", "ROWS", "DATABASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--floor", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         return run_one(Path(args.run[0]), int(args.run[1]), args.run[2])
-    results = []
-    for rows in args.rows:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "data.jsonl"
-            generate(path, rows)
-            for database in args.databases:
-                if database == "postgresql":
-                    reset_database()
-                out = subprocess.run([sys.executable, __file__, "--run", str(path), str(rows), database],
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    sys.exit(f"the {rows:,}-row run on {database} failed:\n{out.stderr[-3000:]}")
-                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(f"{rows:,} rows on {database}: {results[-1]['rows_per_s']:,.0f} rows/s, "
-                      f"peak {results[-1]['peak_rss_mb']:,.0f} MB", flush=True)
-    report(results)
+    if args.floor:
+        return run_floor(args.floor)
+    load_before = os.getloadavg()[0]
+    results = [r for rows in args.rows for r in measure_size(rows, args.databases)]
+    print()
+    report(results, load_before)
 
 
 if __name__ == "__main__":

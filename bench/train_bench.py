@@ -1,17 +1,26 @@
 """Training benchmark: our loop (lifecycle/runs/training.py) against the plain Hugging Face way
-(transformers.Trainer + peft, default settings), same model, data, seed and hyperparameters.
+(transformers.Trainer + peft) at its own best settings, same model, data, seed and hyperparameters.
 
     .venv/bin/python bench/train_bench.py                     # classification, MiniLM-L6 + LoRA, CPU
+    .venv/bin/python bench/train_bench.py --seeds 0 1 2       # the figures bench/RESULTS.md keeps (~20 min on 2 cores)
     .venv/bin/python bench/train_bench.py --quick             # a smoke run (400 rows, 1 epoch)
-    .venv/bin/python bench/train_bench.py --write             # also append the table to bench/RESULTS.md
     .venv/bin/python bench/train_bench.py --causal            # GPU host: Llama-3.2-1B-shaped causal LM, LoRA r=16, bf16
     .venv/bin/python bench/train_bench.py --causal --tiny --quick   # the causal code path, shrunk, on CPU
 
-Each side runs in its own process (`--side ours|plain`, so peak RSS and GPU memory are that
-side's alone and neither warms the other's caches); the parent prints them side by side.
+The seeds run one after another, never side by side; the last lines printed are the summary to
+paste into bench/RESULTS.md (machine, date, commit, one row per seed with each side's load
+average before and after it, the mean). Each side runs in its own process (`--side
+ours|plain`, so peak RSS and GPU memory are that side's alone and neither warms the other's
+caches); the parent prints them side by side.
 Throughput counts real (non-padding) tokens. "Ours" is timed by the loop's own per-step
 `step_time` (training only: its per-epoch validation and the test pass are timed apart);
 "plain" by the wall time of `Trainer.train()` (which, with eval_strategy="no", is training only).
+
+The plain side is the Trainer as its documentation says to run it for speed, not its defaults:
+length-grouped sampling (`train_sampling_strategy="group_by_length"`, `group_by_length=True` in
+transformers before 5), padding to each batch's longest, and on CPU the same attention kernel our
+loader picks there; so what is compared is the loop, not a setting the Trainer also has.
+`torch_compile` is left off: on CPU it recompiles for each batch length (bench/RESULTS.md).
 """
 import argparse
 import json
@@ -182,7 +191,24 @@ def plain_args(s, out, **extra):
         output_dir=out, per_device_train_batch_size=s["batch"], learning_rate=s["lr"],
         num_train_epochs=s["epochs"], warmup_steps=s["warmup"],  # below 1: a ratio (transformers 5)
         weight_decay=s["weight_decay"], seed=s["seed"], eval_strategy="no", save_strategy="no", report_to=[],
-        logging_steps=NEVER, dataloader_num_workers=0, disable_tqdm=True, **extra)
+        logging_steps=NEVER, dataloader_num_workers=0, disable_tqdm=True, **length_grouping(), **extra)
+
+
+def length_grouping():
+    """The Trainer's own length-grouped sampler, under the name the installed transformers gives it."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    if "train_sampling_strategy" in names:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
+def plain_sampling(trainer):
+    """What the Trainer really sampled with, read back from it (printed with the results)."""
+    return type(trainer._get_train_sampler()).__name__
 
 
 def plain_classification(s):
@@ -199,15 +225,18 @@ def plain_classification(s):
     splits, labels = classification_splits(s)
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path)
+    on_gpu = torch.cuda.is_available()  # the device our loop would pick, so both run on the same
+    # The attention our loader picks on this device (lifecycle/runs/training.py: load_model).
+    attention = {} if on_gpu else {"attn_implementation": "eager"}
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        **attention)
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=s["r"], lora_alpha=s["alpha"],
                                              lora_dropout=s["dropout"], target_modules=None))
     texts, targets = splits["train"]
     encoded = tok(texts, truncation=True, max_length=s["max_length"])
     train = [{**{k: v[i] for k, v in encoded.items()}, "labels": targets[i]} for i in range(len(texts))]
     collator = CountingCollator(DataCollatorWithPadding(tok))
-    on_gpu = torch.cuda.is_available()  # the device our loop would pick, so both run on the same
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model=model, args=plain_args(s, out, use_cpu=not on_gpu, bf16=on_gpu), train_dataset=train,
                           data_collator=collator, processing_class=tok)
@@ -222,6 +251,7 @@ def plain_classification(s):
         "steps": trainer.state.global_step, "train_s": train_s, "wall_s": train_s + test_s, "other_s": test_s,
         "examples": len(train) * s["epochs"], "tokens": collator.tokens, "positions": collator.positions,
         "accuracy": accuracy, "macro_f1": macro_f1, "optimizer": optimizer_name(trainer),
+        "sampler": plain_sampling(trainer), "attention": model.config._attn_implementation,
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(),
     }
@@ -358,11 +388,14 @@ def isolation_check(trainer, vocab):
     a, b = (torch.randint(3, vocab, (n,), generator=generator) for n in (24, 16))
     ids = torch.cat([a, b])[None].to(trainer.device)
     positions = torch.cat([torch.arange(24), torch.arange(16)])[None].to(trainer.device)
-    backbone, _ = trainer._backbone_and_head()
-    trainer.model.eval()
+    model = trainer.model
+    # The backbone the loop's loss runs (training.chunked_lm_loss), without the LM head.
+    backbone = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    model.eval()
     with torch.no_grad(), trainer._autocast():
-        packed = backbone(input_ids=ids, position_ids=positions).last_hidden_state[0, 24:].float()
-        alone = backbone(input_ids=ids[:, 24:], position_ids=positions[:, 24:]).last_hidden_state[0].float()
+        packed = backbone(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0, 24:].float()
+        alone = backbone(input_ids=ids[:, 24:], position_ids=positions[:, 24:],
+                         use_cache=False).last_hidden_state[0].float()
     return bool(((packed - alone).abs().max() / alone.abs().max()).item() < 0.05)
 
 
@@ -392,7 +425,8 @@ def plain_causal(s):
     return {
         "steps": trainer.state.global_step, "train_s": train_s, "wall_s": train_s + test_s, "other_s": test_s,
         "examples": len(train) * s["epochs"], "tokens": collator.tokens, "positions": collator.positions,
-        "test_loss": test_loss, "optimizer": optimizer_name(trainer),
+        "test_loss": test_loss, "optimizer": optimizer_name(trainer), "sampler": plain_sampling(trainer),
+        "attention": model.config._attn_implementation,
         **flops_per_token(model, s, [len(i) for i in ids]),
         "peak_rss_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(),
     }
@@ -503,20 +537,21 @@ def table(s, ours, plain, peak=None):
 def describe(s, ours, plain, peak):
     common = (f"seed {s['seed']}, LoRA r={s['r']} alpha={s['alpha']} dropout {s['dropout']}, lr {s['lr']:g}, batch {s['batch']}, "
               f"{s['epochs']:g} epoch(s), warmup {s['warmup']:g}, weight decay {s['weight_decay']:g}, "
-              f"{s['threads']} torch threads; plain optimizer {plain['optimizer']}")
+              f"{s['threads']} torch threads; plain optimizer {plain['optimizer']}, sampler {plain['sampler']}, "
+              f"attention {plain['attention']}")
     if s["mode"] == "classification":
         return [(f"all-MiniLM-L6-v2 sequence classification ({ours['trainable']:,} trainable parameters), "
                  f"{s['rows']:,} synthetic support messages (12 intents, 3 % label noise), 80/10/10 split, "
                  f"max length {s['max_length']}; {common}."),
-                ("Ours: length-grouped batches, each padded to its own longest. Plain: random batches, "
-                 "DataCollatorWithPadding, default TrainingArguments otherwise.")]
+                ("Ours: length-grouped batches, each padded to its own longest. Plain: the Trainer's "
+                 "length-grouped sampler, DataCollatorWithPadding (each batch padded to its own longest).")]
     shape = "tiny Llama (hidden 64, 2 layers, vocab 1000), fp32 on CPU" if s["tiny"] else \
         "Llama-3.2-1B-shaped model (random weights, bf16)"
     return [(f"Causal-LM LoRA on all 7 linear layers of a {shape}; {s['rows']:,} synthetic token sequences, "
              f"lognormal lengths (median {s['median_length']}, max {s['max_length']}), first 30 % prompt (label -100); "
              f"{common}."),
             ("Ours: packed rows (position ids restart per example), loss on response tokens only, head in chunks. "
-             "Plain: DataCollatorForSeq2Seq padding, full-vocabulary logits."),
+             "Plain: the Trainer's length-grouped sampler, DataCollatorForSeq2Seq padding, full-vocabulary logits."),
             f"MFU = real tokens/s × FLOPs per token / peak; FLOPs per token = 4·N_frozen + 6·N_lora + 12·layers·hidden·T, "
             f"N_frozen = {ours['frozen']:,} (linear weights incl. the LM head, forward + input gradients only), "
             f"N_lora = {ours['trainable_params']:,}, T = Σlen²/Σlen = {ours['context']:.0f} (attention within each sequence) "
@@ -524,15 +559,63 @@ def describe(s, ours, plain, peak):
             f"({peak['what']}, same run)."]
 
 
-def write_results(s, lines, gpu):
-    title = "Training: ours vs plain Trainer + peft" if s["mode"] == "classification" else \
-        "Causal-LM training: ours vs plain Trainer + peft"
+def commit():
+    """The short commit, and a warning where the code measured differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "lifecycle", "bench/train_bench.py")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
+
+
+def run_seed(s):
+    """Both sides (and, for the causal path, the matmul peak) for one seed, each with the load
+    average before and after it: on a shared machine other work moves one side and not the
+    other, and a ratio taken under a changing load says nothing."""
+    peak = run_side(s, "peak") if s["mode"] == "causal" else None
+    results = {"peak": peak}
+    for side in ("ours", "plain"):
+        before = os.getloadavg()[0]
+        results[side] = run_side(s, side)
+        results[side]["load"] = (before, os.getloadavg()[0])
+        r = throughput(results[side])
+        print(f"seed {s['seed']}, {side}: {r['examples/s']:.1f} examples/s, {r['tokens/s']:,.0f} tokens/s, "
+              f"{results[side]['train_s']:.1f} s training", flush=True)
+    return results
+
+
+def quality(s, r):
+    return f"{r['accuracy']:.3f}" if s["mode"] == "classification" else f"{r['test_loss']:.3f}"
+
+
+def load(r):
+    return f"{r['load'][0]:.1f} → {r['load'][1]:.1f}"
+
+
+def padding(r):
+    return f"{1 - r['tokens'] / r['positions']:.0%}"
+
+
+def summary(s, runs, seeds, gpu):
+    """The lines the results file keeps: machine, date, commit, command, one row per seed, the mean."""
     flags = " --causal" if s["mode"] == "causal" else ""
-    section = [f"\n## {title} — {date.today().isoformat()}, {machine(gpu)}\n",
-               (f"Command: `.venv/bin/python bench/train_bench.py{flags} --write` (rows {s['rows']}, "
-                f"epochs {s['epochs']:g}, batch {s['batch']}, threads {s['threads']}).")] + lines
-    with open(ROOT / "bench" / "RESULTS.md", "a") as out:
-        out.write("\n".join(section) + "\n")
+    measure = "test accuracy" if s["mode"] == "classification" else "test loss"
+    lines = [f"**{date.today().isoformat()}, commit {commit()}.** Machine: {machine(gpu)}.",
+             f"Command: `.venv/bin/python bench/train_bench.py{flags} --seeds {' '.join(map(str, seeds))}` "
+             f"(rows {s['rows']:,}, epochs {s['epochs']:g}, batch {s['batch']}, threads {s['threads']}; "
+             "the seeds one after another).", "",
+             f"| seed | ours examples/s | plain examples/s | ours / plain | padding ours / plain | {measure} ours / plain "
+             "| load average before → after, ours; plain |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    ratios = []
+    for seed, run in zip(seeds, runs):
+        o, p = (throughput(run[side])["examples/s"] for side in ("ours", "plain"))
+        ratios.append((o, p))
+        lines.append(f"| {seed} | {o:.1f} | {p:.1f} | {o / p:.2f}× | {padding(run['ours'])} / {padding(run['plain'])} | "
+                     f"{quality(s, run['ours'])} / {quality(s, run['plain'])} | {load(run['ours'])}; {load(run['plain'])} |")
+    if len(runs) > 1:
+        o, p = (sum(x) / len(x) for x in zip(*ratios))
+        lines.append(f"| mean | {o:.1f} | {p:.1f} | **{o / p:.2f}×** | | | |")
+    return lines
 
 
 def main():
@@ -541,9 +624,9 @@ def main():
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--threads", type=int, help="torch threads in each side (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few rows, one epoch, never written")
-    parser.add_argument("--write", action="store_true", help="append the results to bench/RESULTS.md (not with --quick/--tiny)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run each seed in turn (default: 0)")
+    parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few rows, one epoch")
     parser.add_argument("--causal", action="store_true", help="causal-LM LoRA on a Llama-3.2-1B-shaped model (GPU)")
     parser.add_argument("--tiny", action="store_true", help="with --causal: a tiny model on CPU, to test the code path")
     parser.add_argument("--side", choices=["ours", "plain", "peak"], help=argparse.SUPPRESS)
@@ -555,19 +638,17 @@ def main():
         return
     if args.tiny and not args.causal:
         parser.error("--tiny goes with --causal")
-    s = settings(args)
-    peak = run_side(s, "peak") if s["mode"] == "causal" else None
-    results = {}
-    for side in ("ours", "plain"):
-        results[side] = run_side(s, side)
-        r = throughput(results[side])
-        print(f"{side}: {r['examples/s']:.1f} examples/s, {r['tokens/s']:,.0f} tokens/s, "
-              f"{results[side]['train_s']:.1f} s training", flush=True)
-    lines = [""] + describe(s, results["ours"], results["plain"], peak) + [""] + table(s, results["ours"], results["plain"], peak)
-    print("\n".join(lines))
-    if args.write and not (args.quick or args.tiny):
-        write_results(s, lines, peak and peak["what"].split(" on ")[-1])
-        print("\nappended to bench/RESULTS.md")
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    runs = []
+    for seed in seeds:
+        args.seed = seed
+        s = settings(args)
+        run = run_seed(s)
+        runs.append(run)
+        print("\n".join([""] + describe(s, run["ours"], run["plain"], run["peak"]) + [""]
+                        + table(s, run["ours"], run["plain"], run["peak"]) + [""]), flush=True)
+    peak = runs[-1]["peak"]
+    print("\n".join(summary(s, runs, seeds, peak and peak["what"].split(" on ")[-1])))
 
 
 if __name__ == "__main__":

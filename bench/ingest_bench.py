@@ -121,7 +121,7 @@ def run_one(path, rows, database="postgresql"):
     """One size, in this process: the ingest phases, then the example browser."""
     work = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
     setup_django(work / "artifacts", f"sqlite:///{work / 'bench.sqlite3'}" if database == "sqlite" else DB_URL)
-    from lifecycle.datasets import ingest
+    from lifecycle.datasets import ingest, pipeline
     from lifecycle.datasets.models import Dataset
     from lifecycle.datasets.readers import ColumnMapping
 
@@ -141,8 +141,7 @@ def run_one(path, rows, database="postgresql"):
         last_cpu[0] = now
         return time.perf_counter()
 
-    # The ingest's own path (ingest_staged, as ingest_file runs it), timed phase by phase as
-    # its progress reports move on: each step lets go of what the next does not need.
+    # The ingest's own path (pipeline.upload), timed phase by phase as its progress reports move on.
     names = {"deduplicating": "near-duplicate pairs + keep-first", "splitting": "split", "checking leakage": "leakage",
              "writing": "write (Parquet, artifact, examples COPY, manifest)"}
     current, t = ["read+validate+PII+hash+minhash+stage"], time.perf_counter()
@@ -153,14 +152,12 @@ def run_one(path, rows, database="postgresql"):
             t = lap(current[0], t)
             current[0] = names[phase]
 
-    stage, problems = ingest.stage_file(str(path), "jsonl", options, progress)
-    [version] = ingest.ingest_staged(dataset, stage, problems, options, progress=progress)
+    [version] = pipeline.upload(dataset, str(path), "jsonl", options, progress=progress)
     lap(current[0], t)
     total = time.perf_counter() - started
     dedup_report, leak = version.dedup_report, version.leakage_report
     result = {"database": database, "rows": rows, "kept": version.row_count, "total_s": total, "rows_per_s": rows / total,
               "phases": {name: {"s": s, "rows_per_s": rows / s} for name, s in times.items()},
-              "inside_stage": {name: {"s": s, "rows_per_s": rows / s} for name, s in stage.timings.items()},
               "peak_rss_mb": peak_rss_mb(), "helper_peak_rss_mb": helpers.peak_mb, "peak_after_phase_mb": peaks, "cpu": cpu, "dedup": {k: dedup_report[k] for k in ("exact_duplicate_rows", "near_duplicate_pairs", "removable_rows")},
               "pii_rows": version.pii_report["rows_with_pii"], "has_leakage": leak["has_leakage"]}
     result["browse_ms"] = time_browser(version)
@@ -331,7 +328,7 @@ def phase_lines(r):
              "the rest of the machine, which is PostgreSQL):\n",
              "| phase | seconds | rows/s | peak RSS so far | CPU main / helpers / PostgreSQL |", "| --- | --- | --- | --- | --- |"]
     phases = list(r["phases"].items())
-    inside = [(f"  streaming pass, of which {k}", v) for k, v in r["inside_stage"].items()]
+    inside = [(f"  streaming pass, of which {k}", v) for k, v in r.get("inside_stage", {}).items()]
     for name, p in phases[:1] + inside + phases[1:]:
         peak, cpu = r["peak_after_phase_mb"].get(name), r["cpu"].get(name)
         used = f"{cpu['main']:.1f} / {cpu['helpers']:.1f} / {cpu['rest']:.1f}" if cpu else ""

@@ -86,16 +86,15 @@ def choose_splits(scratch, stage, found, options, progress):
     progress("splitting", 0, 1)
     groups = queries.first_rows(scratch, "group_id", stage.rows, ignore_negative=True) \
         if scratch.sql(f"SELECT bool_or(group_id >= 0) FROM {scratch.facts()}").fetchall()[0][0] else None
-    given = stage.column("split")
+    given, times = stage.column("split"), stage.column("time")
     if (given >= 0).all():
         assigned, how = given, "given"
     else:
         how = "by time" if options.by_time else f"seeded (seed {options.seed})"
         assigned = splits.assign_splits(stage.column("label"), groups=groups, units=found.units,
-                                        timestamps=stage.column("time") if options.by_time else None,
+                                        timestamps=times if options.by_time else None,
                                         fractions=options.fractions, seed=options.seed, by_time=options.by_time)
     progress("checking leakage", 0, 1)
-    times = stage.column("time")
     leak = splits.leakage_report(assigned, exact_keys=found.first, near_pairs=found.near_pairs(scratch), groups=groups,
                                  timestamps=times if len(times) and not np.isnan(times).any() else None)
     return Splits(assigned, how, leak | {"splits_from": how})

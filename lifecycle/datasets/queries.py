@@ -148,23 +148,26 @@ def _room(exc):
             "or free disk space where it spills")
 
 
+def _first_rows_sql(scratch, column, ignore_negative=False):
+    """(row, first): each row's first row with the same value of `column`. An aggregate and
+    a join, not a window: both spill to disk past the memory limit."""
+    own = f"WHERE {column} >= 0" if ignore_negative else ""
+    return f"""
+        SELECT f.row, coalesce(k.first, f.row) AS first FROM {scratch.facts()} f
+        LEFT JOIN (SELECT {column} AS value, min(row) AS first FROM {scratch.facts()} {own} GROUP BY {column}) k
+          ON k.value = f.{column}"""
+
+
 def first_rows(scratch, column, n, *, ignore_negative=False):
     """Each row's first row with the same value of `column` (a value's first row is its own),
-    as dedup.first_rows gives; with ignore_negative, rows with a negative value are their own.
-    An aggregate and a join, not a window: both spill to disk past the memory limit."""
-    own = f"WHERE {column} >= 0" if ignore_negative else ""
-    return scratch.column(f"""
-        SELECT coalesce(k.first, f.row) FROM {scratch.facts()} f
-        LEFT JOIN (SELECT {column} AS value, min(row) AS first FROM {scratch.facts()} {own} GROUP BY {column}) k
-          ON k.value = f.{column}
-        ORDER BY f.row""", dedup.row_kind(n))
+    as dedup.first_rows gives; with ignore_negative, rows with a negative value are their own."""
+    return scratch.column(f"SELECT first FROM ({_first_rows_sql(scratch, column, ignore_negative)}) ORDER BY row",
+                          dedup.row_kind(n))
 
 
 def create_firsts(scratch):
     """Table `firsts(row, first)`: each row's first row with its content key."""
-    scratch.sql(f"""
-        CREATE TABLE firsts AS SELECT f.row, k.first FROM {scratch.facts()} f
-        JOIN (SELECT key, min(row) AS first FROM {scratch.facts()} GROUP BY key) k USING (key)""")
+    scratch.sql(f"CREATE TABLE firsts AS {_first_rows_sql(scratch, 'key')}")
 
 
 def create_candidates(scratch, max_partners):

@@ -1,20 +1,17 @@
 """Honest reports: a version's pages show what each check found, or "not checked" and why
 where the check did not run on its rows — never a default 0; and a redacted child's PII
 report names its own rows, in every batch."""
-import io
-import json
 import re
 from collections import Counter
 
 import pytest
-from django.core.management import call_command
 
 from lifecycle.datasets import ingest, operations, pipeline, versions
 from lifecycle.datasets.models import Dataset, DatasetVersion
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.splits import SplitOptions
-from lifecycle.datasets.synthetic import generate
 from tests.datasets.files import write_jsonl
+from tests.datasets.test_child_versions import import_synthetic as import_synthetic_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -26,11 +23,7 @@ def artifacts(settings, tmp_path):
 
 
 def import_synthetic(tmp_path, engineer, n=300, **options):
-    Dataset.create(engineer, slug="support", name="Support", pii_policy="allow")
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in generate(n, **options)))
-    call_command("dataset_import", str(path), dataset="support", stdout=io.StringIO())
-    return DatasetVersion.objects.get(number=1)
+    return import_synthetic_rows(tmp_path, engineer, n=n, **options)
 
 
 def page_of(client, version):

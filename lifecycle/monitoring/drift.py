@@ -19,12 +19,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from scipy import stats
-from scipy.spatial import distance
 from threadpoolctl import threadpool_limits
-# scipy's own exact two-sample KS distribution, as ks_2samp's method="auto" uses it; private,
-# so an upgrade that moves it fails here, loudly, and the statistics tests say what changed.
-from scipy.stats._stats_py import _attempt_exact_2kssamp
 
 from lifecycle.core.jobs import enqueue, maintenance_step, task
 from lifecycle.core.models import AuditEvent, Job
@@ -110,6 +105,13 @@ def ks_statistic(reference, current):
 def ks_p_value(d, n, m):
     """Two-sided p-value of D for samples of n and m, as scipy's ks_2samp(method="auto")
     computes it: exact below 10,000 rows a side, Smirnov's asymptotic formula above."""
+    # scipy is imported where it is used, not with the app: every worker process (the
+    # dataset ingest's included) would otherwise carry it. _attempt_exact_2kssamp is scipy's
+    # own exact two-sample KS distribution, as ks_2samp's method="auto" uses it; private, so
+    # an upgrade that moves it fails here, loudly, and the statistics tests say what changed.
+    from scipy import stats
+    from scipy.stats._stats_py import _attempt_exact_2kssamp
+
     if max(n, m) <= 10_000:
         ok, _, prob = _attempt_exact_2kssamp(n, m, math.gcd(n, m), d, "two-sided")
         if ok:
@@ -121,12 +123,16 @@ def ks_p_value(d, n, m):
 def jensen_shannon(reference, current):
     """Jensen–Shannon distance of two count vectors, natural log (Evidently calls scipy's
     jensenshannon with base=None; utils.get_binned_data with feel_zeroes=False)."""
+    from scipy.spatial import distance
+
     return float(distance.jensenshannon(_shares(reference), _shares(current)))
 
 
 def chi_squared_p(reference, current):
     """Evidently's chisquare_stattest: observed current counts against the reference's
     scaled to the current total."""
+    from scipy import stats
+
     reference = np.asarray(reference, dtype=np.float64)
     current = np.asarray(current, dtype=np.float64)
     expected = reference * current.sum() / reference.sum()
@@ -141,6 +147,8 @@ def z_test_p(reference, current):
     if pooled in (0.0, 1.0):
         return 1.0  # one value on both sides: Evidently's "nunique() == 1" case
     z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    from scipy import stats
+
     return float(2 * (1 - stats.norm.cdf(abs(z))))
 
 

@@ -11,7 +11,6 @@ the relation between confidence and correctness holds (covariate shift only); a 
 feedback accuracy is the sign that it no longer does (concept drift).
 """
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
 
 from lifecycle.monitoring import features
 from lifecycle.monitoring.models import Reference
@@ -31,6 +30,8 @@ def fit(confidence, correct):
     right = np.bincount(bins, weights=correct, minlength=size)
     filled = rows > 0
     centers = np.concatenate([[edges[0] / 2], (edges[:-1] + edges[1:]) / 2, [(edges[-1] + 1) / 2]])
+    from sklearn.isotonic import IsotonicRegression  # here, not with the app: see drift.ks_p_value
+
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     iso.fit(centers[filled], right[filled] / rows[filled], sample_weight=rows[filled])
     return {"method": METHOD, "edges": list(features.CONFIDENCE_EDGES), "rows": int(rows.sum()),

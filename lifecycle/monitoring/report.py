@@ -13,7 +13,6 @@ import resource
 import time
 
 import numpy as np
-import pandas as pd
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -114,6 +113,8 @@ def window_frame(deployment, version, start, end):
         labels.append(label)
         embedding = embedding if len(embedding or ()) == features.EMBEDDING_SIZE else [np.nan] * features.EMBEDDING_SIZE
         numbers.append([length, tokens, features.oov_rate(text, vocabulary), *embedding])
+    import pandas as pd  # here, not with the app: every worker process would carry it
+
     frame = pd.DataFrame(np.asarray(numbers, dtype=np.float64).reshape(-1, len(NUMERIC)), columns=NUMERIC)
     frame["label"] = labels
     frame["text"] = texts

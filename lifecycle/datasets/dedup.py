@@ -65,8 +65,8 @@ def exact_duplicate_summary(first, examples=20, per_example=5):
     """Exact duplicates from `first_rows`: rows that repeat an earlier row, keys held by two or
     more rows, and up to `examples` of those groups (their first rows first), each as its
     first `per_example` rows. No list of every group: a million rows have ~100k of them."""
-    first = np.asarray(first, dtype=np.int64)
-    repeats = first != np.arange(len(first))
+    first = np.asarray(first)
+    repeats = first != np.arange(len(first), dtype=first.dtype)
     heads = sorted_unique(first[repeats])
     shown = [np.flatnonzero(first == head)[:per_example].tolist() for head in heads[:examples]]
     return {"rows": int(repeats.sum()), "groups": int(len(heads)), "examples": shown}

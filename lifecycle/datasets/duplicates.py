@@ -49,19 +49,19 @@ class _Pairs:
 def find(scratch, n):
     """The duplicates of the n rows in `scratch` (queries.Scratch)."""
     queries.create_firsts(scratch)
-    first = scratch.column("SELECT first FROM firsts ORDER BY row", dedup.row_kind(n))
-    confirm_pairs(scratch)
+    first = scratch.by_row("SELECT row, first FROM firsts", n, dedup.row_kind(n))
+    confirm_pairs(scratch, n)
     reps = dedup.keep_first_in_order(n, queries.packed(scratch, f"SELECT * FROM ({ALL_PAIRS}) ORDER BY high, low"))
     units = split_units(n, queries.packed(scratch, ALL_PAIRS), reps)
     report = _report(scratch, dedup.exact_duplicate_summary(first), reps)
     return Duplicates(first, dedup.cluster_ids(reps), units, report)
 
 
-def confirm_pairs(scratch):
+def confirm_pairs(scratch, n):
     """Table `near(low, high)`: the candidates that are near duplicates. Sure ones on their
     estimate; the uncertain ones through the distinct pairs of texts they stand for (rows with
     the same exact key have the same shingles, so each pair of texts is checked once)."""
-    queries.create_candidates(scratch, MAX_PARTNERS)
+    queries.create_candidates(scratch, n, MAX_PARTNERS)
     for name in ("near", "uncertain", "kept_texts"):
         scratch.sql(f"CREATE TABLE {name} (low BIGINT, high BIGINT)")
     for batch in queries.candidates_with_signatures(scratch):

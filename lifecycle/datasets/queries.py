@@ -104,10 +104,13 @@ class Scratch:
         finally:
             cursor.close()
 
-    def column(self, query, dtype):
-        """A one-column result (ordered by the query) as one numpy array."""
-        parts = [batch.column(0).to_numpy(zero_copy_only=False) for batch in self.batches(query)]
-        return np.concatenate([np.zeros(0, dtype), *parts]).astype(dtype, copy=False)
+    def by_row(self, query, n, dtype):
+        """A (row, value) query over rows 0..n-1 as one numpy array of the values in row order:
+        each batch put in place as it comes, so no sort and no second copy of the column."""
+        values = np.empty(n, dtype)
+        for batch in self.batches(query):
+            values[batch.column(0).to_numpy()] = batch.column(1).to_numpy(zero_copy_only=False)
+        return values
 
 
 def facts_table(start, *, key, signatures, band_keys, label=None, group_id=None, time=None, split=None):
@@ -161,8 +164,7 @@ def _first_rows_sql(scratch, column, ignore_negative=False):
 def first_rows(scratch, column, n, *, ignore_negative=False):
     """Each row's first row with the same value of `column` (a value's first row is its own),
     as dedup.first_rows gives; with ignore_negative, rows with a negative value are their own."""
-    return scratch.column(f"SELECT first FROM ({_first_rows_sql(scratch, column, ignore_negative)}) ORDER BY row",
-                          dedup.row_kind(n))
+    return scratch.by_row(_first_rows_sql(scratch, column, ignore_negative), n, dedup.row_kind(n))
 
 
 def create_firsts(scratch):
@@ -170,20 +172,29 @@ def create_firsts(scratch):
     scratch.sql(f"CREATE TABLE firsts AS {_first_rows_sql(scratch, 'key')}")
 
 
-def create_candidates(scratch, max_partners):
+# Rows whose band keys one bucket query groups: parted by a hash of the key beyond this, so
+# each query's aggregate (a bucket's first rows are a list, which DuckDB cannot spill) holds
+# the same number of buckets however many rows.
+ROWS_PER_QUERY = 1_000_000
+
+
+def create_candidates(scratch, n, max_partners, rows_per_query=ROWS_PER_QUERY):
     """Table `candidates(low, high)`: row pairs sharing a band key, without repeats — in each
     bucket every row with each of the bucket's first `max_partners` rows before it (all pairs
-    of a small bucket, still connected in a big one), as dedup.candidate_pairs. A band at a
-    time, and through aggregates and joins (which spill), not a window over every band key."""
+    of a small bucket, still connected in a big one), as dedup.candidate_pairs. A band and a
+    part of its keys at a time, through an aggregate and a join, not a window over every key."""
+    parts = max(1, -(-n // rows_per_query))
     scratch.sql("CREATE TABLE found (low BIGINT, high BIGINT)")
     for band in range(BANDS):
-        scratch.sql(f"""
-            INSERT INTO found
-            WITH buckets AS (
-                SELECT band{band} AS key, min(row, {int(max_partners)}) AS hubs FROM {scratch.facts()}
-                WHERE band{band} <> 0 GROUP BY band{band} HAVING count(*) > 1)
-            SELECT hub, f.row FROM (SELECT key, unnest(hubs) AS hub FROM buckets) h
-            JOIN {scratch.facts()} f ON f.band{band} = h.key AND h.hub < f.row""")
+        for part in range(parts):
+            keys = f"SELECT row, band{band} AS key FROM {scratch.facts()} WHERE band{band} <> 0" + \
+                (f" AND hash(band{band}) % {parts} = {part}" if parts > 1 else "")
+            scratch.sql(f"""
+                INSERT INTO found
+                WITH buckets AS (SELECT key, min(row, {int(max_partners)}) AS hubs FROM ({keys}) GROUP BY key
+                                 HAVING count(*) > 1)
+                SELECT hub, f.row FROM (SELECT key, unnest(hubs) AS hub FROM buckets) h
+                JOIN ({keys}) f ON f.key = h.key AND h.hub < f.row""")
     scratch.sql("CREATE TABLE candidates AS SELECT DISTINCT low, high FROM found")
     scratch.sql("DROP TABLE found")
 

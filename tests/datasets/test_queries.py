@@ -40,9 +40,14 @@ def test_candidates_are_the_in_memory_candidate_pairs_with_big_buckets(scratch_d
     assert len(expected) > 500  # big buckets: the partner cap is in play
     with queries.Scratch() as scratch:
         _stage(scratch, texts)
-        queries.create_candidates(scratch, max_partners=4)
+        queries.create_candidates(scratch, len(texts), max_partners=4)
         found = scratch.sql("SELECT low, high FROM candidates ORDER BY low, high").fetchnumpy()
+        scratch.sql("DROP TABLE candidates")
+        # The same in parts of the band keys (as a big upload runs it).
+        queries.create_candidates(scratch, len(texts), max_partners=4, rows_per_query=len(texts) // 7)
+        parted = scratch.sql("SELECT low, high FROM candidates ORDER BY low, high").fetchnumpy()
     assert np.array_equal(np.stack([found["low"], found["high"]], axis=1), expected)
+    assert np.array_equal(np.stack([parted["low"], parted["high"]], axis=1), expected)
 
 
 def test_first_rows_are_dedups_for_keys_and_groups(scratch_dir):
@@ -71,7 +76,7 @@ def test_confirmed_pairs_are_every_candidate_checked_on_its_own(scratch_dir):
     with queries.Scratch() as scratch:
         _stage(scratch, texts)
         queries.create_firsts(scratch)
-        duplicates.confirm_pairs(scratch)
+        duplicates.confirm_pairs(scratch, len(texts))
         found = {tuple(p) for p in scratch.sql("SELECT low, high FROM near").fetchall()}
     assert found == expected
 

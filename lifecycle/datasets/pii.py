@@ -6,11 +6,11 @@
     pii.redact(text, matches)          # "mail <EMAIL> or call <PHONE>"
     [pii.mask(m) for m in matches]     # ["j***@e***.com", "+** ** **** **58"]
 
-Each detector is a class with one job, `find(text)`, and one cheap pre-check, `wanted(rows)`.
-Ingest scans every row of an upload, so `scan_many()` first computes the rows' shape (digits
--> 0, letters -> A/a, one C-level pass over the whole batch) and asks each detector which rows
-that shape could hold its kind in at all; a clean row costs that pass and a few numpy and
-substring tests. The rules and their known limits are in docs/pii.md.
+Each detector is a class with one job, `find(text)`, and one cheap pre-check, `wanted(rows)`:
+whether a row's shape (digits -> 0, letters -> A/a, one C-level pass) could hold its kind at
+all. Ingest scans every row of an upload, so `scan_many()` asks that of a whole batch at once
+with numpy; a clean row costs its share of a few passes. The rules and their known limits are
+in docs/pii.md.
 """
 import ipaddress
 import math
@@ -55,10 +55,12 @@ def _context_before(text, start, pattern, window):
 
 
 class Detector:
-    """One kind of PII: `find(text)` yields PiiMatch; `wanted(rows)` is its cheap pre-check."""
+    """One kind of PII. `find(text)` yields a PiiMatch for each match of `patterns` (its group 1
+    where the regex has one) that `valid` accepts; `wanted(rows)` is the cheap pre-check."""
 
     kind = ""
     priority = 0  # breaks ties between overlapping matches of equal length: higher is more specific
+    patterns = ()
 
     @property
     def placeholder(self):
@@ -76,7 +78,15 @@ class Detector:
 
     def find(self, text, shape=None):
         """PiiMatch for each hit; `shape` is shape_of(text) when the caller has it already."""
-        raise NotImplementedError
+        for pattern in self.patterns:
+            group = min(pattern.groups, 1)
+            for m in pattern.finditer(text):
+                if self.valid(m.group(group), text, m.start(group)):
+                    yield self._match(text, m.start(group), m.end(group))
+
+    def valid(self, value, text, start):
+        """Whether `value`, a match at `start` in `text`, is the kind (a checksum, its context)."""
+        return True
 
     def _match(self, text, start, end):
         return PiiMatch(self.kind, start, end, text[start:end])
@@ -87,16 +97,14 @@ class Detector:
 class EmailDetector(Detector):
     kind = "EMAIL"
     priority = 60
-    pattern = _rx(r"(?<![\w.%+-])[A-Za-z0-9][\w.%+-]{0,63}"
-                  r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])")
+    patterns = (_rx(r"(?<![\w.%+-])[A-Za-z0-9][\w.%+-]{0,63}"
+                    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"),)
 
     def wanted(self, rows):
         return rows.has(("@",))
 
-    def find(self, text, shape=None):
-        for m in self.pattern.finditer(text):
-            if ".." not in m.group():
-                yield self._match(text, m.start(), m.end())
+    def valid(self, value, text, start):
+        return ".." not in value
 
 
 # --- PHONE -------------------------------------------------------------------------------------
@@ -111,30 +119,23 @@ _PHONE_SEPARATOR = _rx(r"[ ().-]")
 _PHONE_KEYWORDS = re.compile("phone|tel|mob|cell|fax|call|whatsapp|sms").search  # one pass, not eight `in`s
 
 
-class PhonePattern(NamedTuple):
-    shape_hints: tuple  # run the regex only if the row's shape holds one of these (empty: always)
-    regex: re.Pattern
-    min_digits: int  # digits counted after a leading + or 00
-    max_digits: int
-
-
 class PhoneDetector(Detector):
     kind = "PHONE"
     priority = 40
-    # Digit runs are possessive (\d++) so that a long run cannot make the engine backtrack
-    # through every way of splitting it; whole groups may still be given back, so that
-    # "+44 20 7946 0958 11:41" ends before " 11".
-    patterns = (
-        PhonePattern(("+0",), _rx(r"(?<![\w+])\+[1-9](?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}"
-                                  + _PHONE_END), 8, 15),
-        PhonePattern(("00",), _rx(r"(?<![\w+])(?<![A-Z0-9]{4}[ -])00[1-9]"
-                                  r"(?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}" + _PHONE_END), 8, 15),
-        PhonePattern(("000-000-0000", "000.000.0000", "000 000 0000", "(000)"),
-                     _rx(r"(?<![\w+(.-])(?:1[ .-])?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-])"
-                         r"[2-9]\d\d[ .-]\d{4}" + _PHONE_END), 10, 11),
-        PhonePattern(("00 00", "00-00", "00/00", "(00"),
-                     _rx(r"(?<![\w+(./-])(?<![A-Z0-9]{4}[ -])(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ /-])"
-                         r"\d{2,}+(?:[ -]\d{2,}+)*(?![\w:-]|[./]\d)"), 9, 12),
+    # (shape hints: the regex runs only if the row's shape holds one; the regex; the fewest and
+    # most digits, counted after a leading + or 00). Digit runs are possessive (\d++) so that a
+    # long run cannot make the engine backtrack through every way of splitting it; whole groups
+    # may still be given back, so that "+44 20 7946 0958 11:41" ends before " 11".
+    forms = (
+        (("+0",), _rx(r"(?<![\w+])\+[1-9](?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}" + _PHONE_END), 8, 15),
+        (("00",), _rx(r"(?<![\w+])(?<![A-Z0-9]{4}[ -])00[1-9]"
+                      r"(?:[ .-]?+\(\d{1,4}\)|[ .-]?+\d++){1,8}" + _PHONE_END), 8, 15),
+        (("000-000-0000", "000.000.0000", "000 000 0000", "(000)"),
+         _rx(r"(?<![\w+(.-])(?:1[ .-])?(?:\([2-9]\d\d\)[ .-]?|[2-9]\d\d[ .-])[2-9]\d\d[ .-]\d{4}"
+             + _PHONE_END), 10, 11),
+        (("00 00", "00-00", "00/00", "(00"),
+         _rx(r"(?<![\w+(./-])(?<![A-Z0-9]{4}[ -])(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ /-])"
+             r"\d{2,}+(?:[ -]\d{2,}+)*(?![\w:-]|[./]\d)"), 9, 12),
     )
     keyword = _rx(r"(?i:\b(?:phone|telephone|tel|mobile|mob|cell|cellphone|fax|call|whatsapp|sms)\b)"
                   r"(?:[ \t]*(?i:me|us|at|on|is|no\.?|nr\.?|number|#|:|-)){0,3}[ \t:.#-]*"
@@ -145,7 +146,7 @@ class PhoneDetector(Detector):
 
     def find(self, text, shape=None):
         shape = shape or shape_of(text)
-        for hints, regex, low, high in self.patterns:
+        for hints, regex, low, high in self.forms:
             if any(hint in shape for hint in hints):
                 yield from self._plausible(text, regex.finditer(text), low, high)
         if _PHONE_KEYWORDS(text.lower()):
@@ -165,15 +166,12 @@ class PhoneDetector(Detector):
 # --- CREDIT_CARD -------------------------------------------------------------------------------
 
 # python-stdnum has the Luhn check but no issuer table, and the brands' ranges move every few
-# years (Mastercard's 2-series, Mir, RuPay, Elo, Hipercard). So the issuer check is the one
-# ISO/IEC 7812 fixes for every card: a major industry identifier (the first digit) of 2-6,
-# the card and banking industries, and 13-19 digits. It turns away Luhn-valid numbers that are
-# not payment cards (1234..., 0000..., a SIM card's 89... ICCID); the few cards numbered
-# outside 2-6 (UATP's 1, Troy's 9792) are missed.
+# years. So the issuer check is the one ISO/IEC 7812 fixes for every card: a first digit (the
+# major industry identifier) of 2-6, the card and banking industries. It turns away Luhn-valid
+# numbers that are no payment card (1234..., 0000..., a SIM card's 89... ICCID).
 _CARD_INDUSTRIES = frozenset("23456")
-# Printed like a card: one kind of separator, and the groups inside 3-6 digits long (4-4-4-4,
-# Amex 4-6-5, not 1-2-1); the first and last may be any length, as a date or a CVV may touch
-# the card and the longest valid run of groups is taken.
+# Printed like a card: the groups inside 3-6 digits long (4-4-4-4, Amex 4-6-5, not 1-2-1); the
+# first and last may be any length, as a date or a CVV may touch the card.
 _CARD_PRINTING = _rx(r"\d+(?:[ -]\d{3,6})*(?:[ -]\d+)?")
 
 
@@ -216,10 +214,8 @@ class CreditCardDetector(Detector):
 # --- IBAN --------------------------------------------------------------------------------------
 
 class IbanDetector(Detector):
-    """Upper-case IBANs, compact or printed in groups of four, valid by python-stdnum's iban:
-    a country of SWIFT's IBAN registry, its length and BBAN format, the ISO 13616 mod-97 check,
-    and the national checks stdnum has (Belgium's bank codes, Spain's, Norway's and
-    Montenegro's check digits)."""
+    """Upper-case IBANs, compact or printed in groups of four, valid by python-stdnum's iban
+    (SWIFT's registry: each country's length and BBAN format; mod-97; national checks)."""
 
     kind = "IBAN"
     priority = 90
@@ -247,35 +243,25 @@ class IbanDetector(Detector):
 
 # --- US_SSN ------------------------------------------------------------------------------------
 
-def ssn_ok(value):
-    """python-stdnum's us.ssn on the digits: never issued are area 000, 666 and 900-999 (the
-    9xx range holds ITINs), group 00 and serial 0000; also refused are three numbers made
-    public in advertising (078-05-1120, a wallet insert's, which SSA voided)."""
-    return stdnum_ssn.is_valid(_digits(value))
-
-
 _SSN_WORDS = ("ssn", "ss#", "social security")
 
 
 class SsnDetector(Detector):
-    """AAA-GG-SSSS anywhere; undashed or spaced only right after an SSN keyword."""
+    """AAA-GG-SSSS anywhere; undashed or spaced only right after an SSN keyword. Valid by
+    python-stdnum's us.ssn: never issued areas, groups and serials, and the advertised numbers."""
 
     kind = "US_SSN"
     priority = 70
-    dashed = _rx(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
-    keyword = _rx(r"(?i:\b(?:ssn|ss#|social security(?: number| no\.?| #)?))[ \t:#.-]*"
-                  r"(\d{3}[ -]?\d{2}[ -]?\d{4})(?![\w-])")
+    patterns = (_rx(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"),
+                _rx(r"(?i:\b(?:ssn|ss#|social security(?: number| no\.?| #)?))[ \t:#.-]*"
+                    r"(\d{3}[ -]?\d{2}[ -]?\d{4})(?![\w-])"))
 
     def wanted(self, rows):
         return rows.has(("000-00-0000",), "shape") | ((rows.count("0") >= 9) & rows.has(_SSN_WORDS, "lower"))
 
-    def find(self, text, shape=None):
-        for m in self.dashed.finditer(text):
-            if ssn_ok(m.group()):
-                yield self._match(text, m.start(), m.end())
-        for m in self.keyword.finditer(text):
-            if ssn_ok(m.group(1)):
-                yield self._match(text, m.start(1), m.end(1))
+    def valid(self, value, text, start):
+        # The digits only: stdnum refuses "123 45 6789" and misses its list on "078-051120".
+        return stdnum_ssn.is_valid(_digits(value))
 
 
 # --- IP_ADDRESS --------------------------------------------------------------------------------
@@ -287,32 +273,28 @@ _VERSION_WORD = _rx(r"(?i:\b(?:v|ver|version|release|build|firmware|rev|revision
 class Ipv4Detector(Detector):
     kind = "IP_ADDRESS"
     priority = 50
-    pattern = _rx(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)")
+    patterns = (_rx(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)"),)
 
     def wanted(self, rows):
         return rows.has(("0.0",), "shape") & (rows.count(".") >= 3)
 
-    def find(self, text, shape=None):
-        for m in self.pattern.finditer(text):
-            # ipaddress refuses 999.1.1.1 and leading zeros (01.02.03.04).
-            if _parses(ipaddress.IPv4Address, m.group()) and not _context_before(text, m.start(), _VERSION_WORD, 16):
-                yield self._match(text, m.start(), m.end())
+    def valid(self, value, text, start):
+        # ipaddress refuses 999.1.1.1 and leading zeros (01.02.03.04).
+        return _parses(ipaddress.IPv4Address, value) and not _context_before(text, start, _VERSION_WORD, 16)
 
 
 class Ipv6Detector(Detector):
     kind = "IP_ADDRESS"
     priority = 50
-    pattern = _rx(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?"
-                  r"(?:%[\w-]+)?(?![\w:]|\.\w)")
+    patterns = (_rx(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?"
+                    r"(?:%[\w-]+)?(?![\w:]|\.\w)"),)
 
     def wanted(self, rows):
         return rows.count(":") >= 2
 
-    def find(self, text, shape=None):
-        for m in self.pattern.finditer(text):
-            # "add::bed" parses, but a real address nearly always has a digit.
-            if any(ch.isdigit() for ch in m.group()) and _parses(ipaddress.IPv6Address, m.group()):
-                yield self._match(text, m.start(), m.end())
+    def valid(self, value, text, start):
+        # "add::bed" parses, but a real address nearly always has a digit.
+        return any(ch.isdigit() for ch in value) and _parses(ipaddress.IPv6Address, value)
 
 
 def _parses(address_class, value):
@@ -331,7 +313,7 @@ class ApiKeyDetector(Detector):
     kind = "API_KEY"
     priority = 80
     # (literals one of which the text must hold, regex); the literals spare the regexes.
-    patterns = tuple((hints, _rx(regex)) for hints, regex in (
+    forms = tuple((hints, _rx(regex)) for hints, regex in (
         # AWS access key id
         (("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
         # GitHub classic and fine-grained tokens
@@ -351,13 +333,13 @@ class ApiKeyDetector(Detector):
         (("PRIVATE KEY",), r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:[^-]|-(?!----))*+"
                            r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?"),
     ))
-    hints = tuple(hint for hints, _ in patterns for hint in hints)
+    hints = tuple(hint for hints, _ in forms for hint in hints)
 
     def wanted(self, rows):
         return rows.has(self.hints)
 
     def find(self, text, shape=None):
-        for hints, regex in self.patterns:
+        for hints, regex in self.forms:
             if any(hint in text for hint in hints):
                 for m in regex.finditer(text):
                     yield self._match(text, m.start(), m.end())
@@ -440,17 +422,14 @@ class HexSecretDetector(Detector):
 
     kind = "SECRET"
     priority = 30
-    pattern = _rx(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])")
+    patterns = (_rx(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32,}(?![0-9A-Za-z])"),)
 
     def wanted(self, rows):
         return rows.has(_LETTER_NEXT_TO_DIGIT, "shape") & rows.has(_SECRET_WORDS, "lower")
 
-    def find(self, text, shape=None):
-        for m in self.pattern.finditer(text):
-            value = m.group()
-            mixed = not value.isdigit() and not value.isalpha()
-            if mixed and _context_before(text, m.start(), _SECRET_KEYWORD, 30):
-                yield self._match(text, m.start(), m.end())
+    def valid(self, value, text, start):
+        mixed = not value.isdigit() and not value.isalpha()
+        return mixed and _context_before(text, start, _SECRET_KEYWORD, 30)
 
 
 # --- PERSON ------------------------------------------------------------------------------------
@@ -469,14 +448,10 @@ class TitledNameDetector(Detector):
 
     kind = "PERSON"
     priority = 20
-    pattern = re.compile(rf"\b(?:Mrs?|Ms|Miss|Mx|Dr|Prof)\.?[ \t]+({_FULL_NAME})")
+    patterns = (re.compile(rf"\b(?:Mrs?|Ms|Miss|Mx|Dr|Prof)\.?[ \t]+({_FULL_NAME})"),)
 
     def wanted(self, rows):
         return rows.has(_TITLE_WORDS)
-
-    def find(self, text, shape=None):
-        for m in self.pattern.finditer(text):
-            yield self._match(text, m.start(1), m.end(1))
 
 
 class NameIsDetector(Detector):
@@ -484,15 +459,11 @@ class NameIsDetector(Detector):
 
     kind = "PERSON"
     priority = 20
-    pattern = re.compile(r"(?i:\b(?:my|his|her|their|your)[ \t]+(?:full[ \t]+)?name(?:[ \t]+is|'s|’s)[ \t]+)"
-                         rf"({_FULL_NAME})")
+    patterns = (re.compile(r"(?i:\b(?:my|his|her|their|your)[ \t]+(?:full[ \t]+)?name(?:[ \t]+is|'s|’s)[ \t]+)"
+                           rf"({_FULL_NAME})"),)
 
     def wanted(self, rows):
         return rows.has(("name",), "lower")
-
-    def find(self, text, shape=None):
-        for m in self.pattern.finditer(text):
-            yield self._match(text, m.start(1), m.end(1))
 
 
 # Census given names that in running text are far more often a word, a month, a place or a brand.
@@ -629,13 +600,10 @@ class Scanner:
         for bit, detector in enumerate(self.detectors):
             masks |= np.asarray(detector.wanted(batch), dtype=np.int64) << bit
         chosen, found_per_text = {}, []
-        for i, mask in enumerate(masks.tolist()):
-            if not mask:
-                found_per_text.append([])
-                continue
+        for text, mask in zip(texts, masks.tolist()):
             if mask not in chosen:
                 chosen[mask] = [d for bit, d in enumerate(self.detectors) if mask >> bit & 1]
-            found_per_text.append(self._found(batch.texts[i], batch.shape_at(i), chosen[mask]))
+            found_per_text.append(self._found(text, None, chosen[mask]) if mask else [])
         return found_per_text
 
     def _found(self, text, shape, detectors):
@@ -681,42 +649,37 @@ class _Batch:
         self.texts = texts
         self.text, self.starts = _joined(texts)
         self.shape = self.text.translate(_SHAPE)
-        ends = (self.starts[1:] - 1).tolist() + [len(self.text)]
-        self._bounds = list(zip(self.starts.tolist(), ends))
         # The shape as code points, for numpy: it is mostly "a", "A", "0" and punctuation.
         self._points = np.frombuffer(self.shape.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         self._lower, self._counts, self._is = None, {}, {}
-
-    def shape_at(self, i):
-        start, end = self._bounds[i]
-        return self.shape[start:end]
 
     def has(self, literals, where="text"):
         """Which texts hold any of `literals` (in the text, its shape or its lower case)."""
         if where == "shape":
             # In a shape nearly every character is "a": a substring search would stop at each
             # of them, comparing whole code point arrays does not.
-            return self._texts_at(np.concatenate([self._shape_positions(literal) for literal in literals]))
-        haystack, starts = self._lowered() if where == "lower" else (self.text, self.starts)
+            return self._per_text(np.concatenate([self._shape_positions(literal) for literal in literals])) > 0
+        if where == "lower" and self._lower is None:
+            # Each text lowered on its own: a few characters lengthen in lower case ("İ" becomes
+            # two), so the positions in the lower case of the joined text would shift.
+            self._lower = _joined([text.lower() for text in self.texts])
+        haystack, starts = self._lower if where == "lower" else (self.text, self.starts)
         positions = [at for literal in literals for at in _find_all(haystack, literal)]
-        return self._texts_at(np.asarray(positions, dtype=np.int64), starts)
+        return self._per_text(np.asarray(positions, dtype=np.int64), starts) > 0
 
     def count(self, char):
         """How often `char` occurs in each text's shape."""
         if char not in self._counts:
-            found = _texts_index(self.starts, np.flatnonzero(self._is_point(char)))
-            self._counts[char] = np.bincount(found, minlength=len(self.texts))
+            self._counts[char] = self._per_text(np.flatnonzero(self._is_point(char)))
         return self._counts[char]
 
     def non_ascii(self):
-        return self._texts_at(np.flatnonzero(self._points > 127))  # the shape keeps non-ASCII as is
+        return self._per_text(np.flatnonzero(self._points > 127)) > 0  # the shape keeps non-ASCII as is
 
-    def _lowered(self):
-        # Each text lowered on its own, then joined: a few characters lengthen in lower case
-        # ("İ" becomes two), so the lower case of the joined text would shift the positions.
-        if self._lower is None:
-            self._lower = _joined([text.lower() for text in self.texts])
-        return self._lower
+    def _per_text(self, positions, starts=None):
+        """How many of `positions` (in the joined text, or in `starts`' joined text) each text holds."""
+        texts = np.searchsorted(self.starts if starts is None else starts, positions, side="right") - 1
+        return np.bincount(texts, minlength=len(self.texts))
 
     def _shape_positions(self, literal):
         span = len(self._points) - len(literal) + 1
@@ -732,21 +695,11 @@ class _Batch:
             self._is[char] = self._points == ord(char)
         return self._is[char]
 
-    def _texts_at(self, positions, starts=None):
-        found = np.zeros(len(self.texts), dtype=bool)
-        found[_texts_index(self.starts if starts is None else starts, positions)] = True
-        return found
-
 
 def _joined(texts):
     """`texts` joined by NUL, and where each of them starts in the result."""
     lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     return "\0".join(texts), np.cumsum(lengths + 1) - lengths - 1
-
-
-def _texts_index(starts, positions):
-    """Which text each position in a joined text falls in."""
-    return np.searchsorted(starts, positions, side="right") - 1
 
 
 def _find_all(haystack, literal):
@@ -816,20 +769,6 @@ def _mask_email(value):
     return f"{local[:1]}***@{host[:1]}***.{tld}"
 
 
-def _mask_card(value):
-    return _star_all_but(_in_fours(value) if value.isdigit() else value, keep_end=4)
-
-
-def _mask_iban(value):
-    return _star_all_but(value if " " in value else _in_fours(value), keep_start=2, keep_end=4)
-
-
-def _mask_ip(value):
-    if ":" in value:
-        return value.split(":", 1)[0] + ":****:****"
-    return value.split(".", 1)[0] + ".***.***.***"
-
-
 _KNOWN_PREFIX = _rx(r"-----BEGIN [A-Z0-9 ]+-----|(?:AKIA|ASIA|AIza|eyJ|github_pat_|gh[pousr]_|xox[baprs]-"
                     r"|[spr]k_(?:live|test)_|sk-(?:proj-|svcacct-|admin-|ant-)?)")
 
@@ -840,20 +779,17 @@ def _mask_token(value):
     return f"{shown}{'*' * min(len(value) - len(shown), 12)} ({len(value)} chars)"
 
 
-def _mask_person(value):
-    return " ".join(word[:1] + "*" * (len(word) - 1) for word in value.split())
-
-
 _MASKS = {
     "EMAIL": _mask_email,
     "PHONE": lambda value: _star_all_but(value, keep_end=2),
-    "CREDIT_CARD": _mask_card,
-    "IBAN": _mask_iban,
+    "CREDIT_CARD": lambda value: _star_all_but(_in_fours(value) if value.isdigit() else value, keep_end=4),
+    "IBAN": lambda value: _star_all_but(value if " " in value else _in_fours(value), keep_start=2, keep_end=4),
     "US_SSN": lambda value: _star_all_but(value, keep_end=4),
-    "IP_ADDRESS": _mask_ip,
+    "IP_ADDRESS": lambda value: (value.split(":", 1)[0] + ":****:****" if ":" in value
+                                 else value.split(".", 1)[0] + ".***.***.***"),
     "API_KEY": _mask_token,
     "SECRET": _mask_token,
-    "PERSON": _mask_person,
+    "PERSON": lambda value: " ".join(word[:1] + "*" * (len(word) - 1) for word in value.split()),
 }
 
 

@@ -73,12 +73,11 @@ def redact_version(parent, *, user=None):
 
     def transform(batch):
         nonlocal offset
+        batch["text"] = [pii.redact(text) for text in batch["text"]]
+        batch["response"] = [pii.redact(response or "") for response in batch["response"]]
+        texts = [text + ("\n" + response if response else "") for text, response in zip(batch["text"], batch["response"])]
         found_in = []
-        for i in range(len(batch["text"])):
-            batch["text"][i] = pii.redact(batch["text"][i])
-            batch["response"][i] = pii.redact(batch["response"][i] or "")
-            both = batch["text"][i] + ("\n" + batch["response"][i] if batch["response"][i] else "")
-            found = pii.scan(both)
+        for i, (both, found) in enumerate(zip(texts, pii.scan_many(texts))):
             if found:
                 found_in.append((i, found))
             batch["pii_kinds"][i] = ",".join(sorted({m.kind for m in found}))

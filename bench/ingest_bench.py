@@ -4,6 +4,7 @@ in the same run, phase by phase, with peak memory.
     .venv/bin/python bench/ingest_bench.py                 # 200k and 1M rows on PostgreSQL
     .venv/bin/python bench/ingest_bench.py --rows 200000   # the headline size alone (about 1 min)
     .venv/bin/python bench/ingest_bench.py --rows 20000    # a quick run
+    .venv/bin/python bench/ingest_bench.py --rows 5000000 --data-dir /tmp/bench-data   # files kept for the next run
     .venv/bin/python bench/ingest_bench.py --rows 200000 --databases sqlite postgresql   # side by side
 
 The headline is ingest seconds / floor seconds: this machine's speed moves by 2× from day to
@@ -266,12 +267,14 @@ def child(what, *args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_size(rows, databases):
-    """The floor, each database's ingest, the floor again, all on one generated file."""
+def measure_size(rows, databases, data_dir=None):
+    """The floor, each database's ingest, the floor again, all on one generated file (kept in
+    `data_dir` and used again from there, if given: 5M rows take minutes to generate)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "data.jsonl"
-        generate(path, rows)
+        path = Path(data_dir or tmp) / f"data-{rows}.jsonl"
+        if not path.exists():
+            generate(path, rows)
         reset_database()
         floors = [child(f"the {rows:,}-row floor", "--floor", path)]
         for database in databases:
@@ -342,6 +345,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--databases", nargs="+", choices=["postgresql", "sqlite"], default=["postgresql"])
+    parser.add_argument("--data-dir", help="keep the generated files here and use them again")
     parser.add_argument("--run", nargs=3, metavar=("FILE", "ROWS", "DATABASE"), help=argparse.SUPPRESS)
     parser.add_argument("--floor", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -350,7 +354,7 @@ def main():
     if args.floor:
         return run_floor(args.floor)
     load_before = os.getloadavg()[0]
-    results = [r for rows in args.rows for r in measure_size(rows, args.databases)]
+    results = [r for rows in args.rows for r in measure_size(rows, args.databases, args.data_dir)]
     print()
     report(results, load_before)
 

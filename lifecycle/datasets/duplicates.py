@@ -69,19 +69,28 @@ def confirm_pairs(scratch, n):
         estimate = _estimates(batch.column(2), batch.column(3))
         _insert(scratch, "near", low, high, estimate >= SURELY_NEAR)
         _insert(scratch, "uncertain", low, high, (estimate >= SURELY_NOT) & (estimate < SURELY_NEAR))
-    scratch.sql("""
-        CREATE TABLE text_pairs AS
-        SELECT DISTINCT least(a.first, b.first) AS low, greatest(a.first, b.first) AS high
-        FROM uncertain u JOIN firsts a ON a.row = u.low JOIN firsts b ON b.row = u.high""")
+    _create_uncertain_texts(scratch)
+    scratch.sql("CREATE TABLE text_pairs AS SELECT DISTINCT low_text AS low, high_text AS high FROM uncertain_texts")
     for batch in queries.text_pairs_with_texts(scratch):
         low, high = (batch.column(i).to_numpy(zero_copy_only=False) for i in (0, 1))
         _insert(scratch, "kept_texts", low, high, _jaccard(low, high, batch) >= dedup.NEAR_THRESHOLD)
-    scratch.sql("""
-        INSERT INTO near SELECT u.low, u.high
-        FROM uncertain u JOIN firsts a ON a.row = u.low JOIN firsts b ON b.row = u.high
-        SEMI JOIN kept_texts k ON k.low = least(a.first, b.first) AND k.high = greatest(a.first, b.first)""")
-    for name in ("candidates", "uncertain", "text_pairs", "kept_texts"):
+    scratch.sql("""INSERT INTO near SELECT u.low, u.high FROM uncertain_texts u
+                   SEMI JOIN kept_texts k ON k.low = u.low_text AND k.high = u.high_text""")
+    for name in ("candidates", "uncertain", "uncertain_texts", "text_pairs", "kept_texts"):
         scratch.sql(f"DROP TABLE {name}")
+
+
+def _create_uncertain_texts(scratch):
+    """Table `uncertain_texts`: each uncertain pair with the pair of texts it stands for (the
+    first rows of its rows' exact keys, smaller first). Joined on one row, then the other: one
+    query with both joins holds two hash tables of every row's first row, which DuckDB could
+    not fit in its limit at 5M rows."""
+    scratch.sql("""CREATE TABLE half_joined AS SELECT u.low, u.high, a.first AS low_first
+                   FROM uncertain u JOIN firsts a ON a.row = u.low""")
+    scratch.sql("""CREATE TABLE uncertain_texts AS
+                   SELECT h.low, h.high, least(h.low_first, b.first) AS low_text, greatest(h.low_first, b.first) AS high_text
+                   FROM half_joined h JOIN firsts b ON b.row = h.high""")
+    scratch.sql("DROP TABLE half_joined")
 
 
 def _estimates(low_signatures, high_signatures):

@@ -199,39 +199,32 @@ def create_candidates(scratch, n, max_partners, rows_per_query=ROWS_PER_QUERY):
     scratch.sql("DROP TABLE found")
 
 
-# Pairs joined with their rows' signatures or texts per query: each query's working set (a
-# hash table of this many pairs and what they carry) stays the same however many rows.
-PAIRS_PER_QUERY = 200_000
-
-
-def _in_parts(scratch, table, query):
-    """`query` (with {part} for a condition on `low`) run once per part of `table`'s pairs,
-    parted by a hash of the smaller row: the pairs sharing a row land in the same part."""
-    parts = max(1, -(-scratch.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0] // PAIRS_PER_QUERY))
-    for part in range(parts):
-        yield from scratch.batches(query.format(part=f"hash(low) % {parts} = {part}"))
+def _joined_twice(scratch, pairs, values, value):
+    """Each pair of table `pairs` with both rows' `value` from `values` (a table or query with
+    `row`), a batch at a time: joined on the smaller row into a table, then on the larger as
+    it streams out. Two plain joins, which DuckDB spills past its limit, each one pass over
+    `values` whatever the number of pairs (a join per part of the pairs would scan it per part)."""
+    scratch.sql(f"""CREATE TABLE half_joined AS SELECT p.low, p.high, v.{value} AS low_{value}
+                    FROM {pairs} p JOIN {values} v ON v.row = p.low""")
+    yield from scratch.batches(f"""SELECT h.low, h.high, h.low_{value}, v.{value} AS high_{value}
+                                   FROM half_joined h JOIN {values} v ON v.row = h.high""")
+    scratch.sql("DROP TABLE half_joined")
 
 
 def candidates_with_signatures(scratch):
     """The candidates a batch at a time with both rows' signatures."""
-    return _in_parts(scratch, "candidates", f"""
-        SELECT c.low, c.high, a.signature AS low_signature, b.signature AS high_signature
-        FROM (SELECT * FROM candidates WHERE {{part}}) c
-        JOIN {scratch.facts()} a ON a.row = c.low JOIN {scratch.facts()} b ON b.row = c.high""")
+    return _joined_twice(scratch, "candidates", scratch.facts(), "signature")
 
 
 def text_pairs_with_texts(scratch):
     """Table `text_pairs(low, high)` with both texts (prompt, then "\\n" and the response where
-    there is one), a batch at a time, pairs sharing a row together."""
+    there is one), a batch at a time."""
     joined = "CASE WHEN coalesce(response, '') <> '' THEN text || chr(10) || response ELSE text END"
     scratch.sql(f"""
         CREATE TABLE texts AS SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()}
         SEMI JOIN (SELECT low AS row FROM text_pairs UNION SELECT high FROM text_pairs) wanted
           ON wanted.row = file_row_number""")
-    yield from _in_parts(scratch, "text_pairs", """
-        SELECT p.low, p.high, a.text AS low_text, b.text AS high_text
-        FROM (SELECT * FROM text_pairs WHERE {part}) p JOIN texts a ON a.row = p.low JOIN texts b ON b.row = p.high
-        ORDER BY p.low, p.high""")
+    yield from _joined_twice(scratch, "text_pairs", "texts", "text")
     scratch.sql("DROP TABLE texts")
 
 

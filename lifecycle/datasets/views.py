@@ -1,5 +1,4 @@
 import hashlib
-
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -16,15 +15,7 @@ from lifecycle.core.models import Job, canonical_json
 from lifecycle.core.queues import QueueUnavailable
 from lifecycle.core.roles import APPROVER, ML_ENGINEER, READ_ROLES, forbidden, has_role, role_required
 from lifecycle.datasets import diff, splits, tasks, uploads
-from lifecycle.datasets.forms import (
-    BrowseForm,
-    DatasetForm,
-    MappingForm,
-    PolicyForm,
-    ResplitForm,
-    SignOffForm,
-    UploadForm,
-)
+from lifecycle.datasets.forms import BrowseForm, DatasetForm, MappingForm, PolicyForm, ResplitForm, SignOffForm, UploadForm
 from lifecycle.datasets.models import SPLIT_NAMES, Dataset, DatasetVersion, PiiSignOff, Upload
 from lifecycle.lib import jsonapi
 from lifecycle.lib.csvsafe import csv_lines
@@ -34,10 +25,6 @@ from lifecycle.lib.params import BadParameter, parse_id, parse_int, parse_option
 # Example texts can hold personal data: statistics are for every reader, rows are not.
 ROW_ROLES = (ML_ENGINEER, APPROVER)
 PAGE_SIZE = 50
-
-
-def _get_dataset(slug):
-    return get_object_or_404(Dataset, slug=slug)
 
 
 def _get_version(slug, number):
@@ -50,9 +37,6 @@ def _label_chart(version):
     labels = sorted({label for split in counts.values() for label in split})
     series = {split: [counts.get(split, {}).get(label, 0) for label in labels] for split in SPLIT_NAMES if split in counts}
     return grouped_bars(labels, series, title="Examples per label and split")
-
-
-# --- datasets --------------------------------------------------------------------------------
 
 
 @role_required(*READ_ROLES)
@@ -76,23 +60,21 @@ def dataset_create(request):
 @role_required(*READ_ROLES)
 @require_GET
 def dataset_detail(request, slug):
-    dataset = _get_dataset(slug)
+    dataset = get_object_or_404(Dataset, slug=slug)
     versions = dataset.versions.for_listing().order_by("-number")[:100]
     latest = versions[0] if versions else None
-    context = {
-        "dataset": dataset, "versions": versions, "latest": latest,
-        "chart": _label_chart(latest) if latest else None,
+    return render(request, "datasets/dataset_detail.html", {
+        "dataset": dataset, "versions": versions, "latest": latest, "chart": _label_chart(latest) if latest else None,
         "uploads": dataset.uploads.select_related("job", "version").order_by("-created_at")[:10],
         "policy_form": PolicyForm(initial={"pii_policy": dataset.pii_policy}),
-        "can_see_rows": _can_see_rows(request.user),
-    }
-    return render(request, "datasets/dataset_detail.html", context)
+        "can_see_rows": has_role(request.user, *ROW_ROLES),
+    })
 
 
 @role_required(ML_ENGINEER)
 @require_POST
 def dataset_policy(request, slug):
-    dataset = _get_dataset(slug)
+    dataset = get_object_or_404(Dataset, slug=slug)
     form = PolicyForm(request.POST)
     if not form.is_valid():
         return HttpResponseBadRequest("unknown PII policy")
@@ -101,31 +83,24 @@ def dataset_policy(request, slug):
     return redirect(dataset)
 
 
-# --- uploads ---------------------------------------------------------------------------------
-
-
-def _upload_refused(request):
-    """The size-limit handler's message, when it stopped this request's upload."""
-    return getattr(request, "upload_refused", None)
-
-
 @role_required(ML_ENGINEER)
 @require_http_methods(["GET", "POST"])
 def upload_create(request, slug):
-    dataset = _get_dataset(slug)
+    dataset = get_object_or_404(Dataset, slug=slug)
     form = UploadForm(request.POST or None, request.FILES or None)
-    refused = _upload_refused(request)
-    if refused:
-        return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": UploadForm(), "error": refused}, status=413)
-    if request.method == "POST" and form.is_valid():
+    error = getattr(request, "upload_refused", None)  # the size-limit handler stopped the upload
+    status = 413 if error else 400 if form.errors else 200
+    if error:
+        form = UploadForm()
+    elif request.method == "POST" and form.is_valid():
         uploaded = form.cleaned_data["file"]
         try:
             with uploads.local_path(uploaded) as path:
                 upload = uploads.receive(dataset, path, uploaded.name, user=request.user, on_error=form.cleaned_data["on_error"])
+            return redirect(upload)
         except uploads.FileFormatError as exc:
-            return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": form, "error": str(exc)}, status=400)
-        return redirect(upload)
-    return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": form}, status=400 if form.errors else 200)
+            error, status = str(exc), 400
+    return render(request, "datasets/upload_form.html", {"dataset": dataset, "form": form, "error": error}, status=status)
 
 
 @role_required(*READ_ROLES)
@@ -154,18 +129,14 @@ def _start_ingest(request, upload, form):
     return redirect(upload)
 
 
-def _wait_sentence(job):
-    wait = job.wait_reason() if job else None
-    return wait.sentence() if wait else ""
-
-
 def upload_status(upload):
     job = upload.job
+    wait = job.wait_reason() if job else None
     return {
         "upload": upload.pk, "dataset": upload.dataset.slug, "filename": upload.filename, "status": upload.status,
         "progress": job.progress if job else {}, "error": job.error if job else "",
         # What a queued ingest waits for (its queue, its place, the job ahead, a missing worker).
-        "wait": _wait_sentence(job),
+        "wait": wait.sentence() if wait else "",
         "version": upload.version.number if upload.version_id else None,
         "version_url": upload.version.get_absolute_url() if upload.version_id else None,
         # The preview holds rows (maybe personal data): the mapping step shows it to engineers only.
@@ -173,15 +144,12 @@ def upload_status(upload):
     }
 
 
-# --- versions --------------------------------------------------------------------------------
-
-
 @role_required(*READ_ROLES)
 @require_GET
 def version_detail(request, slug, number):
     version = _get_version(slug, number)
     form = BrowseForm(request.GET or None)
-    can_see_rows = _can_see_rows(request.user)
+    can_see_rows = has_role(request.user, *ROW_ROLES)
     context = {"version": version, "dataset": version.dataset, "form": form, "can_see_rows": can_see_rows,
                "chart": _label_chart(version), "signoff_form": SignOffForm(),
                "resplit_form": ResplitForm(version=version, initial={"seed": version.split_options["seed"] + 1}),
@@ -202,18 +170,11 @@ def _ways_out(version):
     (label, POST fields) for one button each."""
     if version.split_meets_fractions is not False:
         return []
-    current = version.split_options
-    seed = current["seed"]
-    ways = [(label, {"seed": seed, "keep_together": keep})
-            for keep, label in WAY_LABELS.items() if keep != current["keep_together"]]
-    ways.append((f"Split again with seed {seed + 1}", {"seed": seed + 1, "keep_together": current["keep_together"]}))
-    ways += [(f"Take the splits from the column “{column}”", {"seed": 0, "column": column})
-             for column in version.split_columns()]
-    return ways
-
-
-def _can_see_rows(user):
-    return has_role(user, *ROW_ROLES)
+    seed, keep = version.split_options["seed"], version.split_options["keep_together"]
+    return ([(label, {"seed": seed, "keep_together": way}) for way, label in WAY_LABELS.items() if way != keep]
+            + [(f"Split again with seed {seed + 1}", {"seed": seed + 1, "keep_together": keep})]
+            + [(f"Take the splits from the column “{column}”", {"seed": 0, "column": column})
+               for column in version.split_columns()])
 
 
 def _browse(version, form):
@@ -231,7 +192,7 @@ def _browse(version, form):
         rows = list(page.order_by("row").only(*fields)[: PAGE_SIZE + 1])
         has_after, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
         has_before = after is not None and rows and matching.filter(row__lt=rows[0].row).exists()
-    query = {k: v for k, v in (form.data.items() if form.is_bound else []) if k not in ("after", "before") and v}
+    query = {k: v for k, v in form.data.items() if k not in ("after", "before") and v}
     return {"examples": rows, "next_after": rows[-1].row if rows and has_after else None,
             "prev_before": rows[0].row if rows and has_before else None,
             "total": _matching_total(version, filters, matching), "query": query, "labels": version.label_set}
@@ -259,34 +220,27 @@ def version_action(request, slug, number, operation):
     version = _get_version(slug, number)
     if operation not in OPERATION_NOUNS:
         raise Http404("unknown operation")
-    options = splits.SplitOptions()
-    if operation == "resplit":
-        form = ResplitForm(request.POST, version=version)
-        if not form.is_valid():
-            messages.error(request, form.error_text())
-            return redirect(version)
-        options = form.options()
+    form = ResplitForm(request.POST, version=version) if operation == "resplit" else None
+    if form and not form.is_valid():
+        messages.error(request, form.error_text())
+        return redirect(version)
+    options = form.options() if form else splits.SplitOptions()
     existing = version.existing_child(operation, options)
     if existing is not None:
-        how = f" — {options.describe()}" if operation == "resplit" else ""
+        how = f" — {options.describe()}" if form else ""
         messages.info(request, f"v{existing.number} already is this {OPERATION_NOUNS[operation]} of v{version.number}{how}: "
                                "nothing new was made.")
         return redirect(existing)
     try:
         with transaction.atomic():
             job = enqueue(tasks.derive_version, user=request.user, key=_derive_key(version, operation, options),
-                          version_id=version.pk, operation=operation, user_id=request.user.pk, **_job_options(operation, options))
+                          version_id=version.pk, operation=operation, user_id=request.user.pk,
+                          **(options.as_dict() if operation == "resplit" else {"seed": None}))
     except QueueUnavailable as exc:
         messages.error(request, str(exc))
         return redirect(version)
     messages.success(request, f"Making a child version ({OPERATION_NOUNS[operation]}) as job {job.pk}.")
     return redirect("job_detail", job_id=job.pk)
-
-
-def _job_options(operation, options):
-    if operation != "resplit":
-        return {"seed": None}
-    return {"seed": options.seed, "keep_together": options.keep_together, "column": options.column}
 
 
 def _derive_key(version, operation, options):
@@ -319,7 +273,7 @@ def version_signoff(request, slug, number):
 def version_export(request, slug, number):
     version = _get_version(slug, number)
     header = ("row", "text", "response", "label", "split", "group", "timestamp", "pii_kinds")
-    rows = version.examples.order_by("row").values_list("row", "text", "response", "label", "split", "group", "timestamp", "pii_kinds")
+    rows = version.examples.order_by("row").values_list(*header)
     named = ((r[0], r[1], r[2], r[3], SPLIT_NAMES[r[4]], r[5], r[6].isoformat() if r[6] else "", r[7]) for r in rows.iterator(chunk_size=5000))
     response = StreamingHttpResponse(csv_lines(header, named), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{version.dataset.slug}-v{version.number}.csv"'
@@ -329,14 +283,15 @@ def version_export(request, slug, number):
 @role_required(*ROW_ROLES)
 @require_GET
 def version_diff(request, slug):
-    dataset = _get_dataset(slug)
+    dataset = get_object_or_404(Dataset, slug=slug)
     try:
         a, b = parse_id(request.GET.get("a", ""), "a"), parse_id(request.GET.get("b", ""), "b")
     except BadParameter:
         return render(request, "datasets/diff.html", {"dataset": dataset, "error": "Choose two versions to compare."},
                       status=400 if request.GET else 200)
-    try:
-        pages = _diff_pages(request.GET)
+    try:  # {kind: page number} from ?edited=2&added=1&removed=3 (each 1 when not given)
+        pages = {kind: parse_int(request.GET[kind], f"page of {kind} rows", low=1, high=diff.MAX_PAGE)
+                 for kind in diff.KINDS if request.GET.get(kind, "") != ""}
     except BadParameter as exc:
         return render(request, "datasets/diff.html", {"dataset": dataset, "error": f"{exc}."}, status=400)
     old, new = _get_version(slug, a), _get_version(slug, b)
@@ -345,12 +300,6 @@ def version_diff(request, slug):
                          title="Label distribution")
     return render(request, "datasets/diff.html", {"dataset": dataset, "old": old, "new": new, "diff": result, "chart": chart,
                                                   "sections": _diff_sections(result["pages"], a, b)})
-
-
-def _diff_pages(query):
-    """{kind: page number} from ?edited=2&added=1&removed=3 (each 1 when not given)."""
-    return {kind: parse_int(query[kind], f"page of {kind} rows", low=1, high=diff.MAX_PAGE)
-            for kind in diff.KINDS if query.get(kind, "") != ""}
 
 
 def _diff_sections(pages, a, b):
@@ -362,9 +311,6 @@ def _diff_sections(pages, a, b):
 
     return [{"page": page, "previous": link(kind, page.number - 1) if page.has_previous else None,
              "next": link(kind, page.number + 1) if page.has_next else None} for kind, page in pages.items()]
-
-
-# --- JSON API --------------------------------------------------------------------------------
 
 
 def _api_error(status, message, **extra):
@@ -384,9 +330,8 @@ def dataset_data(dataset):
         "task": dataset.task, "pii_policy": dataset.pii_policy, "label_set": dataset.label_set,
         "max_labels": dataset.max_labels, "max_text_chars": dataset.max_text_chars,
         "created_by": getattr(dataset.created_by, "username", None), "created_at": dataset.created_at,
-        "url": dataset.get_absolute_url(),
-        # Where its files go next (multipart POST, see api_version_create).
-        "versions_url": reverse("datasets:api_version_create", args=[dataset.slug]),
+        # versions_url: where its files go next (multipart POST, see api_version_create).
+        "url": dataset.get_absolute_url(), "versions_url": reverse("datasets:api_version_create", args=[dataset.slug]),
     }
 
 
@@ -418,7 +363,12 @@ def _api_dataset_create(request):
     values = {name: _typed(data, name, str, "text") for name in TEXT_FIELDS if name in data}
     values |= {name: _typed(data, name, int, "a whole number") for name in NUMBER_FIELDS if name in data}
     if "labels" in data:
-        values["labels"] = _labels(data["labels"])
+        labels = data["labels"]
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise jsonapi.BadRequest("labels must be a list of texts")
+        if any("," in label for label in labels):  # the form's field is comma-separated
+            raise jsonapi.BadRequest("a label may not hold a comma")
+        values["labels"] = ",".join(labels)
     values.setdefault("name", values.get("slug", ""))  # as on the command line: the slug names it
     form = DatasetForm.from_values(values)
     if not form.is_valid():
@@ -434,15 +384,6 @@ def _typed(data, name, kind, what):
     return value
 
 
-def _labels(value):
-    """The label list as the form's comma-separated field; a comma inside a label would split it."""
-    if not isinstance(value, list) or not all(isinstance(label, str) for label in value):
-        raise jsonapi.BadRequest("labels must be a list of texts")
-    if any("," in label for label in value):
-        raise jsonapi.BadRequest("a label may not hold a comma")
-    return ",".join(value)
-
-
 @role_required(ML_ENGINEER)
 @require_POST
 def api_version_create(request, slug):
@@ -452,9 +393,8 @@ def api_version_create(request, slug):
     dataset = Dataset.objects.filter(slug=slug).first()
     if dataset is None:
         return _api_error(404, f"no dataset {slug!r}")
-    refused = _upload_refused(request)
-    if refused:
-        return _api_error(413, refused)
+    if getattr(request, "upload_refused", None):  # the size-limit handler stopped the upload
+        return _api_error(413, request.upload_refused)
     uploaded = request.FILES.get("file")
     if uploaded is None:
         return _api_error(400, "send the file as multipart form field 'file'")

@@ -51,10 +51,27 @@ def find(scratch, n):
     queries.create_firsts(scratch)
     first = scratch.by_row("SELECT row, first FROM firsts", n, dedup.row_kind(n))
     confirm_pairs(scratch, n)
-    reps = dedup.keep_first_in_order(n, queries.packed(scratch, f"SELECT * FROM ({ALL_PAIRS}) ORDER BY high, low"))
+    reps = dedup.keep_first_in_order(n, _in_keep_first_order(scratch, n))
     units = split_units(n, queries.packed(scratch, ALL_PAIRS), reps)
     report = _report(scratch, dedup.exact_duplicate_summary(first), reps)
     return Duplicates(first, dedup.cluster_ids(reps), units, report)
+
+
+# Pairs one sort holds (a range of larger rows at a time): 16 bytes each.
+PAIRS_PER_SORT = 2_000_000
+
+
+def _in_keep_first_order(scratch, n):
+    """Every duplicate pair, packed, by larger row and then smaller (keep-first's order): a
+    range of larger rows at a time, so that each sort holds about PAIRS_PER_SORT pairs (one
+    sort of every pair ran out of DuckDB's limit at 5M rows)."""
+    count = scratch.sql(f"SELECT count(*) FROM ({ALL_PAIRS})").fetchall()[0][0]
+    # Twice the parts the count asks for: pairs crowd towards the larger rows (a pair's larger
+    # row is the later of two), so equal ranges of rows do not hold equal numbers of pairs.
+    step = -(-n // max(1, 2 * -(-count // PAIRS_PER_SORT)))
+    for start in range(0, max(n, 1), step):
+        yield from queries.packed(scratch, f"""SELECT * FROM ({ALL_PAIRS}) WHERE high >= {start} AND high < {start + step}
+                                               ORDER BY high, low""")
 
 
 def confirm_pairs(scratch, n):

@@ -31,6 +31,7 @@ FACTS_SCHEMA = pa.schema(
      ("split", pa.int8()), ("signature", pa.binary(2 * dedup.DEFAULT_NUM_PERM))]
     + [(f"band{band}", pa.uint64()) for band in range(BANDS)])
 FETCH = 1 << 16  # rows per record batch handed back to numpy
+TEXT_PAIRS_PER_BATCH = 1 << 13
 
 
 class QueryFailed(Exception):
@@ -89,12 +90,12 @@ class Scratch:
     def rows(self):
         return f"read_parquet('{self.rows_path}', file_row_number = true)"
 
-    def batches(self, query):
-        """The query's result as Arrow record batches of FETCH rows, read on a connection of
+    def batches(self, query, size=FETCH):
+        """The query's result as Arrow record batches of `size` rows, read on a connection of
         its own (a cursor: the same database), so the caller may write while it reads."""
         cursor = self.db.cursor()
         try:
-            yield from cursor.sql(query).to_arrow_reader(FETCH)
+            yield from cursor.sql(query).to_arrow_reader(size)
         except (duckdb.OutOfMemoryException, duckdb.IOException) as exc:
             raise QueryFailed(_room(exc)) from None
         except OSError as exc:  # the same, raised through Arrow's reader
@@ -199,7 +200,7 @@ def create_candidates(scratch, n, max_partners, rows_per_query=ROWS_PER_QUERY):
     scratch.sql("DROP TABLE found")
 
 
-def _joined_twice(scratch, pairs, values, value):
+def _joined_twice(scratch, pairs, values, value, size=FETCH):
     """Each pair of table `pairs` with both rows' `value` from `values` (a table or query with
     `row`), a batch at a time: joined on the smaller row into a table, then on the larger as
     it streams out. Two plain joins, which DuckDB spills past its limit, each one pass over
@@ -207,7 +208,7 @@ def _joined_twice(scratch, pairs, values, value):
     scratch.sql(f"""CREATE TABLE half_joined AS SELECT p.low, p.high, v.{value} AS low_{value}
                     FROM {pairs} p JOIN {values} v ON v.row = p.low""")
     yield from scratch.batches(f"""SELECT h.low, h.high, h.low_{value}, v.{value} AS high_{value}
-                                   FROM half_joined h JOIN {values} v ON v.row = h.high""")
+                                   FROM half_joined h JOIN {values} v ON v.row = h.high""", size)
     scratch.sql("DROP TABLE half_joined")
 
 
@@ -220,12 +221,9 @@ def text_pairs_with_texts(scratch):
     """Table `text_pairs(low, high)` with both texts (prompt, then "\\n" and the response where
     there is one), a batch at a time."""
     joined = "CASE WHEN coalesce(response, '') <> '' THEN text || chr(10) || response ELSE text END"
-    scratch.sql(f"""
-        CREATE TABLE texts AS SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()}
-        SEMI JOIN (SELECT low AS row FROM text_pairs UNION SELECT high FROM text_pairs) wanted
-          ON wanted.row = file_row_number""")
-    yield from _joined_twice(scratch, "text_pairs", "texts", "text")
-    scratch.sql("DROP TABLE texts")
+    texts = f"(SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()})"
+    # A batch's texts and their shingles are what the check holds: a few thousand pairs' worth.
+    return _joined_twice(scratch, "text_pairs", texts, "text", size=TEXT_PAIRS_PER_BATCH)
 
 
 def packed(scratch, query):

@@ -20,10 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lifecycle.datasets.dedup import (  # noqa: E402
-    MinHasher, NearDuplicateIndex, components, exact_keys, exact_pairs, verify_pairs,
-)
+from lifecycle.datasets.dedup import MinHasher, components  # noqa: E402
 from lifecycle.datasets.splits import assign_splits, leakage_report  # noqa: E402
+from tests.datasets.reference import NearDuplicateIndex, exact_keys, exact_pairs, verify_pairs  # noqa: E402
 
 NEAR_EVERY = 50  # row i is a near duplicate when i % 50 == 49: 2% of rows
 OPENERS = ["Hi,", "Hello team,", "Hey", "Good morning,", "Dear support,", "Urgent:", "", "", "", ""]

@@ -2,14 +2,11 @@
 
 Ingest streams millions of rows, so everything here works on batches and keeps only small
 per-row arrays: an int64 exact key (8 bytes) and the LSH band keys (8 bytes per band,
-64 bytes with the defaults). Texts are never held; `verify_pairs` fetches the few it needs
-through a callback. See docs/dedup-and-splits.md for the parameters and measured speed.
-
-    keys = exact_keys(texts)                                   # one int64 per row
-    index = NearDuplicateIndex()
-    index.add(batch_texts, start_index)                        # batch by batch
-    pairs = verify_pairs(index.candidate_pairs(), get_texts)
-    units = components(n, np.concatenate([exact_pairs(keys), pairs]))
+64 bytes with the defaults). The ingest asks DuckDB for the rows that share keys
+(lifecycle/datasets/queries.py) and uses what is here for the rest: exact keys, MinHash
+signatures and band keys, the shingle Jaccard of candidate pairs, components, keep-first.
+tests/datasets/reference.py holds the whole search in memory, for tests and the bench. See
+docs/dedup-and-splits.md for the parameters and measured speed.
 """
 import functools
 import hashlib
@@ -20,21 +17,18 @@ import numpy as np
 DEFAULT_NUM_PERM = 64
 DEFAULT_BANDS = 8
 DEFAULT_SHINGLE_SIZE = 5
-NEAR_THRESHOLD = 0.8  # exact shingle Jaccard at or above which verify_pairs keeps a pair
-# A bucket bigger than this links each row to its first MAX_PARTNERS rows only, so a very
-# common text ("thanks") costs n * 16 pairs, not n² / 2, and still ends up in one component.
-MAX_PARTNERS = 16
+NEAR_THRESHOLD = 0.8  # exact shingle Jaccard at or above which a candidate pair is a near duplicate
 
-# Texts are processed in chunks of at most this many texts and characters inside one call:
-# the shingle hashes of ~1k short texts (~1 MB) stay in the CPU cache across the num_perm
-# passes of the MinHash loop, and the ~70 bytes of temporaries per character stay ~35 MB
-# however long the texts are (a single longer text is a chunk of its own).
+# Texts are processed in chunks of at most this many texts and characters: the shingle
+# hashes of ~1k short texts stay in the CPU cache across the MinHash loop's num_perm passes,
+# and the per-character temporaries stay bounded (a longer text is a chunk of its own).
 _CHUNK_TEXTS = 1024
 _CHUNK_CHARS = 1 << 19
 # Band key of a row without shingles (an empty text): such rows are never near-duplicate
 # candidates; identical ones are already caught by their exact key.
 EMPTY_BAND_KEY = np.uint64(0)
 _ALL_ONES_32 = np.uint32(0xFFFFFFFF)
+_LOW_32 = np.uint64(0xFFFFFFFF)
 
 
 # ---------------------------------------------------------------- normalisation, exact keys
@@ -45,7 +39,7 @@ def normalize(text):
 
     Punctuation is kept: "I love it :)" and "I love it :(" must not share an exact key. Rows
     that differ only in punctuation are still found, by the near-duplicate pass, whose
-    shingles ignore punctuation (see `normalize_for_shingles`).
+    shingles ignore punctuation.
     """
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
@@ -54,11 +48,6 @@ def exact_key(text):
     """A signed 64-bit key of the normalised text: fits a numpy int64 and a PostgreSQL bigint."""
     digest = hashlib.blake2b(normalize(text).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def exact_keys(texts):
-    """`exact_key` for a batch, as an int64 array."""
-    return np.fromiter((exact_key(text) for text in texts), dtype=np.int64, count=len(texts))
 
 
 def exact_duplicate_summary(first, examples=20, per_example=5):
@@ -83,14 +72,11 @@ def first_rows(keys, *, ignore_negative=False):
         raise ValueError("keys must be a one-dimensional array of integers")
     first = np.arange(len(keys), dtype=row_kind(len(keys)))
     rows = np.flatnonzero(keys >= 0) if ignore_negative and keys.dtype.kind == "i" else np.arange(len(keys))
-    order, starts, sizes = _runs(keys[rows])  # a stable sort: each run starts at its lowest row
-    first[rows[order]] = np.repeat(rows[order[starts]], sizes)
+    order = rows[np.argsort(keys[rows], kind="stable")]  # stable: each run of a key starts at its lowest row
+    ordered = keys[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]] if len(order) else np.zeros(0, bool)
+    first[order] = order[new][np.cumsum(new) - 1]
     return first
-
-
-def exact_pairs(keys):
-    """(k, 2) pairs linking each duplicate row to the first row with its key (for `components`)."""
-    return pairs_to_first(first_rows(keys))
 
 
 def names_another_row(codes, start):
@@ -99,15 +85,9 @@ def names_another_row(codes, start):
     return codes != np.arange(start, start + len(codes))
 
 
-def pairs_to_first(first):
-    """`exact_pairs` from `first_rows`, for a caller that has them already."""
-    duplicate = np.flatnonzero(first != np.arange(len(first)))
-    return np.stack([first[duplicate], duplicate], axis=1)
-
-
 def sorted_unique(values, *, in_place=False):
-    """np.unique without its hash-table path: numpy 2.4 takes ~100x longer than a sort for
-    millions of distinct int64 values when no return_* option is given. in_place sorts
+    """np.unique without its hash-table path, which numpy 2.4 takes for millions of distinct
+    int64 values when no return_* option is given, far slower than a sort. in_place sorts
     `values` itself, saving a copy of a big array the caller no longer needs."""
     if in_place:
         values.sort()
@@ -116,16 +96,12 @@ def sorted_unique(values, *, in_place=False):
     return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
-def _runs(values):
-    """Stable sort order of values, and the start and size of each run of equal values."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(values) else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, len(values)])
-    return order, starts, sizes
-
-
 # ---------------------------------------------------------------- shingles
+
+
+# Planes 2 and up hold no whitespace or punctuation (CJK, tags, private use; a test checks
+# the whole range), so the separator table looks at the first two only: far quicker to build.
+_SEPARATORS_BELOW = 0x20000
 
 
 @functools.cache
@@ -137,63 +113,29 @@ def _separator_table():
     inside their words.
     """
     table = np.zeros(0x110000, dtype=bool)
-    # Planes 2 and up hold no whitespace or punctuation (CJK, tags, private use; a test checks
-    # the whole range): looking at the first two only takes 13 ms instead of 0.65 s.
     chars = (chr(cp) for cp in range(_SEPARATORS_BELOW))
     table[[ord(ch) for ch in chars if ch.isspace() or unicodedata.category(ch)[0] == "P"]] = True
     return table
 
 
-_SEPARATORS_BELOW = 0x20000
-
-
-def normalize_for_shingles(text):
-    """`normalize`, then punctuation turned into spaces and whitespace collapsed again.
-
-    The reference for what the batched numpy code computes; tests check the two agree.
-    """
-    table = _separator_table()
-    spaced = "".join(" " if table[ord(ch)] else ch for ch in normalize(text))
-    return " ".join(spaced.split())
-
-
-def shingles(text, shingle_size=DEFAULT_SHINGLE_SIZE):
-    """The set of character shingles of one text (reference implementation, for tests and docs).
-
-    A text shorter than the shingle size is one shingle, itself; an empty one has none.
-    """
-    text = normalize_for_shingles(text)
-    if len(text) <= shingle_size:
-        return {text} if text else set()
-    return {text[i:i + shingle_size] for i in range(len(text) - shingle_size + 1)}
-
-
 def _clean_codepoints(texts):
-    """Code points of all texts normalised for shingles, one array, and each text's start and length.
-
-    One NFKC/casefold over the joined batch and numpy for the rest: about 1 µs per short text,
-    where per-text Python string work costs several.
-    """
+    """Code points of all texts normalised for shingles (`normalize`, then each run of
+    whitespace and punctuation one space, none at a text's ends), one array, and each text's
+    start and length: one NFKC/casefold over the joined batch, far cheaper than one a text."""
     texts = [text.replace("\x00", " ") for text in texts] if any("\x00" in text for text in texts) else texts
     # NUL is the boundary: it is not whitespace or punctuation, and NFKC/casefold leave it alone.
     joined = unicodedata.normalize("NFKC", "\x00".join(texts)).casefold()
     points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    points = _collapse_separators(points, _separator_table()[points])
+    if len(points):
+        separator = _separator_table()[points]
+        points = np.where(separator, np.uint32(32), points)
+        first_of_run = ~(separator & np.r_[False, separator[:-1]])
+        points, separator = points[first_of_run], separator[first_of_run]
+        edge = points == 0
+        points = points[~(separator & (np.r_[True, edge[:-1]] | np.r_[edge[1:], True]))]
     bounds = np.flatnonzero(points == 0)
     starts = np.r_[0, bounds + 1]
     return points, starts, np.r_[bounds, len(points)] - starts
-
-
-def _collapse_separators(points, separator):
-    """Every run of separators becomes one space; spaces at a text's start or end are dropped."""
-    if not len(points):
-        return points
-    points = np.where(separator, np.uint32(32), points)
-    first_of_run = ~(separator & np.r_[False, separator[:-1]])
-    points, separator = points[first_of_run], separator[first_of_run]
-    edge = points == 0
-    at_edge = separator & (np.r_[True, edge[:-1]] | np.r_[edge[1:], True])
-    return points[~at_edge]
 
 
 @functools.cache
@@ -206,22 +148,27 @@ def _constants(name, count):
 def shingle_hashes(texts, shingle_size=DEFAULT_SHINGLE_SIZE):
     """64-bit hashes of every shingle of every text, in text order, and the count per text.
 
-    A shingle's hash is sum(code_point[j] * K[j]) mod 2**64 over its characters, computed for
-    the whole batch at once (a text shorter than a shingle: over its own characters only). A
-    text may repeat a hash (a repeated shingle); callers that need sets deduplicate. Distinct
-    shingles collide with probability about 2**-64, or 2**-32 in the top 32 bits that
-    MinHash and verify_pairs use. Temporaries are ~70 bytes per character: chunk big batches.
-    """
+    A shingle's hash is sum(code_point[j] * K[j]) mod 2**64 over its characters (a text
+    shorter than a shingle: its own characters only), for the whole batch at once. A text may
+    repeat a hash (a repeated shingle). Distinct shingles collide with probability about
+    2**-64, or 2**-32 in the top 32 bits that MinHash and pair_jaccard use. Temporaries are
+    ~70 bytes per character: chunk big batches."""
     if not len(texts):
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     points, starts, lengths = _clean_codepoints(texts)
-    window = _window_hashes(points, shingle_size)
+    padded = np.r_[points, np.zeros(shingle_size, np.uint32)].astype(np.uint64)
+    factors = _constants("shingle", shingle_size)
+    window = np.zeros(len(points), dtype=np.uint64)
+    for j in range(shingle_size):
+        window += padded[j:j + len(points)] * factors[j]
     counts = np.where(lengths >= shingle_size, lengths - shingle_size + 1, (lengths > 0).astype(np.int64))
     offsets = np.cumsum(counts) - counts
-    positions = np.repeat(starts - offsets, counts) + np.arange(counts.sum())
-    hashes = window[positions]
+    hashes = window[np.repeat(starts - offsets, counts) + np.arange(counts.sum())]
     short = (lengths > 0) & (lengths < shingle_size)
-    hashes[offsets[short]] = _short_hashes(points, starts[short], lengths[short], shingle_size)
+    short_hashes = np.zeros(int(short.sum()), dtype=np.uint64)
+    for j in range(shingle_size):  # a text shorter than a shingle: its own characters only
+        short_hashes += np.where(j < lengths[short], padded[starts[short] + j], 0).astype(np.uint64) * factors[j]
+    hashes[offsets[short]] = short_hashes
     return hashes, counts.astype(np.int64)
 
 
@@ -237,25 +184,6 @@ def _chunks(texts):
         start = end
 
 
-def _window_hashes(points, shingle_size):
-    padded = np.r_[points, np.zeros(shingle_size, np.uint32)].astype(np.uint64)
-    factors = _constants("shingle", shingle_size)
-    window = np.zeros(len(points), dtype=np.uint64)
-    for j in range(shingle_size):
-        window += padded[j:j + len(points)] * factors[j]
-    return window
-
-
-def _short_hashes(points, starts, lengths, shingle_size):
-    """The hash of a text shorter than a shingle: its characters only, not the next text's."""
-    factors = _constants("shingle", shingle_size)
-    hashes = np.zeros(len(starts), dtype=np.uint64)
-    padded = np.r_[points, np.zeros(shingle_size, np.uint32)].astype(np.uint64)
-    for j in range(shingle_size):
-        hashes += np.where(j < lengths, padded[starts + j], 0).astype(np.uint64) * factors[j]
-    return hashes
-
-
 # ---------------------------------------------------------------- MinHash and LSH
 
 
@@ -264,10 +192,10 @@ class MinHasher:
 
     The permutations are h -> (a*h + b) mod 2**64, top 32 bits, for 32-bit shingle hashes h
     and random 64-bit a (odd) and b: Dietzfelbinger's multiply-add-shift family, strongly
-    universal like (a*h + b) mod p but without a 64-bit division per element, which makes it
-    4-6x faster in numpy. Defaults: 64 permutations in 8 bands of 8 rows, so a pair with
-    Jaccard s becomes a candidate with probability 1 - (1 - s**8)**8 (0.77 at s=0.8, 0.99 at
-    0.9, 0.03 at 0.5); see docs/dedup-and-splits.md for the S-curve.
+    universal like (a*h + b) mod p but without a 64-bit division per element, which numpy
+    does slowly. Defaults: 64 permutations in 8 bands of 8 rows, so a pair with Jaccard s
+    becomes a candidate with probability 1 - (1 - s**8)**8 (0.77 at s=0.8, 0.99 at 0.9,
+    0.03 at 0.5); see docs/dedup-and-splits.md for the S-curve.
     """
 
     def __init__(self, num_perm=DEFAULT_NUM_PERM, bands=DEFAULT_BANDS, shingle_size=DEFAULT_SHINGLE_SIZE, seed=1):
@@ -319,210 +247,61 @@ class MinHasher:
         return keys
 
 
-def estimated_jaccard(sig_a, sig_b):
-    """Share of equal signature values: a float for two signatures, an array for two (n, p) arrays."""
-    equal = np.asarray(sig_a) == np.asarray(sig_b)
-    return float(equal.mean()) if equal.ndim == 1 else equal.mean(axis=-1)
-
-
-def candidate_pairs(band_keys, max_partners=MAX_PARTNERS):
-    """(k, 2) int64 row pairs i < j that share at least one band key, sorted, without repeats.
-
-    Within a bucket (rows sharing one band's key) each row is paired with every earlier row,
-    up to the bucket's first max_partners rows: all pairs for buckets up to max_partners + 1
-    rows, and n * max_partners pairs, still connected, for bigger ones.
-    """
-    band_keys = np.asarray(band_keys, dtype=np.uint64)
-    if band_keys.ndim != 2:
-        raise ValueError("band_keys must be a (rows, bands) array")
-    found = [_bucket_pairs(band_keys[:, band], max_partners) for band in range(band_keys.shape[1])]
-    return _unique_pairs(found)
-
-
-def _bucket_pairs(keys, max_partners):
-    """Pairs of row positions in one band's column that share a (non-empty) key."""
-    order, starts, sizes = _runs(keys)
-    rank = np.arange(len(keys)) - np.repeat(starts, sizes)
-    partners = np.minimum(rank, max_partners)
-    partners[keys[order] == EMPTY_BAND_KEY] = 0
-    member = np.repeat(np.arange(len(keys)), partners)
-    within = np.arange(len(member)) - np.repeat(np.cumsum(partners) - partners, partners)
-    hub = np.repeat(np.repeat(starts, sizes), partners) + within
-    # A stable sort keeps each bucket in row order, so the hub is always the smaller row.
-    return np.stack([order[hub], order[member]], axis=1)
-
-
-def _unique_pairs(pair_arrays):
-    packed = np.concatenate([np.zeros(0, np.uint64)] + [pack_pairs(pairs) for pairs in pair_arrays])
-    return unpack_pairs(sorted_unique(packed))
-
-
-def pack_pairs(pairs):
-    """(k, 2) row pairs (rows under 2**32) as one uint64 each, low row in the high half: 8
-    bytes a pair, not 16, and sorting them sorts the pairs."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    return pack_rows(pairs[:, 0], pairs[:, 1])
-
-
-def pack_rows(a, b):
-    """`pack_pairs` of the pairs (a[i], b[i]), from two columns."""
-    return np.minimum(a, b).astype(np.uint64) << np.uint64(32) | np.maximum(a, b).astype(np.uint64)
-
-
-def packed_rows(packed):
-    """The (low rows, high rows) of packed pairs, as int64 columns."""
-    return (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-
-
-def unpack_pairs(packed):
-    pairs = np.empty((len(packed), 2), dtype=np.int64)  # filled column by column: no temporaries
-    pairs[:, 0] = packed >> np.uint64(32)
-    pairs[:, 1] = packed & np.uint64(0xFFFFFFFF)
-    return pairs
-
-
-def uint64_blocks(spilled, size):
-    """A file of uint64 values from where it stands, `size` values at a time."""
-    while len(block := np.fromfile(spilled, dtype=np.uint64, count=size)):
-        yield block
-
-
-class NearDuplicateIndex:
-    """Batches of texts in, their LSH band keys kept in memory, candidate pairs out: the
-    whole search in one process for tools and tests (the ingest keeps the band keys on disk
-    and asks DuckDB for the pairs: queries.create_candidates)."""
-
-    def __init__(self, hasher=None, max_partners=MAX_PARTNERS):
-        self.hasher = hasher or MinHasher()
-        self.max_partners = max_partners
-        self._rows, self._keys = [], []  # per batch added: its row indices and band keys
-
-    def __len__(self):
-        return sum(len(rows) for rows in self._rows)
-
-    def add(self, texts, start_index):
-        """Add texts that are rows start_index, start_index + 1, ... of the dataset."""
-        self.add_band_keys(self.hasher.band_keys(self.hasher.signatures(texts)), start_index)
-
-    def add_band_keys(self, keys, start_index):
-        """Add (rows, bands) keys made elsewhere with this index's hasher (e.g. in a helper process)."""
-        keys = np.asarray(keys, dtype=np.uint64)
-        self._rows.append(np.arange(start_index, start_index + len(keys), dtype=np.int64))
-        self._keys.append(keys)
-
-    def candidate_pairs(self):
-        """(k, 2) int64 pairs of dataset row indices i < j sharing a band key, sorted, without
-        repeats; a capped bucket pairs its earliest-added rows."""
-        rows = np.concatenate([np.zeros(0, np.int64), *self._rows])
-        if len(sorted_unique(rows)) != len(rows):
-            raise ValueError("two batches were added for the same row indices")
-        keys = np.concatenate([np.zeros((0, self.hasher.bands), np.uint64), *self._keys])
-        pairs = rows[candidate_pairs(keys, self.max_partners)]
-        return unpack_pairs(sorted_unique(pack_pairs(np.sort(pairs, axis=1))))
-
-
-# ---------------------------------------------------------------- verification
-
-
-def verify_pairs(pairs, get_texts, threshold=NEAR_THRESHOLD, *, shingle_size=DEFAULT_SHINGLE_SIZE,
-                 batch_pairs=5_000, return_similarity=False):
-    """The candidate pairs whose shingle Jaccard is at least threshold, as a (k, 2) int64 array
-    in the order given.
-
-    get_texts(rows) gets a sorted int64 array of row indices and returns their texts in that
-    order; it is called once per batch of batch_pairs pairs, so only those texts (and a few
-    MB of arrays) are ever in memory. Pairs are checked family by family (connected rows
-    together): a batch shingles each text it needs once, and a text shared by many pairs is
-    shingled in one or two batches instead of in nearly every one (at a million rows of
-    templated text, half the texts shingled and 13.9 -> 8.8 s, measured). With
-    return_similarity, returns (pairs, similarity) with the Jaccard of each kept pair as
-    float32. Shingles are compared by their 32-bit hashes: a chance collision (about 1e-5 per
-    pair of short texts) can add one shared shingle. Two texts without shingles (empty,
-    punctuation only) are identical.
-    """
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    jaccard = np.zeros(len(pairs), dtype=np.float32)
-    order = _by_family(pairs)
-    for start in range(0, len(pairs), batch_pairs):
-        part = order[start:start + batch_pairs]
-        jaccard[part] = pair_jaccard(pairs[part], get_texts, shingle_size)
-    kept = jaccard >= threshold
-    if return_similarity:
-        return pairs[kept], jaccard[kept]
-    return pairs[kept]
-
-
-def _by_family(pairs):
-    """Positions of `pairs` ordered by connected component, then by their rows."""
-    if not len(pairs):
-        return np.zeros(0, np.int64)
-    rows = sorted_unique(pairs.ravel())
-    ends = np.stack([np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])], axis=1).astype(np.int32)
-    family = components(len(rows), ends)[ends[:, 0]]
-    return np.lexsort((ends[:, 1], ends[:, 0], family))
+# ---------------------------------------------------------------- shingle Jaccard
 
 
 def pair_jaccard(pairs, get_texts, shingle_size=DEFAULT_SHINGLE_SIZE):
-    """The shingle Jaccard of each pair; get_texts(rows) as for verify_pairs."""
+    """The shingle Jaccard of each (k, 2) pair of rows, as float32; get_texts(rows) gets a
+    sorted int64 array of rows and returns their texts in that order. Shingles are compared
+    by their 32-bit hashes: a chance collision (about 1e-5 per pair of short texts) can add
+    one shared shingle. Two texts without shingles (empty, punctuation only) are identical."""
     rows = sorted_unique(pairs.ravel())
     texts = list(get_texts(rows))
     if len(texts) != len(rows):
         raise ValueError(f"get_texts returned {len(texts)} texts for {len(rows)} rows")
-    sets, counts = _shingle_sets(texts, shingle_size)
+    # Each text's distinct shingle hashes as sorted int64 (text << 32 | hash >> 32), built a
+    # chunk of texts at a time so the per-character temporaries stay small.
+    sets = [np.zeros(0, np.int64)]
+    for start, end in _chunks(texts):
+        hashes, counts = shingle_hashes(texts[start:end], shingle_size)
+        owner = np.repeat(np.arange(start, end, dtype=np.int64), counts)
+        sets.append(sorted_unique(owner << 32 | (hashes >> np.uint64(32)).astype(np.int64)))
+    sets = np.concatenate(sets)
+    counts = np.bincount(sets >> 32, minlength=len(texts))
     left, right = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
     inter = _intersections(sets, counts, left, right)
     union = counts[left] + counts[right] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0).astype(np.float32)
 
 
-def _shingle_sets(texts, shingle_size):
-    """Each text's distinct shingle hashes as sorted int64 (text << 32 | hash >> 32), and their counts.
-
-    Built a chunk of texts at a time, so the big per-character temporaries stay small.
-    """
-    sets = []
-    for start, end in _chunks(texts):
-        hashes, counts = shingle_hashes(texts[start:end], shingle_size)
-        owner = np.repeat(np.arange(start, end, dtype=np.int64), counts)
-        sets.append(sorted_unique(owner << 32 | (hashes >> np.uint64(32)).astype(np.int64)))
-    sets = np.concatenate([np.zeros(0, np.int64), *sets])
-    return sets, np.bincount(sets >> 32, minlength=len(texts))
-
-
 def _intersections(sets, counts, left, right, chunk=1024):
-    """Shared shingles of texts left[i] and right[i]: look each of left's up in right's set.
-    A chunk of pairs at a time: the lookups cost ~40 bytes a shingle while they run (40 MB
-    for a batch of 5,000 pairs of 200-character texts at once)."""
+    """Shared shingles of texts left[i] and right[i]: each of left's looked up in right's set.
+    A chunk of pairs at a time: the lookups cost ~40 bytes a shingle while they run."""
     offsets = np.cumsum(counts) - counts
     shared = np.zeros(len(left), dtype=np.int64)
     for start in range(0, len(left), chunk):
-        part = slice(start, start + chunk)
-        shared[part] = _shared_shingles(sets, counts, offsets, left[part], right[part])
+        lefts, rights = left[start:start + chunk], right[start:start + chunk]
+        sizes = counts[lefts]
+        within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        shingle = sets[np.repeat(offsets[lefts], sizes) + within] & 0xFFFFFFFF
+        query = np.repeat(rights.astype(np.int64), sizes) << 32 | shingle
+        where = np.minimum(np.searchsorted(sets, query), max(len(sets) - 1, 0))
+        found = sets[where] == query if len(sets) else np.zeros(0, bool)
+        shared[start:start + chunk] = np.bincount(np.repeat(np.arange(len(lefts)), sizes)[found], minlength=len(lefts))
     return shared
 
 
-def _shared_shingles(sets, counts, offsets, left, right):
-    sizes = counts[left]
-    within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    shingle = sets[np.repeat(offsets[left], sizes) + within] & 0xFFFFFFFF
-    query = np.repeat(right.astype(np.int64), sizes) << 32 | shingle
-    where = np.minimum(np.searchsorted(sets, query), max(len(sets) - 1, 0))
-    found = sets[where] == query if len(sets) else np.zeros(0, bool)
-    return np.bincount(np.repeat(np.arange(len(left)), sizes)[found], minlength=len(left))
-
-
-# ---------------------------------------------------------------- connected components
+# ---------------------------------------------------------------- pairs, connected components
 
 
 def components(n, pairs, start=None):
     """Connected component of each of n rows linked by pairs; the id is the component's smallest row.
 
     Numpy hook-and-compress (Shiloach-Vishkin style): each round hooks every root to the
-    smallest root it is linked to, then jumps pointers until every row points at its root.
-    Rounds are few (logarithmic in practice), each a handful of vectorised passes. Pairs as
-    (k, 2) rows or packed (pack_pairs); the result is int32 below 2**31 rows. `start`, if
-    given, is a forest to begin from (each row's parent a row no later than itself, such as
-    first_rows gives): rows it joins are joined without a pair each.
+    smallest root it is linked to, then jumps pointers until every row points at its root;
+    rounds are few (logarithmic in practice). Pairs as (k, 2) rows or packed (pack_pairs);
+    int32 below 2**31 rows. `start`, if given, is a forest to begin from (each row's parent
+    no later than itself, as first_rows gives): rows it joins need no pair each.
     """
     pairs = _pairs_array(pairs)
     return components_of_chunks(n, (pairs[begin:begin + PAIR_CHUNK] for begin in range(0, len(pairs), PAIR_CHUNK)),
@@ -548,7 +327,7 @@ def components_of_chunks(n, chunks, start=None):
     return parent
 
 
-# Pairs components and keep-first take at a time: their temporaries stay a chunk's size.
+# Pairs components takes at a time: its temporaries stay a chunk's size.
 PAIR_CHUNK = 1 << 18
 
 
@@ -563,13 +342,25 @@ def row_kind(n):
     return np.int32 if n < 2**31 else np.int64
 
 
+def pack_pairs(pairs):
+    """(k, 2) row pairs (rows under 2**32) as one uint64 each, low row in the high half: 8
+    bytes a pair, not 16, and sorting them sorts the pairs."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return pack_rows(pairs[:, 0], pairs[:, 1])
+
+
+def pack_rows(a, b):
+    """`pack_pairs` of the pairs (a[i], b[i]), from two columns."""
+    return np.minimum(a, b).astype(np.uint64) << np.uint64(32) | np.maximum(a, b).astype(np.uint64)
+
+
 def pair_columns(pairs, n, kind):
     """The two rows of each pair as arrays of `kind`, from (k, 2) pairs or packed ones (a
     one-dimensional uint64 array, see pack_pairs: 8 bytes a pair, not 16, where they come
     from). Checks that they index rows 0..n-1."""
     pairs = _pairs_array(pairs)
     if pairs.ndim == 1:
-        low, high = (pairs >> np.uint64(32)), (pairs & np.uint64(0xFFFFFFFF))
+        low, high = (pairs >> np.uint64(32)), (pairs & _LOW_32)
     else:
         low, high = pairs[:, 0], pairs[:, 1]
     for rows in (low, high):
@@ -589,49 +380,23 @@ def _compress(parent):
 # ---------------------------------------------------------------- keep-first duplicate sets
 
 
-def keep_first(n, pairs):
-    """Keep-first deduplication: walking pairs (i < j) by their later row, j becomes a duplicate
-    of i when i is itself kept. Each row points at the kept row it duplicates (or itself).
-
-    Unlike connected components this does not chain: A≈B and B≈C with A≉C keeps A and C,
-    so a run of templated messages is not collapsed into one giant cluster. Pairs as (k, 2)
-    rows or packed (pack_pairs); the result is int32 below 2**31 rows.
+def keep_first_in_order(n, chunks):
+    """Keep-first deduplication of packed pairs (pack_pairs) that come in chunks sorted by
+    larger row, then smaller: walking them, the larger row becomes a duplicate of the smaller
+    when both are still kept. Each row points at the kept row it duplicates (or itself);
+    int32 below 2**31 rows. Unlike components this does not chain: A≈B and B≈C with A≉C
+    keeps A and C, so a run of templated messages is not collapsed into one giant cluster.
     """
     if n > 2**32:
         raise ValueError("keep_first takes up to 2**32 rows")
-    pairs = _pairs_array(pairs)
-    # By later row, then earlier: one uint64 a pair (later << 32 | earlier), made a chunk at a
-    # time and sorted in place, instead of a lexsort's order and the pairs it orders.
-    ordered = np.empty(len(pairs), dtype=np.uint64)
-    for begin in range(0, len(pairs), PAIR_CHUNK):
-        low, high = pair_columns(pairs[begin:begin + PAIR_CHUNK], n, np.uint64)
-        ordered[begin:begin + len(low)] = high << np.uint64(32) | low
-    ordered.sort()
-    return _walk_keep_first(n, (ordered[start:start + 100_000] for start in range(0, len(ordered), 100_000)))
-
-
-def keep_first_in_order(n, chunks):
-    """`keep_first` of pairs that come in chunks (packed, see pack_pairs) already in its
-    order: by larger row, then smaller, across all chunks. Holds a chunk at a time."""
-    if n > 2**32:
-        raise ValueError("keep_first takes up to 2**32 rows")
-    return _walk_keep_first(n, (by_larger_row(chunk) for chunk in chunks))
-
-
-def by_larger_row(packed):
-    """Packed pairs (low << 32 | high) as high << 32 | low."""
-    packed = np.asarray(packed, dtype=np.uint64)
-    return (packed & np.uint64(0xFFFFFFFF)) << np.uint64(32) | (packed >> np.uint64(32))
-
-
-def _walk_keep_first(n, ordered_chunks):
     reps = np.arange(n, dtype=row_kind(n))
-    for ordered in ordered_chunks:
+    for packed in chunks:
+        packed = np.asarray(packed, dtype=np.uint64)
         # Python ints a slice at a time: a list of millions of pairs would cost more memory
         # than everything else in the ingest.
-        for start in range(0, len(ordered), 100_000):
-            chunk = ordered[start:start + 100_000]
-            for j, i in zip((chunk >> np.uint64(32)).tolist(), (chunk & np.uint64(0xFFFFFFFF)).tolist()):
+        for start in range(0, len(packed), 100_000):
+            part = packed[start:start + 100_000]
+            for i, j in zip((part >> np.uint64(32)).tolist(), (part & _LOW_32).tolist()):
                 if reps[i] == i and reps[j] == j:
                     reps[j] = i
     return reps

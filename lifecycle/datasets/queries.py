@@ -182,8 +182,9 @@ ROWS_PER_QUERY = 1_000_000
 def create_candidates(scratch, n, max_partners, rows_per_query=ROWS_PER_QUERY):
     """Table `candidates(low, high)`: row pairs sharing a band key, without repeats — in each
     bucket every row with each of the bucket's first `max_partners` rows before it (all pairs
-    of a small bucket, still connected in a big one), as dedup.candidate_pairs. A band and a
-    part of its keys at a time, through an aggregate and a join, not a window over every key."""
+    of a small bucket, still connected in a big one), as tests/datasets/reference.py's
+    candidate_pairs. A band and a part of its keys at a time, through an aggregate and a join,
+    not a window over every key."""
     parts = max(1, -(-n // rows_per_query))
     scratch.sql("CREATE TABLE found (low BIGINT, high BIGINT)")
     for band in range(BANDS):

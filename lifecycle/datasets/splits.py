@@ -28,6 +28,12 @@ KEEP_TOGETHER = {
 }
 # The leakage a choice of KEEP_TOGETHER accepts: reported, but not counted as leakage.
 ACCEPTED_LEAKAGE = {"all": (), "groups_exact": ("near_duplicates",), "groups": ("near_duplicates", "exact_duplicates")}
+# Below this many rows due, a split is held only to not being empty: on small data with many
+# labels the per-label greedy gives a small split a few rows less than its share, which
+# training takes; an empty split it cannot.
+HALF_SHARE_FROM = 20
+# Rows per chunk where per-row work goes a chunk at a time: no row-sized temporaries.
+_CHUNK = 1 << 16
 
 
 def assign_splits(labels, *, groups=None, timestamps=None, units=None, fractions=(0.8, 0.1, 0.1), seed=0, by_time=False):
@@ -58,6 +64,13 @@ def _as_ints(values, name):
     return array if array.dtype.kind in "iu" else array.astype(np.int64)  # no copy of int32 label ids
 
 
+def _as_splits(splits):
+    array = _as_ints(splits, "splits")
+    if len(array) and (array.min() < -1 or array.max() > TEST):
+        raise ValueError("splits must hold 0 (train), 1 (validation), 2 (test) or -1 (none)")
+    return array.astype(np.int8, copy=False)
+
+
 def _check_fractions(fractions):
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
@@ -65,235 +78,178 @@ def _check_fractions(fractions):
     return fractions / fractions.sum()
 
 
+# ---------------------------------------------------------------- blocks: groups and units
+
+
 def _blocks(n, groups, units):
     """Block index 0..b-1 per row: the connected components of shared group and unit ids."""
-    # Each row's first row in its group is a forest to start from: groups are joined with
-    # no pair per row and no sort of all rows (first_rows works a key range at a time).
+    # Each row's first row in its group is a forest to start from: no pair per row.
     start = None if groups is None else _group_forest(groups, n)
     links = np.zeros((0, 2), row_kind(n)) if units is None else _same_id_pairs(_sortable_ids(units, n))
     roots = components(n, links, start=start)
     del links, start
-    # Dense numbers in the order of the roots (what np.unique's inverse gives), without its
-    # sort and its three row-sized arrays: a root is its component's smallest row.
     is_root = np.zeros(n, dtype=bool)
     is_root[roots] = True
-    dense = np.cumsum(is_root, dtype=row_kind(n))
-    dense -= 1
-    return dense[roots]
+    return _ranks(is_root, row_kind(n))[roots]
+
+
+def _ranks(present, kind):
+    """For a mask of the values that occur, each one's rank among them: np.unique's inverse
+    without its sort and its row-sized arrays."""
+    ranks = np.cumsum(present, dtype=kind)
+    ranks -= 1
+    return ranks
 
 
 def _sortable_ids(ids, n):
     """Ids that sort, -1 (or any negative) where a row has none: integer ids as they are (no
-    dense codes needed to find equal ones, and no sort to make them: ~40 MB less at a million
-    rows), other kinds as _id_codes."""
-    array = np.asarray(ids)
-    if array.dtype.kind in "iu" and array.shape == (n,):
-        return array
-    return _id_codes(ids, n)
-
-
-def _id_codes(ids, n):
-    """Dense int codes for group-like ids, -1 where a row has none."""
+    sort to make codes), other kinds as dense int64 codes (NaN and "" have none)."""
     array = np.asarray(ids)
     if array.shape != (n,):
         raise ValueError(f"expected one id per row ({n}), got shape {array.shape}")
-    if array.dtype.kind == "O":
-        return _object_codes(array)
-    missing = _missing(array)
+    if array.dtype.kind in "iu":
+        return array
+    if array.dtype.kind == "O":  # mixed Python objects, which np.unique cannot sort
+        seen = {}
+        return np.fromiter((-1 if _is_missing_object(value) else seen.setdefault(value, len(seen)) for value in array),
+                           dtype=np.int64, count=n)
+    if array.dtype.kind == "f":
+        missing = np.isnan(array) | (array < 0)
+    else:
+        missing = array == array.dtype.type() if array.dtype.kind in "US" else np.zeros(n, dtype=bool)
     codes = np.full(n, -1, dtype=np.int64)
     codes[~missing] = np.unique(array[~missing], return_inverse=True)[1]
     return codes
 
 
-def _missing(array):
-    if array.dtype.kind in "iu":
-        return array < 0
-    if array.dtype.kind == "f":
-        return np.isnan(array) | (array < 0)
-    if array.dtype.kind in "US":
-        return array == array.dtype.type()
-    return np.zeros(len(array), dtype=bool)
-
-
-def _object_codes(array):
-    # Mixed Python objects cannot be sorted by np.unique; a dict gives each distinct id a code.
-    seen = {}
-    missing = (None, "")
-    return np.fromiter(
-        (-1 if _is_missing_object(value, missing) else seen.setdefault(value, len(seen)) for value in array),
-        dtype=np.int64, count=len(array),
-    )
-
-
-def _is_missing_object(value, missing):
+def _is_missing_object(value):
     if isinstance(value, float):
         return value != value or value < 0
     if isinstance(value, int):
         return value < 0
-    return value in missing
+    return value in (None, "")
 
 
-def _same_id_pairs(codes):
-    """Pairs linking rows with the same (non-missing) code: each to the first row with it, or,
-    where every code names a row of its own (units from the ingest), each to that row."""
-    if _names_own_rows(codes):
-        return _links_to_named_rows(codes)
-    rows = np.flatnonzero(codes >= 0)
-    order = rows[np.argsort(codes[rows], kind="stable")]
-    ordered = codes[order]
-    new = np.r_[True, ordered[1:] != ordered[:-1]] if len(order) else np.zeros(0, bool)
-    first = order[np.flatnonzero(new)][np.cumsum(new) - 1]
-    # 32-bit rows where they fit: these pairs are the split's biggest arrays.
-    kind = row_kind(len(codes))
-    return np.stack([first[~new].astype(kind), order[~new].astype(kind)], axis=1)
-
-
-_CHUNK = 1 << 16
+def _group_forest(groups, n):
+    """Each row's first row in its group (its own where it has none): codes that name a row
+    of their own, which _shared_ids checks and _blocks joins without a sort. Groups given in
+    that form already (the ingest's) are used as they are."""
+    codes = _sortable_ids(groups, n)
+    if _names_own_rows(codes) and all((named >= 0).all() for _, named in _slices(codes)):
+        return codes
+    return first_rows(codes, ignore_negative=True)
 
 
 def _names_own_rows(codes):
     """True when each code is the row number of a row with that same code: then linking each
     row to the row its code names links every unit together, with no sort to find them."""
-    n = len(codes)
-    for start in range(0, n, _CHUNK):
-        named = codes[start:start + _CHUNK]
+    for _, named in _slices(codes):
         named = named[named >= 0]
-        if len(named) and (named.max() >= n or (codes[named] != named).any()):
+        if len(named) and (named.max() >= len(codes) or (codes[named] != named).any()):
             return False
     return True
 
 
-def _links_to_named_rows(codes):
+def _same_id_pairs(codes):
+    """(k, 2) pairs linking each row with a code (not negative) to the row its code names,
+    where every code names a row of its own (units from the ingest), else to the first row
+    with its code. Rows are 32-bit where they fit: these pairs are the split's biggest arrays."""
+    if not _names_own_rows(codes):
+        codes = first_rows(codes, ignore_negative=True)
     kind = row_kind(len(codes))
     links = [np.zeros((0, 2), kind)]
-    for start in range(0, len(codes), _CHUNK):  # a chunk at a time: no row-sized temporaries
-        named = codes[start:start + _CHUNK]
+    for start, named in _slices(codes):
         rows = np.flatnonzero((named >= 0) & names_another_row(named, start))
         links.append(np.stack([named[rows].astype(kind), (rows + start).astype(kind)], axis=1))
     return np.concatenate(links)
+
+
+def _slices(codes):
+    """(start, codes[start:start + _CHUNK]), a chunk at a time."""
+    for start in range(0, len(codes), _CHUNK):
+        yield start, codes[start:start + _CHUNK]
 
 
 # ---------------------------------------------------------------- stratified assignment
 
 
 def _assign_stratified(labels, block, fractions, seed):
-    """Greedy: blocks in seeded random order, larger first, each to the split it fills least.
-
-    "Fills least" is the smallest share of target reached after adding the block, summed
-    over the block's labels (weighted by its rows of each label). Relative rather than
-    absolute deficits spread big blocks over all splits in proportion, instead of piling
-    them into train until train's deficit drops to validation's.
-    """
-    stratum = _dense_codes(labels)
+    """Greedy: blocks in seeded random order, larger first, each to the split it fills least:
+    the smallest share of target reached after adding the block, summed over its labels
+    (weighted by its rows of each). Relative rather than absolute deficits spread big blocks
+    over all splits in proportion, instead of piling them into train until train's deficit
+    drops to validation's."""
+    low = int(labels.min())
+    if int(labels.max()) - low >= 1 << 20:
+        stratum = np.unique(labels, return_inverse=True)[1]
+    else:  # label ids span a small range: a count per value says which occur, with no sort
+        shifted = labels - low if low else labels
+        stratum = _ranks(np.bincount(shifted) > 0, np.int32)[shifted]
     targets = fractions[:, None] * np.bincount(stratum)[None, :]
     # A zero target (a split with fraction 0) must never be chosen: its inverse is infinite.
     with np.errstate(divide="ignore"):
         inverse = np.where(targets > 0, 1.0 / targets, np.inf)
-    strata = _block_strata(block, stratum)
+    offsets, entry_strata, entry_rows = _block_strata(block, stratum)
     del stratum
-    order = _block_order(strata.sizes, seed)
-    chosen = _greedy(order, strata, inverse.tolist())
-    return chosen[block]
-
-
-def _dense_codes(labels):
-    """np.unique(labels, return_inverse=True)[1], without its sort where the labels span a
-    small range (label ids do): a count per value says which occur."""
-    low = int(labels.min())
-    if int(labels.max()) - low >= 1 << 20:
-        return np.unique(labels, return_inverse=True)[1]
-    shifted = labels - low if low else labels
-    present = np.bincount(shifted) > 0
-    return (np.cumsum(present) - 1).astype(np.int32)[shifted]
-
-
-@dataclass
-class _BlockStrata:
-    """Rows per block; the stratum of single-stratum blocks (-1 otherwise); and for the rest,
-    their (stratum, rows) entries: those of block b at entries[offsets[b]:offsets[b + 1]].
-    Arrays, not a dict of lists: a million rows in customer groups make ~200k mixed blocks,
-    ~70 MB as Python objects."""
-    sizes: np.ndarray
-    single: np.ndarray
-    offsets: np.ndarray
-    entry_strata: np.ndarray
-    entry_rows: np.ndarray
+    # Larger blocks first; the stable sort keeps the seeded shuffle among blocks of one size.
+    sizes = np.bincount(block)
+    shuffled = np.random.default_rng(seed).permutation(len(sizes))
+    order = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+    return _greedy(order, offsets, entry_strata, entry_rows, inverse.tolist())[block]
 
 
 def _block_strata(block, stratum):
+    """Each block's (stratum, rows) entries, sorted by block, then stratum: those of block b
+    at entries[offsets[b]:offsets[b + 1]]. Arrays, not a dict of lists: a million rows in
+    customer groups make hundreds of thousands of blocks with several labels."""
     n_blocks, n_strata = int(block.max()) + 1, int(stratum.max()) + 1
     # 32-bit (block, stratum) codes where they fit: these are the split's biggest arrays.
-    kind = np.int32 if n_blocks * n_strata < 2**31 else np.int64
-    pair = block.astype(kind)
+    pair = block.astype(np.int32 if n_blocks * n_strata < 2**31 else np.int64)
     pair *= n_strata
     pair += stratum
     pair.sort()  # in place: np.unique would sort a copy
-    new = np.empty(len(pair), dtype=bool)
-    new[0] = True
-    np.not_equal(pair[1:], pair[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    del new
-    count = np.diff(starts, append=len(pair)).astype(np.int32)
-    pair = pair[starts]
-    del starts
-    owner, which = pair // n_strata, pair % n_strata
-    del pair
-    per_block = np.bincount(owner, minlength=n_blocks)
-    alone = per_block[owner] == 1
-    single = np.full(n_blocks, -1, dtype=np.int32)
-    single[owner[alone]] = which[alone]
-    mixed_per_block = np.where(per_block > 1, per_block, 0)
-    offsets = np.r_[0, np.cumsum(mixed_per_block)]
-    # Entries sorted by block, then stratum: each mixed block's are together, in stratum order.
-    return _BlockStrata(np.bincount(block, minlength=n_blocks), single, offsets,
-                        which[~alone].astype(np.int32), count[~alone])
+    starts = _run_starts(pair)
+    rows = np.diff(starts, append=len(pair)).astype(np.int32)
+    owner, which = np.divmod(pair[starts], n_strata)
+    return np.r_[0, np.cumsum(np.bincount(owner, minlength=n_blocks))], which.astype(np.int32), rows
 
 
-def _block_order(sizes, seed):
-    shuffled = np.random.default_rng(seed).permutation(len(sizes))
-    return shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+def _run_starts(ordered):
+    """Where each run of equal values starts in a sorted array."""
+    return np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
 
 
-def _greedy(order, strata, inverse, chunk=1 << 16):
+def _greedy(order, offsets, entry_strata, entry_rows, inverse, chunk=1 << 16):
     # Plain Python lists on purpose: one loop step per block (a million for a million
-    # singleton rows), and numpy scalar arithmetic costs ten times more per step. The lists
-    # are made for a chunk of blocks at a time, so they never hold every block.
+    # singleton rows), and numpy scalar arithmetic is far slower per step. The lists are
+    # made for a chunk of blocks at a time, so they never hold every block.
     filled = [[0.0] * len(inverse[0]) for _ in range(3)]
-    chosen = np.zeros(len(strata.sizes), dtype=np.int8)
+    chosen = np.zeros(len(order), dtype=np.int8)
     for start in range(0, len(order), chunk):
         blocks = order[start:start + chunk]
-        lows, highs = strata.offsets[blocks], strata.offsets[blocks + 1]
+        lows, highs = offsets[blocks], offsets[blocks + 1]
         lengths = highs - lows
         entries = np.repeat(lows - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
-        entry_strata, entry_rows = strata.entry_strata[entries].tolist(), strata.entry_rows[entries].tolist()
+        strata, rows = entry_strata[entries].tolist(), entry_rows[entries].tolist()
         picks, at = bytearray(len(blocks)), 0
-        for k, (s, size, length) in enumerate(zip(strata.single[blocks].tolist(), strata.sizes[blocks].tolist(),
-                                                  lengths.tolist())):
-            if s >= 0:
-                split = _least_filled(filled, inverse, s, size)
+        for i, length in enumerate(lengths.tolist()):
+            if length == 1:  # one label (most blocks): its share of target alone, no list to build
+                s, size = strata[at], rows[at]
+                a = (filled[0][s] + size) * inverse[0][s]
+                b = (filled[1][s] + size) * inverse[1][s]
+                c = (filled[2][s] + size) * inverse[2][s]
+                split = 0 if a <= b and a <= c else (1 if b <= c else 2)
                 filled[split][s] += size
             else:
-                parts = list(zip(entry_strata[at:at + length], entry_rows[at:at + length]))
-                at += length
-                split = _least_filled_mixed(filled, inverse, parts)
+                parts = list(zip(strata[at:at + length], rows[at:at + length]))
+                scores = [sum(c * (filled[k][t] + c) * inverse[k][t] for t, c in parts) for k in range(3)]
+                split = scores.index(min(scores))
                 for t, c in parts:
                     filled[split][t] += c
-            picks[k] = split
+            at += length
+            picks[i] = split
         chosen[blocks] = np.frombuffer(picks, dtype=np.int8)
     return chosen
-
-
-def _least_filled(filled, inverse, s, size):
-    """The split whose share of its target for stratum s would be smallest after adding size rows."""
-    a = (filled[0][s] + size) * inverse[0][s]
-    b = (filled[1][s] + size) * inverse[1][s]
-    c = (filled[2][s] + size) * inverse[2][s]
-    return 0 if a <= b and a <= c else (1 if b <= c else 2)
-
-
-def _least_filled_mixed(filled, inverse, parts):
-    scores = [sum(c * (filled[k][t] + c) * inverse[k][t] for t, c in parts) for k in range(3)]
-    return scores.index(min(scores))
 
 
 # ---------------------------------------------------------------- splitting again
@@ -359,30 +315,18 @@ def _assign_by_time(block, times, fractions):
     A block (a group) that spans a boundary goes to the later split, so train never holds
     a row newer than the train/validation cut-off: the model is not trained on the future.
     The price is that a later split may hold a group's older rows; `time_overlap` reports it.
-    Blocks with the same newest time at a boundary all go to the later split as well.
-    """
-    newest = _block_max(block, times)
+    Blocks with the same newest time at a boundary all go to the later split as well."""
+    by_block = np.argsort(block, kind="stable")
+    newest = np.maximum.reduceat(times[by_block], _run_starts(block[by_block]))
     order = np.argsort(newest, kind="stable")
-    n = len(block)
-    cuts = np.round(np.cumsum(fractions)[:2] * n)
+    cuts = np.round(np.cumsum(fractions)[:2] * len(block))
     ends = np.cumsum(np.bincount(block)[order])
     split = (ends[:, None] > cuts[None, :]).sum(axis=1)
-    split = _later_on_ties(newest[order], split)
+    ties = _run_starts(newest[order])
+    split = np.repeat(np.maximum.reduceat(split, ties), np.diff(np.r_[ties, len(split)]))
     chosen = np.empty(len(order), dtype=np.int8)
     chosen[order] = split
     return chosen[block]
-
-
-def _block_max(block, times):
-    order = np.argsort(block, kind="stable")
-    starts = np.flatnonzero(np.r_[True, block[order][1:] != block[order][:-1]])
-    return np.maximum.reduceat(times[order], starts)
-
-
-def _later_on_ties(sorted_times, split):
-    starts = np.flatnonzero(np.r_[True, sorted_times[1:] != sorted_times[:-1]])
-    sizes = np.diff(np.r_[starts, len(split)])
-    return np.repeat(np.maximum.reduceat(split, starts), sizes)
 
 
 def _as_times(timestamps, n):
@@ -410,13 +354,10 @@ def _object_time(value):
 
 
 def time_overlap(splits, timestamps):
-    """How far the splits overlap in time, JSON-ready.
-
-    For each ordered pair of splits (train/validation, validation/test, train/test): the
-    earlier split's newest time, the later split's oldest, and how many rows of the later
-    split are older than the earlier split's newest. Times are reported as given: numbers
-    as numbers, datetimes as ISO-8601 strings.
-    """
+    """How far the splits overlap in time, JSON-ready: for each ordered pair of splits
+    (train/validation, validation/test, train/test), the earlier split's newest time, the
+    later split's oldest, and how many rows of the later split are older than the earlier
+    split's newest. Times are reported as given: numbers as numbers, datetimes as ISO-8601."""
     splits = _as_splits(splits)
     given = np.asarray(timestamps)
     times = _as_times(given, len(splits))
@@ -426,10 +367,8 @@ def time_overlap(splits, timestamps):
         if len(early) and len(late):
             newest, oldest = early[times[early].argmax()], late[times[late].argmin()]
             report[f"{SPLIT_NAMES[earlier]}/{SPLIT_NAMES[later]}"] = {
-                "earlier_newest": _json_time(given[newest]),
-                "later_oldest": _json_time(given[oldest]),
-                "rows": int((times[late] < times[newest]).sum()),
-            }
+                "earlier_newest": _json_time(given[newest]), "later_oldest": _json_time(given[oldest]),
+                "rows": int((times[late] < times[newest]).sum())}
     return {"pairs": report, "overlap": any(entry["rows"] for entry in report.values())}
 
 
@@ -441,24 +380,25 @@ def _json_time(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-# ---------------------------------------------------------------- reports
+# ---------------------------------------------------------------- reports: leakage, feasibility
 
 
 def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestamps=None, kept_together=None,
                    fractions=DEFAULT_FRACTIONS, accepted=()):
     """What the evaluation splits share with each other, and whether they meet their
-    fractions, as a JSON-ready dict.
+    fractions, as a JSON-ready dict: counts and up to 20 example row pairs for exact
+    duplicates, near-duplicate pairs and groups found in more than one split.
 
-    Counts and up to 20 example row pairs for exact duplicates, near-duplicate pairs and
-    groups found in more than one split. has_leakage is true when any of them is non-zero,
-    except the kinds named in `accepted` (a split asked to treat duplicates as separate rows
-    reports them all the same); a time overlap (with timestamps) is reported but does not
-    count, since a random split always has one. `feasibility` is `feasibility()`'s report,
-    explained by the groups, duplicates and `units` (duplicate sets) given.
+    has_leakage is true when any of them is non-zero, except the kinds named in `accepted`
+    (a split asked to treat duplicates as separate rows reports them all the same); a time
+    overlap (with timestamps) is reported but does not count, since a random split always
+    has one. `feasibility` is `feasibility()`'s report, explained by what `kept_together`
+    (by default the groups, exact keys and near pairs given) joins.
     """
     splits = _as_splits(splits)
     n = len(splits)
-    report = {"rows": _row_counts(splits)}
+    rows = {name: int((splits == value).sum()) for value, name in enumerate(SPLIT_NAMES)}
+    report = {"rows": rows | {"unassigned": int((splits < 0).sum())}}
     report["exact_duplicates"] = None if exact_keys is None else _shared_ids(_exact_codes(exact_keys, n), splits, "keys")
     report["near_duplicates"] = None if near_pairs is None else _crossing_pairs(near_pairs, splits)
     report["groups"] = None if groups is None else _shared_ids(_group_forest(groups, n), splits, "groups")
@@ -474,20 +414,16 @@ def leakage_report(splits, *, exact_keys, near_pairs=None, groups=None, timestam
     return report
 
 
-# ---------------------------------------------------------------- feasibility
-
-
 def feasibility(splits, fractions=DEFAULT_FRACTIONS, *, joins=None):
     """Whether the splits meet their fractions, JSON-ready; where they do not, why.
 
     A split falls short when it should hold a row or more and holds none, or, where its
     share is HALF_SHARE_FROM rows or more, holds less than half of it: a greedy split of
-    whole blocks lands near its targets unless a block is big.
-    fractions=None (splits given by the data) reports the rows and checks nothing. Where a
-    split falls short, `units` says what the rows were joined into by `joins` (kind ->
-    groups, exact keys, near-duplicate pairs or duplicate sets, as leakage_report takes
-    them): how many units, the largest, and how big the largest would be with each kind
-    alone. Only then: finding the units again costs a union-find over every row.
+    whole blocks lands near its targets unless a block is big. fractions=None (splits given
+    by the data) checks nothing. Where a split falls short, `units` says what `joins` (kind
+    -> groups, exact keys, near-duplicate pairs or duplicate sets) joined the rows into: how
+    many units, the largest, and the largest with each kind alone. Only then, since finding
+    the units again costs a union-find over every row.
     """
     splits = _as_splits(splits)
     counts = np.bincount(splits[splits >= 0], minlength=3).tolist()
@@ -495,7 +431,8 @@ def feasibility(splits, fractions=DEFAULT_FRACTIONS, *, joins=None):
         return {"fractions": None, "rows": dict(zip(SPLIT_NAMES, counts)), "short": [], "meets_fractions": None}
     fractions = _check_fractions(fractions)
     targets = (fractions * sum(counts)).tolist()
-    short = [name for name, rows, target in zip(SPLIT_NAMES, counts, targets) if _falls_short(rows, target)]
+    short = [name for name, rows, target in zip(SPLIT_NAMES, counts, targets)
+             if target >= 1 and (rows == 0 or (target >= HALF_SHARE_FROM and rows * 2 < target))]
     report = {"fractions": [round(f, 4) for f in fractions.tolist()], "rows": dict(zip(SPLIT_NAMES, counts)),
               "targets": {name: round(t, 1) for name, t in zip(SPLIT_NAMES, targets)},
               "short": short, "meets_fractions": not short}
@@ -504,20 +441,17 @@ def feasibility(splits, fractions=DEFAULT_FRACTIONS, *, joins=None):
     return report
 
 
-# Below this many rows due, a split is held only to not being empty: on small data with many
-# labels the per-label greedy gives a small split a few rows less than its share (90
-# synthetic rows of the test data split 86/3/1), which training takes; an empty split it cannot.
-HALF_SHARE_FROM = 20
-
-
-def _falls_short(rows, target):
-    if target < 1:
-        return False
-    return rows == 0 or (target >= HALF_SHARE_FROM and rows * 2 < target)
-
-
 def _units_report(n, joins):
-    links = {kind: _join_links(kind, value, n) for kind, value in joins.items()}
+    links = {}
+    for kind, value in joins.items():  # (k, 2) int64 row pairs that join rows of each kind
+        if kind == "near_duplicates":
+            chunks = value.chunks() if hasattr(value, "chunks") else [value]
+            parts = [np.stack(pair_columns(chunk, n, np.int64), axis=1) for chunk in chunks]
+            links[kind] = np.concatenate([np.zeros((0, 2), np.int64), *parts])
+        else:
+            codes = _group_forest(value, n) if kind == "groups" else (
+                _exact_codes(value, n) if kind == "exact_duplicates" else _sortable_ids(value, n))
+            links[kind] = _same_id_pairs(np.asarray(codes)).astype(np.int64)
     together = components(n, np.concatenate([np.zeros((0, 2), np.int64), *links.values()]).astype(np.int64))
     sizes = np.bincount(together, minlength=1)
     largest = int(sizes.argmax())
@@ -532,42 +466,6 @@ def _units_report(n, joins):
     }
 
 
-def _join_links(kind, value, n):
-    """(k, 2) int64 row pairs that join rows of one kind."""
-    if kind == "near_duplicates":
-        chunks = value.chunks() if hasattr(value, "chunks") else [value]
-        parts = [np.stack(pair_columns(chunk, n, np.int64), axis=1) for chunk in chunks]
-        return np.concatenate([np.zeros((0, 2), np.int64), *parts])
-    codes = _group_forest(value, n) if kind == "groups" else (
-        _exact_codes(value, n) if kind == "exact_duplicates" else _sortable_ids(value, n))
-    return _same_id_pairs(np.asarray(codes)).astype(np.int64)
-
-
-def _as_splits(splits):
-    array = np.asarray(splits)
-    if array.ndim != 1 or (len(array) and array.dtype.kind not in "iu"):
-        raise ValueError("splits must be a one-dimensional array of integers")
-    if len(array) and (array.min() < -1 or array.max() > TEST):
-        raise ValueError("splits must hold 0 (train), 1 (validation), 2 (test) or -1 (none)")
-    return array.astype(np.int8, copy=False)
-
-
-def _group_forest(groups, n):
-    """Each row's first row in its group (its own where it has none): codes that name a row
-    of their own, which _shared_ids checks and _blocks joins without a sort. Groups given in
-    that form already (the ingest's) are used as they are."""
-    codes = _sortable_ids(groups, n)
-    if _names_own_rows(codes) and all((codes[start:start + _CHUNK] >= 0).all() for start in range(0, n, _CHUNK)):
-        return codes
-    return first_rows(codes, ignore_negative=True)
-
-
-def _row_counts(splits):
-    counts = {name: int((splits == value).sum()) for value, name in enumerate(SPLIT_NAMES)}
-    counts["unassigned"] = int((splits < 0).sum())
-    return counts
-
-
 def _exact_codes(exact_keys, n):
     keys = np.asarray(exact_keys)
     if keys.shape != (n,):
@@ -578,39 +476,31 @@ def _exact_codes(exact_keys, n):
 
 
 def _shared_ids(codes, splits, noun):
-    """Ids (keys or groups) whose rows sit in more than one split, rows in them, example pairs."""
+    """Ids (keys or groups) whose rows sit in more than one split, rows in them, example pairs.
+
+    Where every row has a split and each code names a row of its own (each row's first row
+    with its key, say), an id crosses splits when one of its rows sits in another split than
+    the row it names: found a chunk at a time, with no sort of all rows."""
     if (splits >= 0).all() and _names_own_rows(codes):
-        return _shared_named_ids(codes, splits, noun)
-    rows = np.flatnonzero((codes >= 0) & (splits >= 0))
-    order = rows[np.lexsort((splits[rows], codes[rows]))]
-    ids, where = codes[order], splits[order]
-    crossing = np.flatnonzero((ids[1:] == ids[:-1]) & (where[1:] != where[:-1]))
-    leaking = sorted_unique(ids[crossing])
-    examples = np.stack([order[crossing], order[crossing + 1]], axis=1)
-    return {
-        noun: int(len(leaking)),
-        "rows": int(np.isin(ids, leaking).sum()),
-        "examples": _examples(examples),
-    }
-
-
-def _shared_named_ids(codes, splits, noun):
-    """_shared_ids where every row has a split and each code names a row of its own (each
-    row's first row with its key, say): an id crosses splits when one of its rows sits in
-    another split than the row it names. A chunk at a time, with no sort of all rows."""
-    crossing = [np.zeros(0, np.int64)]
-    for start in range(0, len(codes), _CHUNK):
-        named = codes[start:start + _CHUNK]
-        rows = np.flatnonzero(named >= 0)
-        rows = rows[splits[start:start + _CHUNK][rows] != splits[named[rows]]]
-        crossing.append(rows + start)
-    crossing = np.concatenate(crossing)
-    leaking = sorted_unique(codes[crossing].astype(np.int64))
-    in_leaking = np.zeros(len(codes), dtype=bool)
-    in_leaking[leaking] = True
-    rows_in = sum(int(in_leaking[named[named >= 0]].sum())
-                  for named in (codes[start:start + _CHUNK] for start in range(0, len(codes), _CHUNK)))
-    return {noun: int(len(leaking)), "rows": rows_in, "examples": _examples(np.stack([codes[crossing], crossing], axis=1))}
+        crossing = [np.zeros(0, np.int64)]
+        for start, named in _slices(codes):
+            rows = np.flatnonzero(named >= 0)
+            crossing.append(start + rows[splits[start:start + _CHUNK][rows] != splits[named[rows]]])
+        crossing = np.concatenate(crossing)
+        leaking = sorted_unique(codes[crossing].astype(np.int64))
+        in_leaking = np.zeros(len(codes), dtype=bool)
+        in_leaking[leaking] = True
+        rows_in = sum(int(in_leaking[named[named >= 0]].sum()) for _, named in _slices(codes))
+        examples = np.stack([codes[crossing], crossing], axis=1)
+    else:
+        rows = np.flatnonzero((codes >= 0) & (splits >= 0))
+        order = rows[np.lexsort((splits[rows], codes[rows]))]
+        ids, where = codes[order], splits[order]
+        crossing = np.flatnonzero((ids[1:] == ids[:-1]) & (where[1:] != where[:-1]))
+        leaking = sorted_unique(ids[crossing])
+        rows_in = int(np.isin(ids, leaking).sum())
+        examples = np.stack([order[crossing], order[crossing + 1]], axis=1)
+    return {noun: int(len(leaking)), "rows": rows_in, "examples": _examples(examples)}
 
 
 def _crossing_pairs(pairs, splits):
@@ -639,11 +529,9 @@ def _examples(pairs):
 
 
 def split_summary(splits, labels, label_names):
-    """Rows per split and per label in each split, JSON-ready.
-
-    label_names: a sequence indexed by label id, or a dict id -> name. Named labels are
-    listed even at zero, so every split has the same columns; -1 is "(unlabeled)".
-    """
+    """Rows per split and per label in each split, JSON-ready. label_names: a sequence
+    indexed by label id, or a dict id -> name. Named labels are listed even at zero, so every
+    split has the same columns; -1 is "(unlabeled)"."""
     splits, labels = _as_splits(splits), _as_ints(labels, "labels")
     if len(splits) != len(labels):
         raise ValueError("splits and labels must have the same length")
@@ -651,14 +539,9 @@ def split_summary(splits, labels, label_names):
     summary = {}
     for value, split_name in [(None, "all"), *enumerate(SPLIT_NAMES)]:
         in_split = labels if value is None else labels[splits == value]
-        summary[split_name] = {"rows": int(len(in_split)), "labels": _label_counts(in_split, names)}
+        counts = {name: 0 for name in names.values()}
+        for label_id, count in zip(*(found.tolist() for found in np.unique(in_split, return_counts=True))):
+            name = UNLABELED_NAME if label_id < 0 else names.get(label_id, str(label_id))
+            counts[name] = counts.get(name, 0) + count
+        summary[split_name] = {"rows": int(len(in_split)), "labels": counts}
     return summary
-
-
-def _label_counts(labels, names):
-    counts = {name: 0 for name in names.values()}
-    ids, found = np.unique(labels, return_counts=True)
-    for label_id, count in zip(ids.tolist(), found.tolist()):
-        name = UNLABELED_NAME if label_id < 0 else names.get(label_id, str(label_id))
-        counts[name] = counts.get(name, 0) + count
-    return counts

@@ -8,23 +8,15 @@ from datasketch import MinHash
 
 from lifecycle.datasets.dedup import (
     EMPTY_BAND_KEY,
-    MAX_PARTNERS,
     MinHasher,
-    NearDuplicateIndex,
-    candidate_pairs,
     components,
-    estimated_jaccard,
     exact_duplicate_summary,
     exact_key,
-    exact_keys,
-    exact_pairs,
     first_rows,
     normalize,
-    normalize_for_shingles,
     shingle_hashes,
-    shingles,
-    verify_pairs,
 )
+from tests.datasets import reference
 
 WORDS = (
     "order refund delivery parcel invoice account password login charge card subscription "
@@ -55,7 +47,7 @@ def sentence(rng, words=20):
 
 
 def true_jaccard(a, b):
-    sa, sb = shingles(a), shingles(b)
+    sa, sb = reference.shingles(a), reference.shingles(b)
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
@@ -79,7 +71,7 @@ def test_exact_key_is_blake2b_of_the_normalized_text_as_signed_int64():
 
 def test_exact_keys_match_exact_key_and_separate_punctuation():
     texts = ["Hello world", "hello   WORLD", "Hello world!", ""]
-    keys = exact_keys(texts)
+    keys = reference.exact_keys(texts)
     assert keys.dtype == np.int64
     assert keys.tolist() == [exact_key(t) for t in texts]
     assert keys[0] == keys[1] and keys[0] != keys[2]
@@ -87,20 +79,21 @@ def test_exact_keys_match_exact_key_and_separate_punctuation():
 
 def test_exact_duplicate_summary_counts_planted_duplicates():
     texts = ["a b", "c", "A  B", "d", "c", "a b"]
-    summary = exact_duplicate_summary(first_rows(exact_keys(texts)))
+    summary = exact_duplicate_summary(first_rows(reference.exact_keys(texts)))
     assert summary == {"rows": 3, "groups": 2, "examples": [[0, 2, 5], [1, 4]]}
 
 
 def test_exact_duplicate_summary_edge_cases():
     assert exact_duplicate_summary(first_rows(np.zeros(0, np.int64))) == {"rows": 0, "groups": 0, "examples": []}
-    assert exact_duplicate_summary(first_rows(exact_keys(["one"])))["groups"] == 0
-    assert exact_duplicate_summary(first_rows(exact_keys(["same"] * 9))) == {"rows": 8, "groups": 1, "examples": [[0, 1, 2, 3, 4]]}
+    assert exact_duplicate_summary(first_rows(reference.exact_keys(["one"])))["groups"] == 0
+    same = exact_duplicate_summary(first_rows(reference.exact_keys(["same"] * 9)))
+    assert same == {"rows": 8, "groups": 1, "examples": [[0, 1, 2, 3, 4]]}
     many = exact_duplicate_summary(first_rows(np.repeat(np.arange(30), 2)), examples=20)
     assert many["groups"] == 30 and len(many["examples"]) == 20 and many["examples"][0] == [0, 1]
 
 
 def test_exact_pairs_link_duplicates_to_their_first_row():
-    pairs = exact_pairs(exact_keys(["x", "y", "x", "x", "y", "z"]))
+    pairs = reference.exact_pairs(reference.exact_keys(["x", "y", "x", "x", "y", "z"]))
     assert sorted(pairs.tolist()) == [[0, 2], [0, 3], [1, 4]]
     assert components(6, pairs).tolist() == [0, 1, 0, 0, 1, 5]
 
@@ -109,27 +102,27 @@ def test_exact_pairs_link_duplicates_to_their_first_row():
 
 
 def test_shingles_of_short_and_empty_texts():
-    assert shingles("Where is my order #123?") == shingles("where is my order 123")
-    assert shingles("OK!") == {"ok"}
-    assert shingles("?!?") == set() and shingles("") == set()
-    assert shingles("abcde") == {"abcde"}
-    assert shingles("abcdef") == {"abcde", "bcdef"}
+    assert reference.shingles("Where is my order #123?") == reference.shingles("where is my order 123")
+    assert reference.shingles("OK!") == {"ok"}
+    assert reference.shingles("?!?") == set() and reference.shingles("") == set()
+    assert reference.shingles("abcde") == {"abcde"}
+    assert reference.shingles("abcdef") == {"abcde", "bcdef"}
 
 
 def test_normalize_for_shingles_turns_punctuation_into_single_spaces():
-    assert normalize_for_shingles("  Hello,world!!  How's   it… going?") == "hello world how s it going"
-    assert normalize_for_shingles("¿Dónde? «¡Ya!»") == "dónde ya"
+    assert reference.normalize_for_shingles("  Hello,world!!  How's   it… going?") == "hello world how s it going"
+    assert reference.normalize_for_shingles("¿Dónde? «¡Ya!»") == "dónde ya"
 
 
 def test_batched_shingle_hashes_match_the_reference_shingles():
     hashes, counts = shingle_hashes(TRICKY)
     assert counts.tolist() == [_count(t) for t in TRICKY]
     for text, group in zip(TRICKY, np.split(hashes, np.cumsum(counts)[:-1])):
-        assert len(np.unique(group)) == len(shingles(text)), text
+        assert len(np.unique(group)) == len(reference.shingles(text)), text
 
 
 def _count(text):
-    normalized = normalize_for_shingles(text)
+    normalized = reference.normalize_for_shingles(text)
     return max(len(normalized) - 4, 1) if normalized else 0
 
 
@@ -156,7 +149,7 @@ def test_estimated_jaccard_agrees_with_datasketch_and_the_true_jaccard():
         a, b = " ".join(base), " ".join(edited)
         truth = true_jaccard(a, b)
         sig = hasher.signatures([a, b])
-        mine.append(estimated_jaccard(sig[0], sig[1]) - truth)
+        mine.append(reference.estimated_jaccard(sig[0], sig[1]) - truth)
         theirs.append(_datasketch(a).jaccard(_datasketch(b)) - truth)
     mine, theirs = np.abs(mine), np.abs(theirs)
     # 256 permutations: standard error <= 0.031, so 0.13 is four of them.
@@ -167,7 +160,7 @@ def test_estimated_jaccard_agrees_with_datasketch_and_the_true_jaccard():
 
 def _datasketch(text):
     minhash = MinHash(num_perm=256, seed=1)
-    for shingle in shingles(text):
+    for shingle in reference.shingles(text):
         minhash.update(shingle.encode("utf-8"))
     return minhash
 
@@ -192,8 +185,8 @@ def test_signatures_are_deterministic_per_seed():
 
 def test_estimated_jaccard_rowwise_on_arrays():
     sig = MinHasher().signatures(["same text here", "same text here", "something else entirely"])
-    assert estimated_jaccard(sig[[0, 0]], sig[[1, 2]]).tolist()[0] == 1.0
-    assert estimated_jaccard(sig[0], sig[2]) < 0.2
+    assert reference.estimated_jaccard(sig[[0, 0]], sig[[1, 2]]).tolist()[0] == 1.0
+    assert reference.estimated_jaccard(sig[0], sig[2]) < 0.2
 
 
 def test_minhasher_rejects_bands_that_do_not_divide_num_perm():
@@ -217,10 +210,10 @@ def planted_corpus():
 def test_planted_near_duplicates_are_found_and_unrelated_texts_are_not():
     texts, planted = planted_corpus()
     hasher = MinHasher()
-    pairs = candidate_pairs(hasher.band_keys(hasher.signatures(texts)))
+    pairs = reference.candidate_pairs(hasher.band_keys(hasher.signatures(texts)))
     found = {tuple(p) for p in pairs.tolist()}
     assert planted <= found
-    verified, similarity = verify_pairs(pairs, texts_getter(texts), threshold=0.8, return_similarity=True)
+    verified, similarity = reference.verify_pairs(pairs, texts_getter(texts), threshold=0.8, return_similarity=True)
     assert {tuple(p) for p in verified.tolist()} == planted
     assert (similarity >= 0.8).all()
     assert true_jaccard(texts[301], texts[304]) > 0.8
@@ -229,7 +222,7 @@ def test_planted_near_duplicates_are_found_and_unrelated_texts_are_not():
 def test_verify_pairs_computes_exact_jaccard_and_drops_false_positives():
     texts = ["where is my order 123", "where is my order 124", "completely different words", "", "?!"]
     pairs = np.array([[0, 1], [0, 2], [3, 4]])
-    kept, similarity = verify_pairs(pairs, texts_getter(texts), threshold=0.5, return_similarity=True)
+    kept, similarity = reference.verify_pairs(pairs, texts_getter(texts), threshold=0.5, return_similarity=True)
     assert kept.tolist() == [[0, 1], [3, 4]]
     assert similarity[0] == pytest.approx(true_jaccard(texts[0], texts[1]))
     assert similarity[1] == 1.0  # two texts without shingles count as identical
@@ -244,7 +237,7 @@ def test_verify_pairs_fetches_texts_in_batches_of_rows():
         return [texts[i] for i in rows]
 
     pairs = np.array(sorted(planted))
-    kept = verify_pairs(pairs, get_texts, batch_pairs=2)
+    kept = reference.verify_pairs(pairs, get_texts, batch_pairs=2)
     assert kept.tolist() == [list(p) for p in sorted(planted)]  # in the order given
     assert len(calls) == 2 and sorted(len(rows) for rows in calls) == [2, 4]
 
@@ -261,7 +254,7 @@ def test_verify_pairs_checks_a_family_of_rows_in_one_batch():
 
     # Given interleaved, the two families of three rows each come out as one batch each.
     pairs = np.array([[0, 1], [3, 4], [1, 2], [4, 5], [0, 2], [3, 5]])
-    kept = verify_pairs(pairs, get_texts, threshold=0.5, batch_pairs=3)
+    kept = reference.verify_pairs(pairs, get_texts, threshold=0.5, batch_pairs=3)
     assert calls == [[0, 1, 2], [3, 4, 5]]
     assert kept.tolist() == pairs.tolist()
 
@@ -281,7 +274,7 @@ def test_the_separator_table_covers_every_code_point():
 
 def test_verify_pairs_rejects_a_getter_that_returns_the_wrong_number_of_texts():
     with pytest.raises(ValueError):
-        verify_pairs(np.array([[0, 1]]), lambda rows: ["only one"])
+        reference.verify_pairs(np.array([[0, 1]]), lambda rows: ["only one"])
 
 
 def test_texts_without_shingles_are_never_candidates():
@@ -290,39 +283,39 @@ def test_texts_without_shingles_are_never_candidates():
     assert (sig[:3] == 0xFFFFFFFF).all()
     keys = hasher.band_keys(sig)
     assert (keys[:3] == EMPTY_BAND_KEY).all() and (keys[3] != EMPTY_BAND_KEY).all()
-    assert candidate_pairs(keys).shape == (0, 2)
+    assert reference.candidate_pairs(keys).shape == (0, 2)
 
 
 def test_a_huge_bucket_is_capped_but_stays_connected():
     hasher = MinHasher()
     keys = hasher.band_keys(hasher.signatures(["thanks"] * 100))
-    pairs = candidate_pairs(keys)
-    assert len(pairs) == sum(min(rank, MAX_PARTNERS) for rank in range(100))
+    pairs = reference.candidate_pairs(keys)
+    assert len(pairs) == sum(min(rank, reference.MAX_PARTNERS) for rank in range(100))
     assert (pairs[:, 0] < pairs[:, 1]).all()
     assert (components(100, pairs) == 0).all()
 
 
 def test_small_buckets_give_every_pair_once():
     keys = np.array([[5, 9], [5, 9], [7, 9], [5, 1]], dtype=np.uint64)
-    assert candidate_pairs(keys).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3]]
+    assert reference.candidate_pairs(keys).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3]]
 
 
 def test_empty_and_single_row_inputs():
     hasher = MinHasher()
     assert hasher.signatures([]).shape == (0, 64)
     assert hasher.band_keys(hasher.signatures([])).shape == (0, 8)
-    assert candidate_pairs(np.zeros((0, 8), np.uint64)).shape == (0, 2)
-    assert candidate_pairs(hasher.band_keys(hasher.signatures(["one row"]))).shape == (0, 2)
-    kept, similarity = verify_pairs(np.zeros((0, 2), np.int64), texts_getter([]), return_similarity=True)
+    assert reference.candidate_pairs(np.zeros((0, 8), np.uint64)).shape == (0, 2)
+    assert reference.candidate_pairs(hasher.band_keys(hasher.signatures(["one row"]))).shape == (0, 2)
+    kept, similarity = reference.verify_pairs(np.zeros((0, 2), np.int64), texts_getter([]), return_similarity=True)
     assert kept.shape == (0, 2) and similarity.shape == (0,)
     assert components(0, np.zeros((0, 2))).shape == (0,)
 
 
 def test_all_identical_texts_form_one_cluster():
     texts = ["Same message, every time."] * 40
-    index = NearDuplicateIndex()
+    index = reference.NearDuplicateIndex()
     index.add(texts, 0)
-    verified = verify_pairs(index.candidate_pairs(), texts_getter(texts))
+    verified = reference.verify_pairs(index.candidate_pairs(), texts_getter(texts))
     assert (components(40, verified) == 0).all()
 
 
@@ -332,14 +325,14 @@ def test_all_identical_texts_form_one_cluster():
 def test_index_in_batches_matches_one_batch_and_uses_row_offsets():
     texts, planted = planted_corpus()
     hasher = MinHasher()
-    whole = candidate_pairs(hasher.band_keys(hasher.signatures(texts)))
-    index = NearDuplicateIndex(hasher)
+    whole = reference.candidate_pairs(hasher.band_keys(hasher.signatures(texts)))
+    index = reference.NearDuplicateIndex(hasher)
     for start in range(0, len(texts), 70):
         index.add(texts[start:start + 70], start)
     assert len(index) == len(texts)
     assert np.array_equal(index.candidate_pairs(), whole)
 
-    shifted = NearDuplicateIndex(hasher)
+    shifted = reference.NearDuplicateIndex(hasher)
     shifted.add(texts, 1000)
     assert np.array_equal(shifted.candidate_pairs(), whole + 1000)
 
@@ -354,7 +347,7 @@ def crowded_corpus():
 
 
 def test_index_rejects_overlapping_batches():
-    index = NearDuplicateIndex()
+    index = reference.NearDuplicateIndex()
     index.add(["a text", "another"], 0)
     index.add(["a third"], 1)
     with pytest.raises(ValueError):
@@ -362,7 +355,7 @@ def test_index_rejects_overlapping_batches():
 
 
 def test_empty_index_has_no_pairs():
-    assert NearDuplicateIndex().candidate_pairs().shape == (0, 2)
+    assert reference.NearDuplicateIndex().candidate_pairs().shape == (0, 2)
 
 
 # ---------------------------------------------------------------- components
@@ -438,11 +431,11 @@ def test_packed_pairs_and_chunks_give_the_same_components_and_keep_first(monkeyp
     n = 3_000
     pairs = np.sort(rng.integers(0, n, size=(2_500, 2)), axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    whole, reps = components(n, pairs), dedup.keep_first(n, pairs)
+    whole, reps = components(n, pairs), reference.keep_first(n, pairs)
     monkeypatch.setattr(dedup, "PAIR_CHUNK", 17)
     packed = dedup.pack_pairs(pairs)
-    assert (components(n, packed) == whole).all() and (dedup.keep_first(n, packed) == reps).all()
-    ordered = packed[np.argsort(dedup.by_larger_row(packed))]
+    assert (components(n, packed) == whole).all() and (reference.keep_first(n, packed) == reps).all()
+    ordered = packed[np.argsort(reference.by_larger_row(packed))]
     assert (dedup.keep_first_in_order(n, np.array_split(ordered, 9)) == reps).all()
     assert (dedup.components_of_chunks(n, np.array_split(packed, 5)) == whole).all()
     assert reps.dtype == np.int32 and whole.dtype == np.int32

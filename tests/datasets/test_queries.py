@@ -9,6 +9,7 @@ from lifecycle.datasets import dedup, duplicates, ingest, pipeline, queries
 from lifecycle.datasets.models import Dataset
 from lifecycle.datasets.readers import ColumnMapping
 from lifecycle.datasets.synthetic import write_jsonl
+from tests.datasets import reference
 from tests.datasets.test_dedup import crowded_corpus
 
 
@@ -26,7 +27,7 @@ def _stage(scratch, texts, keys=None, groups=None):
     n = len(texts)
     facts = {"row": np.arange(n), "label": np.zeros(n, np.int32),
              "group_id": np.full(n, -1) if groups is None else np.asarray(groups), "time": np.full(n, np.nan),
-             "key": dedup.exact_keys(texts) if keys is None else np.asarray(keys), "split": np.full(n, -1, np.int8),
+             "key": reference.exact_keys(texts) if keys is None else np.asarray(keys), "split": np.full(n, -1, np.int8),
              "signature": pa.FixedSizeBinaryArray.from_buffers(
                  pa.binary(128), n, [None, pa.py_buffer((signatures & 0xFFFF).astype(np.uint16).tobytes())])}
     facts |= {f"band{b}": column for b, column in enumerate(hasher.band_keys(signatures).T)}
@@ -36,7 +37,8 @@ def _stage(scratch, texts, keys=None, groups=None):
 
 def test_candidates_are_the_in_memory_candidate_pairs_with_big_buckets(scratch_dir):
     texts = crowded_corpus()
-    expected = dedup.candidate_pairs(dedup.MinHasher().band_keys(dedup.MinHasher().signatures(texts)), max_partners=4)
+    hasher = dedup.MinHasher()
+    expected = reference.candidate_pairs(hasher.band_keys(hasher.signatures(texts)), max_partners=4)
     assert len(expected) > 500  # big buckets: the partner cap is in play
     with queries.Scratch() as scratch:
         _stage(scratch, texts)
@@ -67,10 +69,10 @@ def test_confirmed_pairs_are_every_candidate_checked_on_its_own(scratch_dir):
     texts = crowded_corpus() + ["where is my order 123", "Where is my order 123!", "where is my  order 123"]
     hasher = dedup.MinHasher()
     signatures = (hasher.signatures(texts) & 0xFFFF).astype(np.uint16)
-    candidates = dedup.candidate_pairs(hasher.band_keys(hasher.signatures(texts)), max_partners=4)
+    candidates = reference.candidate_pairs(hasher.band_keys(hasher.signatures(texts)), max_partners=4)
     estimate = (signatures[candidates[:, 0]] == signatures[candidates[:, 1]]).mean(axis=1)
     unsure = candidates[(estimate >= 0.7) & (estimate < 0.9)]
-    checked = dedup.verify_pairs(unsure, lambda rows: [texts[i] for i in rows])
+    checked = reference.verify_pairs(unsure, lambda rows: [texts[i] for i in rows])
     expected = {tuple(p) for p in candidates[estimate >= 0.9].tolist()} | {tuple(p) for p in checked.tolist()}
     assert len(unsure) and len(checked) < len(unsure)  # the shingles decided some of them
     with queries.Scratch() as scratch:

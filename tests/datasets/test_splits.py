@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from lifecycle.datasets.dedup import NearDuplicateIndex, components, exact_keys, exact_pairs, verify_pairs
+from lifecycle.datasets.dedup import components
 from lifecycle.datasets.splits import TEST, TRAIN, VALIDATION, assign_splits, leakage_report, split_summary, time_overlap
+from tests.datasets import reference
 
 
 def grouped_rows(n=20_000, n_labels=12, seed=0):
@@ -76,7 +77,7 @@ def test_edge_cases_empty_one_row_one_giant_group():
 
 def test_all_identical_texts_land_in_one_split():
     texts = ["I want a refund"] * 50 + [f"question number {i} about billing" for i in range(50)]
-    units = components(len(texts), exact_pairs(exact_keys(texts)))
+    units = components(len(texts), reference.exact_pairs(reference.exact_keys(texts)))
     splits = assign_splits(np.zeros(len(texts), np.int64), units=units)
     assert len(set(splits[:50].tolist())) == 1
 
@@ -161,7 +162,7 @@ def test_leakage_report_finds_planted_exact_near_and_group_leaks():
     near = np.array([[1, 6], [3, 4], [5, 9]])  # 1-6 crosses; 3-4 same split; 9 is in no split
     groups = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 5])
     groups[8] = 0  # group 0: row 0 in train, row 8 in test
-    report = leakage_report(splits, exact_keys=exact_keys(texts), near_pairs=near, groups=groups)
+    report = leakage_report(splits, exact_keys=reference.exact_keys(texts), near_pairs=near, groups=groups)
     assert report["rows"] == {"train": 6, "validation": 1, "test": 2, "unassigned": 1}
     assert report["exact_duplicates"] == {"keys": 1, "rows": 2, "examples": [[2, 7]]}
     assert report["near_duplicates"] == {"pairs": 1, "rows": 2, "examples": [[1, 6]]}
@@ -185,12 +186,12 @@ def test_pipeline_splits_have_no_leakage():
     for i in range(0, 300, 3):
         texts[i + 1] = texts[i].upper()  # exact
         texts[i + 2] = texts[i] + " please"  # near
-    keys = exact_keys(texts)
-    index = NearDuplicateIndex()
+    keys = reference.exact_keys(texts)
+    index = reference.NearDuplicateIndex()
     for start in range(0, len(texts), 1000):
         index.add(texts[start:start + 1000], start)
-    near = verify_pairs(index.candidate_pairs(), lambda rows: [texts[i] for i in rows])
-    units = components(len(texts), np.concatenate([exact_pairs(keys), near]))
+    near = reference.verify_pairs(index.candidate_pairs(), lambda rows: [texts[i] for i in rows])
+    units = components(len(texts), np.concatenate([reference.exact_pairs(keys), near]))
     groups = rng.integers(0, 1000, len(texts))
     splits = assign_splits(rng.integers(0, 4, len(texts)), groups=groups, units=units)
     report = leakage_report(splits, exact_keys=keys, near_pairs=near, groups=groups)

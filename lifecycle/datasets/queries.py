@@ -176,7 +176,7 @@ def create_firsts(scratch):
 # Rows whose band keys one bucket query groups: parted by a hash of the key beyond this, so
 # each query's aggregate (a bucket's first rows are a list, which DuckDB cannot spill) holds
 # the same number of buckets however many rows.
-ROWS_PER_QUERY = 1_000_000
+ROWS_PER_QUERY = 500_000
 
 
 def create_candidates(scratch, n, max_partners, rows_per_query=ROWS_PER_QUERY):

@@ -31,6 +31,8 @@ FACTS_SCHEMA = pa.schema(
      ("split", pa.int8()), ("signature", pa.binary(2 * dedup.DEFAULT_NUM_PERM))]
     + [(f"band{band}", pa.uint64()) for band in range(BANDS)])
 FETCH = 1 << 16  # rows per record batch handed back to numpy
+# Pairs of texts per batch: a batch's texts and their shingles are what the check holds.
+TEXT_PAIRS_PER_BATCH = 1 << 13
 
 
 class QueryFailed(Exception):
@@ -200,7 +202,7 @@ def create_candidates(scratch, n, max_partners, rows_per_query=ROWS_PER_QUERY):
     scratch.sql("DROP TABLE found")
 
 
-def _joined_twice(scratch, pairs, values, value):
+def _joined_twice(scratch, pairs, values, value, size=FETCH):
     """Each pair of table `pairs` with both rows' `value` from `values` (a table or query with
     `row`), a batch at a time: joined on the smaller row into a table, then on the larger as
     it streams out. Two plain joins, which DuckDB spills past its limit, each one pass over
@@ -208,7 +210,7 @@ def _joined_twice(scratch, pairs, values, value):
     scratch.sql(f"""CREATE TABLE half_joined AS SELECT p.low, p.high, v.{value} AS low_{value}
                     FROM {pairs} p JOIN {values} v ON v.row = p.low""")
     yield from scratch.batches(f"""SELECT h.low, h.high, h.low_{value}, v.{value} AS high_{value}
-                                   FROM half_joined h JOIN {values} v ON v.row = h.high""")
+                                   FROM half_joined h JOIN {values} v ON v.row = h.high""", size)
     scratch.sql("DROP TABLE half_joined")
 
 
@@ -222,7 +224,7 @@ def text_pairs_with_texts(scratch):
     there is one), a batch at a time."""
     joined = "CASE WHEN coalesce(response, '') <> '' THEN text || chr(10) || response ELSE text END"
     texts = f"(SELECT file_row_number AS row, {joined} AS text FROM {scratch.rows()})"
-    return _joined_twice(scratch, "text_pairs", texts, "text")
+    return _joined_twice(scratch, "text_pairs", texts, "text", size=TEXT_PAIRS_PER_BATCH)
 
 
 def packed(scratch, query):

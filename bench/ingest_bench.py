@@ -273,6 +273,7 @@ def measure_size(rows, databases, data_dir=None):
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(data_dir or tmp) / f"data-{rows}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             generate(path, rows)
         reset_database()

@@ -51,21 +51,22 @@ def find(scratch, n):
     queries.create_firsts(scratch)
     first = scratch.by_row("SELECT row, first FROM firsts", n, dedup.row_kind(n))
     confirm_pairs(scratch, n)
-    reps = dedup.keep_first_in_order(n, _in_keep_first_order(scratch, n))
+    exact = dedup.exact_duplicate_summary(first)
+    near = scratch.sql("SELECT count(*) FROM near").fetchall()[0][0]
+    # Every exact duplicate row is one pair with its first row: the pairs are those and the near ones.
+    reps = dedup.keep_first_in_order(n, _in_keep_first_order(scratch, n, exact["rows"] + near))
     units = split_units(n, queries.packed(scratch, ALL_PAIRS), reps)
-    report = _report(scratch, dedup.exact_duplicate_summary(first), reps)
-    return Duplicates(first, dedup.cluster_ids(reps), units, report)
+    return Duplicates(first, dedup.cluster_ids(reps), units, _report(scratch, exact, near, reps))
 
 
 # Pairs one sort holds (a range of larger rows at a time): 16 bytes each.
 PAIRS_PER_SORT = 2_000_000
 
 
-def _in_keep_first_order(scratch, n):
-    """Every duplicate pair, packed, by larger row and then smaller (keep-first's order): a
-    range of larger rows at a time, so that each sort holds about PAIRS_PER_SORT pairs (one
-    sort of every pair ran out of DuckDB's limit at 5M rows)."""
-    count = scratch.sql(f"SELECT count(*) FROM ({ALL_PAIRS})").fetchall()[0][0]
+def _in_keep_first_order(scratch, n, count):
+    """Every duplicate pair (`count` of them), packed, by larger row and then smaller
+    (keep-first's order): a range of larger rows at a time, so that each sort holds about
+    PAIRS_PER_SORT pairs (one sort of every pair ran out of DuckDB's limit at 5M rows)."""
     # Twice the parts the count asks for: pairs crowd towards the larger rows (a pair's larger
     # row is the later of two), so equal ranges of rows do not hold equal numbers of pairs.
     step = -(-n // max(1, 2 * -(-count // PAIRS_PER_SORT)))
@@ -161,8 +162,7 @@ def _in_huge_component(components, cap):
     return huge[components]
 
 
-def _report(scratch, exact, reps):
-    count = scratch.sql("SELECT count(*) FROM near").fetchall()[0][0]
+def _report(scratch, exact, count, reps):
     lowest = scratch.sql(f"SELECT low, high FROM near ORDER BY low, high LIMIT {REPORTED_PAIRS}").fetchall()
     return {
         "exact_duplicate_rows": exact["rows"],

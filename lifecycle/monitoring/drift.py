@@ -141,14 +141,14 @@ def chi_squared_p(reference, current):
 
 def z_test_p(reference, current):
     """Evidently's z_stattest (two categories): the two-proportion z-test, two-sided."""
+    from scipy import stats
+
     n1, n2 = float(sum(reference)), float(sum(current))
     p1, p2 = reference[1] / n1, current[1] / n2
     pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
     if pooled in (0.0, 1.0):
         return 1.0  # one value on both sides: Evidently's "nunique() == 1" case
     z = (p1 - p2) / math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    from scipy import stats
-
     return float(2 * (1 - stats.norm.cdf(abs(z))))
 
 
